@@ -1,0 +1,97 @@
+package cni
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// NetConf is the part of every plugin configuration the spec defines:
+// cniVersion, name, type, capabilities, ipam, dns, prevResult and, for GC,
+// the valid attachments. Applets embed it in their own config type.
+type NetConf = types.NetConf
+
+// Decode unmarshals the request's configuration into conf, turning JSON
+// errors into CNI errors that name the field. conf usually embeds NetConf.
+func (r *Request) Decode(conf any) error {
+	if err := json.Unmarshal(r.Config, conf); err != nil {
+		return DecodeError("network configuration", err)
+	}
+	return nil
+}
+
+// PrevResult converts the configuration's prevResult (in whatever spec
+// version the config has) to the current result type. It returns nil, nil
+// when there is no prevResult.
+func PrevResult(conf *NetConf) (*current.Result, error) {
+	if conf.RawPrevResult == nil {
+		return nil, nil
+	}
+	raw, err := json.Marshal(conf.RawPrevResult)
+	if err != nil {
+		return nil, Errorf(types.ErrDecodingFailure, "prevResult: %v", err)
+	}
+	res, err := version.NewResult(conf.CNIVersion, raw)
+	if err != nil {
+		return nil, Errorf(types.ErrDecodingFailure, "prevResult: %v", err)
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		return nil, Errorf(types.ErrDecodingFailure, "prevResult: convert to cniVersion %s: %v", current.ImplementedSpecVersion, err)
+	}
+	return cur, nil
+}
+
+// Attachment identifies one attachment of a network: a container's interface.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifname"`
+}
+
+// ValidAttachments returns the attachments a GC request says are still in
+// use. It reads the spec's "cni.dev/valid-attachments" and the older
+// "cni.dev/attachments" that libcni also sends; when neither key is present
+// no attachment is valid (that is what cnitool's gc means).
+func (r *Request) ValidAttachments() (map[Attachment]bool, error) {
+	var conf struct {
+		Valid  []Attachment `json:"cni.dev/valid-attachments"`
+		Legacy []Attachment `json:"cni.dev/attachments"`
+	}
+	if err := json.Unmarshal(r.Config, &conf); err != nil {
+		return nil, DecodeError("network configuration", err)
+	}
+	valid := make(map[Attachment]bool, len(conf.Valid)+len(conf.Legacy))
+	for _, a := range append(conf.Valid, conf.Legacy...) {
+		valid[a] = true
+	}
+	return valid, nil
+}
+
+// LoadArgs parses CNI_ARGS ("K=V;K2=V2") into a struct of
+// types.UnmarshallableString-like fields, as libcni's types.LoadArgs does:
+// unknown keys are an error unless IgnoreUnknown=1 is among them.
+func (r *Request) LoadArgs(into any) error {
+	if r.Args == "" {
+		return nil
+	}
+	if err := types.LoadArgs(r.Args, into); err != nil {
+		return Errorf(types.ErrInvalidEnvironmentVariables, "CNI_ARGS: %v", err)
+	}
+	return nil
+}
+
+// CommonArgs is the part of CNI_ARGS every applet understands.
+type CommonArgs = types.CommonArgs
+
+// MarshalResultJSON is a small helper for tests and tools: it renders a
+// result in the given spec version.
+func MarshalResultJSON(res types.Result, cniVersion string) ([]byte, error) {
+	conv, err := res.GetAsVersion(cniVersion)
+	if err != nil {
+		return nil, fmt.Errorf("convert result to %s: %w", cniVersion, err)
+	}
+	return json.Marshal(conv)
+}

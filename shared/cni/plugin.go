@@ -1,0 +1,370 @@
+// Package cni is cnibox's CNI protocol core: it turns one plugin invocation
+// (environment + stdin) into a Request, runs the applet's verb, and writes the
+// result or the spec's error JSON. Every applet goes through Run, so version
+// negotiation, environment validation and result conversion live here once.
+package cni
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
+	"golang.org/x/sys/unix"
+
+	"github.com/cnibox/cnibox/shared/logging"
+)
+
+// The verbs of the CNI protocol.
+const (
+	CmdAdd     = "ADD"
+	CmdDel     = "DEL"
+	CmdCheck   = "CHECK"
+	CmdGC      = "GC"
+	CmdStatus  = "STATUS"
+	CmdVersion = "VERSION"
+)
+
+// Applet is one CNI plugin of the multi-call binary. A nil verb function
+// succeeds without doing anything, as the spec allows for GC and STATUS of a
+// plugin that keeps no state.
+type Applet struct {
+	Name string
+	// Kind is "main", "ipam" or "meta"; it is only informational.
+	Kind string
+	// Versions lists the spec versions the applet accepts; nil means AllVersions.
+	Versions []string
+	// Summary is a one-line description for --help and --list.
+	Summary string
+
+	// Main, when set, handles invocations with arguments (such as
+	// "dhcp daemon"); without arguments the applet runs as a plugin.
+	Main func(args []string) int
+
+	Add    func(*Request) (types.Result, error)
+	Del    func(*Request) error
+	Check  func(*Request) error
+	GC     func(*Request) error
+	Status func(*Request) error
+}
+
+// SupportedVersions returns the spec versions the applet accepts.
+func (a *Applet) SupportedVersions() []string {
+	if a.Versions != nil {
+		return a.Versions
+	}
+	return AllVersions
+}
+
+// Request is one invocation of an applet: the CNI_* environment and the
+// network configuration read from stdin.
+type Request struct {
+	Command     string
+	ContainerID string
+	Netns       string
+	IfName      string
+	Args        string // CNI_ARGS, "K=V;K2=V2"
+	Path        string // CNI_PATH, ':'-separated
+	// Config is the network configuration exactly as received on stdin.
+	Config []byte
+	// Version is the config's cniVersion ("0.1.0" when absent, as libcni decodes it).
+	Version string
+	// Name is the network name from the config.
+	Name string
+
+	// Log writes to stderr (and the optional log file); never to stdout.
+	Log *logging.Logger
+}
+
+// Lookup finds an applet of this binary by name; main sets it. Delegation
+// uses it to run an IPAM applet in-process when CNI_PATH resolves to us.
+var Lookup func(name string) *Applet
+
+// Env is how Run reads the environment; os.Getenv in production.
+type Env func(string) string
+
+// Main runs the applet as the process's CNI plugin and returns the exit code.
+func Main(a *Applet) int {
+	return Run(a, os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+}
+
+// Run executes one invocation of a. It writes a result (ADD), version info
+// (VERSION) or nothing to stdout on success and returns 0; on failure it
+// writes the error JSON to stdout, logs it to stderr and returns 1.
+func Run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer) int {
+	log := logging.New(a.Name, stderr)
+	req, result, err := run(a, getenv, stdin, stdout, stderr, log)
+	if err != nil {
+		e := AsError(err)
+		if req != nil {
+			log.Errorf("%s failed: %v", req.Command, e)
+		} else {
+			log.Errorf("%v", e)
+		}
+		writeError(stdout, e, versionOf(req))
+		log.Close()
+		return 1
+	}
+	if result != nil {
+		if err := printResult(stdout, result, req.Version); err != nil {
+			e := AsError(err)
+			log.Errorf("%s failed: %v", req.Command, e)
+			writeError(stdout, e, req.Version)
+			log.Close()
+			return 1
+		}
+	}
+	log.Close()
+	return 0
+}
+
+func versionOf(req *Request) string {
+	if req == nil {
+		return ""
+	}
+	return req.Version
+}
+
+func run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer, log *logging.Logger) (*Request, types.Result, error) {
+	cmd := getenv("CNI_COMMAND")
+	switch cmd {
+	case "":
+		// skel's behaviour, which people rely on to see what a binary is.
+		fmt.Fprintf(stderr, "CNI %s plugin (cnibox %s)\nCNI protocol versions supported: %s\n",
+			a.Name, BuildVersion, strings.Join(a.SupportedVersions(), ", "))
+		return nil, nil, nil
+	case CmdVersion:
+		return nil, nil, writeVersion(stdout, a.SupportedVersions())
+	case CmdAdd, CmdDel, CmdCheck, CmdGC, CmdStatus:
+	default:
+		return nil, nil, Errorf(types.ErrInvalidEnvironmentVariables, "unknown CNI_COMMAND: %v", cmd)
+	}
+
+	req, err := newRequest(cmd, getenv, stdin)
+	if err != nil {
+		return req, nil, err
+	}
+	req.Log = log
+	log.Configure(req.Config, req.ContainerID)
+
+	if err := CheckVersion(a, req); err != nil {
+		return req, nil, err
+	}
+	if err := checkNetns(req, getenv("CNI_NETNS_OVERRIDE")); err != nil {
+		return req, nil, err
+	}
+
+	switch cmd {
+	case CmdAdd:
+		if a.Add == nil {
+			return req, nil, Errorf(types.ErrInternal, "%s does not implement ADD", a.Name)
+		}
+		result, err := a.Add(req)
+		if err != nil {
+			return req, nil, err
+		}
+		if result == nil {
+			return req, nil, Errorf(types.ErrInternal, "%s returned no result", a.Name)
+		}
+		return req, result, nil
+	case CmdDel:
+		return req, nil, call(a.Del, req)
+	case CmdCheck:
+		return req, nil, call(a.Check, req)
+	case CmdGC:
+		return req, nil, call(a.GC, req)
+	case CmdStatus:
+		return req, nil, call(a.Status, req)
+	}
+	return req, nil, nil
+}
+
+func call(f func(*Request) error, req *Request) error {
+	if f == nil {
+		return nil
+	}
+	return f(req)
+}
+
+// verbEnv says which variables each verb requires. CNI_PATH is optional for
+// every verb, as in the spec: libcni always sets it, and applets that
+// delegate report its absence themselves.
+var verbEnv = map[string][]string{
+	CmdAdd:    {"CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"},
+	CmdCheck:  {"CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"},
+	CmdDel:    {"CNI_CONTAINERID", "CNI_IFNAME"},
+	CmdGC:     nil,
+	CmdStatus: nil,
+}
+
+func newRequest(cmd string, getenv Env, stdin io.Reader) (*Request, error) {
+	req := &Request{
+		Command:     cmd,
+		ContainerID: getenv("CNI_CONTAINERID"),
+		Netns:       getenv("CNI_NETNS"),
+		IfName:      getenv("CNI_IFNAME"),
+		Args:        getenv("CNI_ARGS"),
+		Path:        getenv("CNI_PATH"),
+	}
+	var missing []string
+	for _, name := range verbEnv[cmd] {
+		if getenv(name) == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return req, Errorf(types.ErrInvalidEnvironmentVariables, "required env variables [%s] missing", strings.Join(missing, ","))
+	}
+	if req.ContainerID != "" {
+		if e := utils.ValidateContainerID(req.ContainerID); e != nil {
+			return req, Errorf(types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID: %s", e.Msg)
+		}
+	}
+	if req.IfName != "" {
+		if e := utils.ValidateInterfaceName(req.IfName); e != nil {
+			return req, Errorf(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: %s", e.Msg)
+		}
+	}
+
+	data, err := io.ReadAll(io.LimitReader(stdin, maxConfigSize+1))
+	if err != nil {
+		return req, Errorf(types.ErrIOFailure, "read network configuration from stdin: %v", err)
+	}
+	if len(data) > maxConfigSize {
+		return req, Errorf(types.ErrInvalidNetworkConfig, "network configuration on stdin is larger than %d bytes", maxConfigSize)
+	}
+	req.Config = data
+
+	var head struct {
+		CNIVersion *string `json:"cniVersion"`
+		Name       *string `json:"name"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return req, DecodeError("network configuration", err)
+	}
+	req.Version = "0.1.0"
+	if head.CNIVersion != nil {
+		req.Version = *head.CNIVersion
+	}
+	if head.Name == nil || *head.Name == "" {
+		return req, Errorf(types.ErrInvalidNetworkConfig, "network configuration: missing field \"name\"")
+	}
+	if e := utils.ValidateNetworkName(*head.Name); e != nil {
+		return req, Errorf(types.ErrInvalidNetworkConfig, "network configuration: field \"name\": %s", e.Msg)
+	}
+	req.Name = *head.Name
+	return req, nil
+}
+
+// maxConfigSize bounds what we read from stdin: a runtime never sends more,
+// and a hostile or broken caller must not make us allocate without limit.
+const maxConfigSize = 16 << 20
+
+// CheckVersion applies the spec's version rules to req for applet a: the
+// config version must be one a supports, and CHECK, GC and STATUS need the
+// spec version that introduced them.
+func CheckVersion(a *Applet, req *Request) error {
+	if _, _, _, err := ParseVersion(req.Version); err != nil {
+		return Errorf(types.ErrDecodingFailure, "network configuration: field \"cniVersion\": %v", err)
+	}
+	minimum := map[string]string{CmdCheck: "0.4.0", CmdGC: "1.1.0", CmdStatus: "1.1.0"}[req.Command]
+	if minimum != "" && !VersionAtLeast(req.Version, minimum) {
+		return &types.Error{
+			Code:    types.ErrIncompatibleCNIVersion,
+			Msg:     fmt.Sprintf("config version does not allow %s", req.Command),
+			Details: fmt.Sprintf("%s needs cniVersion %s or later; config is %q", req.Command, minimum, req.Version),
+		}
+	}
+	for _, v := range a.SupportedVersions() {
+		if v == req.Version {
+			return nil
+		}
+	}
+	return &types.Error{
+		Code:    types.ErrIncompatibleCNIVersion,
+		Msg:     "incompatible CNI versions",
+		Details: fmt.Sprintf("config is %q, plugin supports %q", req.Version, a.SupportedVersions()),
+	}
+}
+
+// checkNetns refuses to act on our own network namespace, as skel does
+// (code 8): configuring the runtime's namespace as if it were a pod's would
+// break the node. Unlike skel, it refuses before doing anything.
+func checkNetns(req *Request, override string) error {
+	if req.Netns == "" || (req.Command != CmdAdd && req.Command != CmdDel) {
+		return nil
+	}
+	if override == "1" || strings.EqualFold(override, "true") {
+		return nil
+	}
+	var own, target unix.Stat_t
+	if unix.Stat("/proc/self/ns/net", &own) != nil || unix.Stat(req.Netns, &target) != nil {
+		return nil // the applet reports an unusable netns itself
+	}
+	if own.Dev == target.Dev && own.Ino == target.Ino {
+		return Errorf(types.ErrInvalidNetNS, "CNI_NETNS %q is the plugin's own network namespace", req.Netns)
+	}
+	return nil
+}
+
+func writeVersion(w io.Writer, versions []string) error {
+	out, err := json.Marshal(struct {
+		CNIVersion        string   `json:"cniVersion"`
+		SupportedVersions []string `json:"supportedVersions"`
+	}{CurrentVersion, versions})
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(out, '\n'))
+	return err
+}
+
+func printResult(w io.Writer, result types.Result, version string) error {
+	converted, err := result.GetAsVersion(version)
+	if err != nil {
+		return Errorf(types.ErrIncompatibleCNIVersion, "convert result to cniVersion %s: %v", version, err)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "    ")
+	if err := enc.Encode(converted); err != nil {
+		return Errorf(types.ErrInternal, "encode result: %v", err)
+	}
+	_, err = w.Write(buf.Bytes())
+	return err
+}
+
+func writeError(w io.Writer, e *types.Error, version string) {
+	out := struct {
+		CNIVersion string `json:"cniVersion,omitempty"`
+		Code       uint   `json:"code"`
+		Msg        string `json:"msg"`
+		Details    string `json:"details,omitempty"`
+	}{version, e.Code, e.Msg, e.Details}
+	if version != "" {
+		if _, _, _, err := ParseVersion(version); err != nil {
+			out.CNIVersion = ""
+		}
+	}
+	data, _ := json.MarshalIndent(out, "", "    ")
+	_, _ = w.Write(append(data, '\n'))
+}
+
+// AsError returns err as a CNI error, keeping its code when it has one and
+// using ErrInternal (999) otherwise, as skel does.
+func AsError(err error) *types.Error {
+	var e *types.Error
+	if errors.As(err, &e) {
+		if msg := err.Error(); msg != e.Error() {
+			// Keep the context that wrapping added ("bridge: ...: <cni error>").
+			return &types.Error{Code: e.Code, Msg: strings.TrimSuffix(msg, "; "+e.Details), Details: e.Details}
+		}
+		return e
+	}
+	return &types.Error{Code: types.ErrInternal, Msg: err.Error()}
+}
