@@ -70,10 +70,10 @@ type Batch struct {
 // NewBatch starts a batch for table ("nat", "filter", ...).
 func NewBatch(table string) *Batch { return &Batch{Table: table} }
 
-// Chain declares a chain (":NAME - [0:0]"). With --noflush, declaring an
-// existing user chain flushes it, so declare only chains the batch rewrites
-// whole; built-in chains are declared as ":NAME ACCEPT [0:0]"... which
-// iptables-restore also flushes, so never declare those.
+// Chain declares a user chain (":NAME - [0:0]"), creating it if missing.
+// Even with --noflush, iptables-restore flushes a declared chain that
+// exists, so declare only chains the batch rewrites whole (and never a
+// built-in chain); add rules to a shared chain without declaring it.
 func (b *Batch) Chain(name string) { b.chains = append(b.chains, name) }
 
 // Rule appends a rule line, e.g. "-A CNI-FORWARD -s 10.0.0.2/32 -j ACCEPT",
