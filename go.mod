@@ -9,4 +9,7 @@ require (
 	golang.org/x/sys v0.35.0
 )
 
-require github.com/vishvananda/netns v0.0.5 // indirect
+require (
+	github.com/pkg/errors v0.9.1 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
+)

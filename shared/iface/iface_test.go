@@ -1,0 +1,147 @@
+package iface_test
+
+import (
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/cnibox/cnibox/shared/iface"
+	"github.com/cnibox/cnibox/shared/testnet"
+)
+
+func TestMain(m *testing.M) { testnet.Main(m) }
+
+func TestMergeDNS(t *testing.T) {
+	conf := types.DNS{Nameservers: []string{"10.0.0.1"}, Search: []string{"a"}}
+	fromIPAM := types.DNS{Nameservers: []string{"10.0.0.2", "10.0.0.1"}, Domain: "ipam", Search: []string{"b"}, Options: []string{"ndots:2"}}
+	got := iface.MergeDNS(conf, fromIPAM)
+	want := types.DNS{Nameservers: []string{"10.0.0.1", "10.0.0.2"}, Domain: "ipam", Search: []string{"a", "b"}, Options: []string{"ndots:2"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("MergeDNS = %+v, want %+v", got, want)
+	}
+	conf.Domain = "conf"
+	if got := iface.MergeDNS(conf, fromIPAM); got.Domain != "conf" {
+		t.Fatalf("config domain lost: %+v", got)
+	}
+}
+
+func TestParseMAC(t *testing.T) {
+	for _, bad := range []string{"zz", "01:00:5e:00:00:01", "00:11:22:33:44:55:66:77"} {
+		if _, err := iface.ParseMAC("mac", bad); err == nil || !strings.HasPrefix(err.Error(), "mac: ") {
+			t.Errorf("ParseMAC(%q) = %v, want an error naming mac", bad, err)
+		}
+	}
+	if mac, err := iface.ParseMAC("mac", "02:00:00:00:00:01"); err != nil || mac.String() != "02:00:00:00:00:01" {
+		t.Errorf("ParseMAC: %v %v", mac, err)
+	}
+}
+
+// TestLifecycle creates a macvlan in a pod through the helpers, configures
+// it from a result, checks it, breaks it, and deletes it.
+func TestLifecycle(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	pod := testnet.NewNS(t, "pod")
+	node.MustRun("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+	node.MustRun("ip", "link", "set", "up0", "up")
+	node.MustRun("ip", "addr", "add", "192.0.2.1/24", "dev", "up0")
+	node.MustRun("ip", "route", "add", "default", "via", "192.0.2.254")
+
+	netns, err := iface.OpenNetns(pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Close()
+	var master, link netlink.Link
+	err = node.Do(func() error {
+		if _, err := iface.Master(nil, "nope"); err == nil || !strings.Contains(err.Error(), "master") {
+			t.Errorf("missing master: %v", err)
+		}
+		master, err = iface.Master(nil, "") // the default route's link
+		if err != nil {
+			return err
+		}
+		if err := iface.CheckMTU("mtu", 9000, master); err == nil {
+			t.Error("MTU above the master's accepted")
+		}
+		link, err = iface.Create(netns, &netlink.Macvlan{
+			LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index, MTU: 1400},
+			Mode:      netlink.MACVLAN_MODE_BRIDGE,
+		}, "eth0", false)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if master.Attrs().Name != "up0" {
+		t.Fatalf("default-route master = %s, want up0", master.Attrs().Name)
+	}
+	_, ipn, _ := net.ParseCIDR("198.51.100.0/24")
+	ipam := &current.Result{
+		IPs:    []*current.IPConfig{{Address: net.IPNet{IP: net.ParseIP("198.51.100.7"), Mask: ipn.Mask}, Gateway: net.ParseIP("198.51.100.1")}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}, {Dst: net.IPNet{IP: net.ParseIP("203.0.113.0"), Mask: net.CIDRMask(24, 32)}, GW: net.ParseIP("198.51.100.2")}},
+		DNS:    types.DNS{Nameservers: []string{"198.51.100.53"}},
+	}
+	res := iface.NewResult(ipam, types.DNS{}, link, pod.Path)
+	if len(res.DNS.Nameservers) != 1 || *res.IPs[0].Interface != 0 {
+		t.Fatalf("result: %+v", res)
+	}
+	err = netns.Do(func(ns.NetNS) error {
+		if err := iface.Configure("eth0", res, iface.NotifyAll); err != nil {
+			return err
+		}
+		idx, ifc, err := iface.FindInterface(res, "eth0", pod.Path)
+		if err != nil {
+			return err
+		}
+		if _, err := iface.CheckLink("eth0", iface.Want{Type: "macvlan", MAC: ifc.Mac, MTU: 1400, ParentIndex: master.Attrs().Index}); err != nil {
+			return err
+		}
+		if _, err := iface.CheckLink("eth0", iface.Want{Type: "ipvlan"}); err == nil {
+			t.Error("CheckLink accepted a wrong type")
+		}
+		if err := iface.CheckIPs("eth0", idx, res); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := pod.MustRun("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify"); strings.TrimSpace(out) != "1" {
+		t.Errorf("arp_notify = %q", out)
+	}
+	pod.MustRun("ip", "route", "del", "203.0.113.0/24")
+	err = netns.Do(func(ns.NetNS) error { return iface.CheckIPs("eth0", 0, res) })
+	if err == nil || !strings.Contains(err.Error(), "203.0.113.0/24") {
+		t.Errorf("CheckIPs with a route missing: %v", err)
+	}
+	// A second link of the same name is refused, and leaves nothing behind.
+	err = node.Do(func() error {
+		_, err := iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, "eth0", false)
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "CNI_IFNAME") {
+		t.Errorf("duplicate ifName: %v", err)
+	}
+	if out := pod.MustRun("ip", "-o", "link"); strings.Count(out, "\n") != 2 {
+		t.Errorf("pod links after the failed create:\n%s", out)
+	}
+	for i := 0; i < 2; i++ {
+		if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
+			t.Fatalf("DeleteLink #%d: %v", i, err)
+		}
+	}
+	pod.Delete()
+	if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
+		t.Fatalf("DeleteLink with the netns gone: %v", err)
+	}
+	if _, err := iface.OpenNetns(pod.Path); !iface.NetnsGone(err) {
+		t.Fatalf("OpenNetns of a deleted netns: %v", err)
+	}
+}
