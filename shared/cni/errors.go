@@ -12,11 +12,11 @@ import (
 // types for them. 50 and 51 are STATUS's.
 const (
 	ErrIncompatibleVersion = types.ErrIncompatibleCNIVersion // 1
-	ErrUnsupportedField    = types.ErrUnsupportedField        // 2
-	ErrUnknownContainer    = types.ErrUnknownContainer        // 3
+	ErrUnsupportedField    = types.ErrUnsupportedField       // 2
+	ErrUnknownContainer    = types.ErrUnknownContainer       // 3
 	ErrInvalidEnv          = types.ErrInvalidEnvironmentVariables
-	ErrIO                  = types.ErrIOFailure        // 5
-	ErrDecode              = types.ErrDecodingFailure  // 6
+	ErrIO                  = types.ErrIOFailure       // 5
+	ErrDecode              = types.ErrDecodingFailure // 6
 	ErrInvalidConfig       = types.ErrInvalidNetworkConfig
 	ErrTryAgain            = types.ErrTryAgainLater // 11
 	ErrNotAvailable        = uint(50)

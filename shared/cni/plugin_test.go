@@ -1,0 +1,327 @@
+package cni
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// fakeApplet records what it was called with and returns a fixed result.
+func fakeApplet() (*Applet, *[]string) {
+	var calls []string
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		IPs:        []*current.IPConfig{{Address: net.IPNet{IP: net.IPv4(10, 0, 0, 2), Mask: net.CIDRMask(24, 32)}}},
+	}
+	a := &Applet{
+		Name: "fake",
+		Add: func(r *Request) (types.Result, error) {
+			calls = append(calls, "ADD "+r.ContainerID+" "+r.Name)
+			return res, nil
+		},
+		Del:   func(r *Request) error { calls = append(calls, "DEL"); return nil },
+		Check: func(r *Request) error { calls = append(calls, "CHECK"); return nil },
+	}
+	return a, &calls
+}
+
+type invocation struct {
+	env   map[string]string
+	stdin string
+}
+
+func (i invocation) run(a *Applet) (stdout, stderr string, code int) {
+	var out, errb bytes.Buffer
+	code = Run(a, func(k string) string { return i.env[k] }, strings.NewReader(i.stdin), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func addEnv(extra ...string) map[string]string {
+	env := map[string]string{
+		"CNI_COMMAND":     "ADD",
+		"CNI_CONTAINERID": "c1",
+		"CNI_NETNS":       "/run/netns/does-not-matter",
+		"CNI_IFNAME":      "eth0",
+		"CNI_PATH":        "/opt/cni/bin",
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	return env
+}
+
+func conf(version string) string {
+	return fmt.Sprintf(`{"cniVersion":%q,"name":"net1","type":"fake"}`, version)
+}
+
+func TestBadInputGetsTheRightCode(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		inv   invocation
+		code  uint
+		words []string
+	}{
+		{"unknown command", invocation{addEnv("CNI_COMMAND", "FROB"), conf("1.1.0")}, 4, []string{"unknown CNI_COMMAND: FROB"}},
+		{"missing netns", invocation{addEnv("CNI_NETNS", ""), conf("1.1.0")}, 4, []string{"CNI_NETNS"}},
+		{"missing container id and ifname", invocation{addEnv("CNI_CONTAINERID", "", "CNI_IFNAME", ""), conf("1.1.0")}, 4, []string{"CNI_CONTAINERID", "CNI_IFNAME"}},
+		{"bad container id", invocation{addEnv("CNI_CONTAINERID", "../etc"), conf("1.1.0")}, 4, []string{"CNI_CONTAINERID"}},
+		{"bad ifname", invocation{addEnv("CNI_IFNAME", "eth0/x"), conf("1.1.0")}, 4, []string{"CNI_IFNAME"}},
+		{"long ifname", invocation{addEnv("CNI_IFNAME", "abcdefghijklmnop"), conf("1.1.0")}, 4, []string{"CNI_IFNAME"}},
+		{"malformed json", invocation{addEnv(), `{"cniVersion":"1.1.0","name":`}, 6, []string{"malformed JSON"}},
+		{"not json", invocation{addEnv(), `hello`}, 6, []string{"network configuration"}},
+		{"missing name", invocation{addEnv(), `{"cniVersion":"1.1.0","type":"fake"}`}, 7, []string{`"name"`}},
+		{"bad name", invocation{addEnv(), `{"cniVersion":"1.1.0","name":"a/b","type":"fake"}`}, 7, []string{`"name"`}},
+		{"unsupported version", invocation{addEnv(), conf("9.9.9")}, 1, []string{"incompatible CNI versions"}},
+		{"garbage version", invocation{addEnv(), conf("one")}, 6, []string{"cniVersion"}},
+		{"check before 0.4.0", invocation{addEnv("CNI_COMMAND", "CHECK"), conf("0.3.1")}, 1, []string{"CHECK"}},
+		{"gc before 1.1.0", invocation{map[string]string{"CNI_COMMAND": "GC"}, conf("1.0.0")}, 1, []string{"GC"}},
+		{"status before 1.1.0", invocation{map[string]string{"CNI_COMMAND": "STATUS"}, conf("0.4.0")}, 1, []string{"STATUS"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, calls := fakeApplet()
+			stdout, stderr, code := tc.inv.run(a)
+			if code == 0 {
+				t.Fatalf("exit 0, want failure; stdout %q", stdout)
+			}
+			var e types.Error
+			if err := json.Unmarshal([]byte(stdout), &e); err != nil {
+				t.Fatalf("stdout is not error JSON: %v: %q", err, stdout)
+			}
+			if e.Code != tc.code {
+				t.Errorf("code = %d, want %d (%s)", e.Code, tc.code, e.Error())
+			}
+			for _, w := range tc.words {
+				if !strings.Contains(e.Error(), w) {
+					t.Errorf("error %q does not mention %q", e.Error(), w)
+				}
+			}
+			if len(*calls) != 0 {
+				t.Errorf("applet was called: %v", *calls)
+			}
+			if !strings.Contains(stderr, "error") {
+				t.Errorf("nothing logged to stderr: %q", stderr)
+			}
+		})
+	}
+}
+
+func TestNoCommandPrintsAbout(t *testing.T) {
+	a, _ := fakeApplet()
+	stdout, stderr, code := invocation{map[string]string{}, ""}.run(a)
+	if code != 0 || stdout != "" {
+		t.Fatalf("code %d stdout %q", code, stdout)
+	}
+	if !strings.Contains(stderr, "CNI fake plugin") || !strings.Contains(stderr, "1.1.0") {
+		t.Errorf("about text = %q", stderr)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	a, _ := fakeApplet()
+	a.Versions = VersionsFrom("0.4.0")
+	stdout, _, code := invocation{map[string]string{"CNI_COMMAND": "VERSION"}, "not even json"}.run(a)
+	if code != 0 {
+		t.Fatalf("code %d: %s", code, stdout)
+	}
+	var v struct {
+		CNIVersion        string   `json:"cniVersion"`
+		SupportedVersions []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.CNIVersion != CurrentVersion || strings.Join(v.SupportedVersions, ",") != "0.4.0,1.0.0,1.1.0" {
+		t.Errorf("VERSION = %+v", v)
+	}
+}
+
+// TestResultIsConvertedToTheConfigVersion: applets return a current result
+// and the core prints it in the config's version.
+func TestResultIsConvertedToTheConfigVersion(t *testing.T) {
+	for _, v := range AllVersions {
+		t.Run(v, func(t *testing.T) {
+			a, calls := fakeApplet()
+			stdout, _, code := invocation{addEnv(), conf(v)}.run(a)
+			if code != 0 {
+				t.Fatalf("code %d: %s", code, stdout)
+			}
+			if len(*calls) != 1 || (*calls)[0] != "ADD c1 net1" {
+				t.Fatalf("calls = %v", *calls)
+			}
+			var out map[string]any
+			if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case !VersionAtLeast(v, "0.3.0"):
+				ip4, _ := out["ip4"].(map[string]any)
+				if ip4["ip"] != "10.0.0.2/24" {
+					t.Errorf("0.x result = %s", stdout)
+				}
+			default:
+				ips, _ := out["ips"].([]any)
+				if len(ips) != 1 {
+					t.Fatalf("result = %s", stdout)
+				}
+				_, hasVersion := ips[0].(map[string]any)["version"]
+				if hasVersion == VersionAtLeast(v, "1.0.0") {
+					t.Errorf("ips[0].version presence wrong for %s: %s", v, stdout)
+				}
+			}
+			if v != "0.1.0" && out["cniVersion"] != v {
+				t.Errorf("cniVersion = %v, want %s", out["cniVersion"], v)
+			}
+		})
+	}
+}
+
+func TestMissingConfigVersionIs010(t *testing.T) {
+	a, _ := fakeApplet()
+	stdout, _, code := invocation{addEnv(), `{"name":"net1","type":"fake"}`}.run(a)
+	if code != 0 || !strings.Contains(stdout, `"ip4"`) {
+		t.Fatalf("code %d: %s", code, stdout)
+	}
+}
+
+func TestErrorsKeepTheirCode(t *testing.T) {
+	a, _ := fakeApplet()
+	a.Del = func(r *Request) error {
+		return fmt.Errorf("fake %q: release: %w", r.Name, TryAgain("lock is busy"))
+	}
+	stdout, _, code := invocation{addEnv("CNI_COMMAND", "DEL"), conf("1.0.0")}.run(a)
+	var e types.Error
+	if code == 0 || json.Unmarshal([]byte(stdout), &e) != nil {
+		t.Fatalf("code %d stdout %q", code, stdout)
+	}
+	if e.Code != ErrTryAgain || !strings.Contains(e.Msg, `fake "net1": release: lock is busy`) {
+		t.Errorf("error = %+v", e)
+	}
+
+	a.Del = func(*Request) error { return errors.New("plain") }
+	stdout, _, _ = invocation{addEnv("CNI_COMMAND", "DEL"), conf("1.0.0")}.run(a)
+	if json.Unmarshal([]byte(stdout), &e) != nil || e.Code != ErrInternal {
+		t.Errorf("plain error → %s", stdout)
+	}
+}
+
+func TestDelWithoutNetnsAndNilVerbs(t *testing.T) {
+	a, calls := fakeApplet()
+	env := addEnv("CNI_COMMAND", "DEL", "CNI_NETNS", "", "CNI_PATH", "")
+	if _, _, code := (invocation{env, conf("1.1.0")}).run(a); code != 0 || len(*calls) != 1 {
+		t.Fatalf("DEL without netns: code %d calls %v", code, *calls)
+	}
+	for _, cmd := range []string{"GC", "STATUS"} {
+		if stdout, _, code := (invocation{map[string]string{"CNI_COMMAND": cmd}, conf("1.1.0")}).run(a); code != 0 {
+			t.Errorf("%s with a nil func: code %d %s", cmd, code, stdout)
+		}
+	}
+}
+
+func TestOwnNetnsIsRefused(t *testing.T) {
+	a, calls := fakeApplet()
+	stdout, _, code := invocation{addEnv("CNI_NETNS", "/proc/self/ns/net"), conf("1.1.0")}.run(a)
+	var e types.Error
+	if code == 0 || json.Unmarshal([]byte(stdout), &e) != nil || e.Code != types.ErrInvalidNetNS {
+		t.Fatalf("code %d stdout %s", code, stdout)
+	}
+	if len(*calls) != 0 {
+		t.Fatal("applet ran on the plugin's own netns")
+	}
+	if _, _, code := (invocation{addEnv("CNI_NETNS", "/proc/self/ns/net", "CNI_NETNS_OVERRIDE", "1"), conf("1.1.0")}).run(a); code != 0 {
+		t.Fatal("CNI_NETNS_OVERRIDE=1 did not allow it")
+	}
+}
+
+func TestDecodeErrorNamesTheField(t *testing.T) {
+	var c struct {
+		NetConf
+		MTU int `json:"mtu"`
+	}
+	req := &Request{Config: []byte(`{"cniVersion":"1.0.0","name":"n","mtu":"big"}`)}
+	err := req.Decode(&c)
+	e := AsError(err)
+	if e.Code != ErrInvalidConfig || !strings.Contains(e.Msg, `"mtu"`) {
+		t.Errorf("error = %v (code %d)", e, e.Code)
+	}
+}
+
+func TestValidAttachments(t *testing.T) {
+	for _, tc := range []struct {
+		config string
+		want   int
+	}{
+		{`{"name":"n"}`, 0},
+		{`{"name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}`, 1},
+		{`{"name":"n","cni.dev/attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}]}`, 2},
+	} {
+		got, err := (&Request{Config: []byte(tc.config)}).ValidAttachments()
+		if err != nil || len(got) != tc.want {
+			t.Errorf("%s: %v %v", tc.config, got, err)
+		}
+	}
+}
+
+func TestPrevResultOfEveryVersion(t *testing.T) {
+	for _, v := range AllVersions {
+		res := &current.Result{
+			CNIVersion: current.ImplementedSpecVersion,
+			IPs:        []*current.IPConfig{{Address: net.IPNet{IP: net.IPv4(10, 0, 0, 2), Mask: net.CIDRMask(24, 32)}}},
+		}
+		raw, err := MarshalResultJSON(res, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c NetConf
+		if err := json.Unmarshal([]byte(fmt.Sprintf(`{"cniVersion":%q,"name":"n","prevResult":%s}`, v, raw)), &c); err != nil {
+			t.Fatal(err)
+		}
+		prev, err := PrevResult(&c)
+		if err != nil || len(prev.IPs) != 1 || prev.IPs[0].Address.String() != "10.0.0.2/24" {
+			t.Errorf("%s: prev %+v err %v", v, prev, err)
+		}
+	}
+}
+
+func TestParseVersion(t *testing.T) {
+	for _, ok := range []string{"0.1.0", "1.1.0", "1.0", "1", "10.20.30"} {
+		if _, _, _, err := ParseVersion(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "a.b.c", "1.2.3.4", "-1.0.0", "1..0"} {
+		if _, _, _, err := ParseVersion(bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+	if !VersionAtLeast("1.1.0", "0.4.0") || VersionAtLeast("0.3.1", "0.4.0") || !VersionAtLeast("0.4.0", "0.4.0") {
+		t.Error("VersionAtLeast is wrong")
+	}
+}
+
+// FuzzRun feeds arbitrary configs to every verb: the core must never panic,
+// and every failure must be a well-formed CNI error on stdout.
+func FuzzRun(f *testing.F) {
+	f.Add("ADD", conf("1.1.0"))
+	f.Add("DEL", `{"name":"n"}`)
+	f.Add("CHECK", `{"cniVersion":"0.4.0","name":"n","prevResult":{"ips":[]}}`)
+	f.Add("GC", `{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{}]}`)
+	f.Add("STATUS", `{"cniVersion":"1.1","name":"x"}`)
+	f.Add("VERSION", `[`)
+	f.Fuzz(func(t *testing.T, cmd, stdin string) {
+		a, _ := fakeApplet()
+		stdout, _, code := invocation{addEnv("CNI_COMMAND", cmd), stdin}.run(a)
+		if code != 0 {
+			var e types.Error
+			if err := json.Unmarshal([]byte(stdout), &e); err != nil || e.Code == 0 || e.Msg == "" {
+				t.Fatalf("failure without a CNI error: %q", stdout)
+			}
+		}
+	})
+}
