@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/cnibox/cnibox/applets/loopback"
+	"github.com/cnibox/cnibox/applets/macvlan"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/cnirun"
 	"github.com/cnibox/cnibox/shared/install"
@@ -21,6 +22,7 @@ import (
 // really works; nothing registers itself anywhere else.
 var applets = []*cni.Applet{
 	loopback.Applet,
+	macvlan.Applet,
 }
 
 func lookup(name string) *cni.Applet {
