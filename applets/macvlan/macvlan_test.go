@@ -405,7 +405,9 @@ func TestCheckDetectsDrift(t *testing.T) {
 		do   func(pod *testnet.NS, ip string)
 		want string
 	}{
-		{"mac", func(pod *testnet.NS, _ string) { pod.MustRun("ip", "link", "set", "eth0", "address", "02:de:ad:be:ef:01") }, "MAC"},
+		{"mac", func(pod *testnet.NS, _ string) {
+			pod.MustRun("ip", "link", "set", "eth0", "address", "02:de:ad:be:ef:01")
+		}, "MAC"},
 		{"mtu", func(pod *testnet.NS, _ string) { pod.MustRun("ip", "link", "set", "eth0", "mtu", "1300") }, "MTU"},
 		{"address", func(pod *testnet.NS, ip string) { pod.MustRun("ip", "addr", "del", ip+"/24", "dev", "eth0") }, "address"},
 		{"route", func(pod *testnet.NS, _ string) { pod.MustRun("ip", "route", "del", "default") }, "route"},
