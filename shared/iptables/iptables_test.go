@@ -1,0 +1,65 @@
+package iptables
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/cnibox/cnibox/shared/testnet"
+)
+
+func TestBatchRendering(t *testing.T) {
+	b := NewBatch("nat")
+	if !b.Empty() {
+		t.Fatal("new batch is not empty")
+	}
+	b.Chain("CNI-abc")
+	b.Rule("-A CNI-abc -d %s -j ACCEPT", "10.0.0.0/24")
+	b.Rule("-A POSTROUTING -s 10.0.0.2 -j CNI-abc")
+	want := "*nat\n:CNI-abc - [0:0]\n-A CNI-abc -d 10.0.0.0/24 -j ACCEPT\n-A POSTROUTING -s 10.0.0.2 -j CNI-abc\nCOMMIT\n"
+	if got := b.String(); got != want {
+		t.Errorf("batch =\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestApply runs real batches in a throwaway netns, for both families: a
+// batch applies whole, a bad line applies nothing.
+func TestApply(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	for _, f := range []Family{IPv4, IPv6} {
+		err := node.Do(func() error {
+			if !Usable(f) {
+				t.Skipf("%s not usable here", f.tool(""))
+			}
+			b := NewBatch("filter")
+			b.Chain("CNIBOX-TEST")
+			b.Rule("-A CNIBOX-TEST -m comment --comment %q -j ACCEPT", `name: "n" id: "c"`)
+			b.Rule("-A FORWARD -j CNIBOX-TEST")
+			if err := Apply(f, b); err != nil {
+				return err
+			}
+			saved, err := Save(f, "filter")
+			if err != nil {
+				return err
+			}
+			for _, w := range []string{":CNIBOX-TEST - [0:0]", `-A CNIBOX-TEST -m comment --comment "name: \"n\" id: \"c\"" -j ACCEPT`, "-A FORWARD -j CNIBOX-TEST"} {
+				if !strings.Contains(saved, w) {
+					t.Errorf("%s: saved table lacks %q:\n%s", f.tool(""), w, saved)
+				}
+			}
+			bad := NewBatch("filter")
+			bad.Rule("-A FORWARD -m comment --comment CNIBOX-OTHER-MARKER -j ACCEPT")
+			bad.Rule("-A FORWARD -j NO-SUCH-CHAIN")
+			if err := Apply(f, bad); err == nil {
+				t.Errorf("%s: a batch with a bad line applied", f.tool(""))
+			}
+			saved, _ = Save(f, "filter")
+			if strings.Contains(saved, "CNIBOX-OTHER-MARKER") {
+				t.Errorf("%s: part of a failed batch applied", f.tool(""))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
