@@ -13,6 +13,7 @@ import (
 
 	"github.com/cnibox/cnibox/applets/loopback"
 	"github.com/cnibox/cnibox/applets/macvlan"
+	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/cnirun"
 	"github.com/cnibox/cnibox/shared/install"
@@ -23,6 +24,7 @@ import (
 var applets = []*cni.Applet{
 	loopback.Applet,
 	macvlan.Applet,
+	tuning.Applet,
 }
 
 func lookup(name string) *cni.Applet {
