@@ -1,0 +1,74 @@
+// Package hostlocal is the host-local IPAM applet: it hands out addresses
+// from configured ranges and keeps its reservations in files on the node,
+// exactly where and as the reference host-local keeps them, so that a node
+// can switch from the reference to cnibox and back and keep every
+// reservation.
+//
+// # On-disk format (the reference's, unchanged)
+//
+//	<dataDir>/<network>/<ip>                  "<containerID>\r\n<ifname>", mode 0600
+//	                                          (files of old versions: "<containerID>")
+//	<dataDir>/<network>/last_reserved_ip.<n>  last address reserved from range set n
+//	<dataDir>/<network>/lock                  flock'd by every caller, both plugins
+//
+// The reservation files are the truth. The reference finds an attachment's
+// addresses by reading every file of the directory, under the lock, on
+// every ADD (the duplicate check) and every DEL: O(reservations) per call,
+// half a second at 65k, serialised per network.
+//
+// # The index
+//
+// cnibox keeps an index beside the network's directory, where the
+// reference never looks (network names start with a letter or digit):
+//
+//	<dataDir>/.cnibox/<network>/att/<key>     one record per attachment: a symlink
+//	                                          whose target lists its addresses
+//	<dataDir>/.cnibox/<network>/stamp         the state of both directories the
+//	                                          index was last known to match
+//
+// key is a hash of (containerID, ifname), or of the containerID alone for
+// old id-only files. A symlink is created or read in one syscall, so a
+// record is never half written. ADD's duplicate check and DEL read one
+// record and then only the files it names: O(1) in the number of
+// reservations.
+//
+// The index is never trusted blindly:
+//
+//   - Every file a record names is read and compared with the attachment
+//     before it is used or removed; a record that names a file now held by
+//     someone else is ignored.
+//   - The stamp holds device, inode and mtime of the network directory and
+//     of att/. Any change to either — a reservation made or released by the
+//     reference plugin, by an operator, a directory wiped and recreated, a
+//     record lost — changes one of them. When the stamp does not match
+//     (or is missing) at the start of a call, the index is rebuilt from the
+//     files (one scan, what the reference does on every call) before the
+//     call goes on. A rebuild writes a fresh att/ and swaps it in.
+//   - A call writes the stamp only at its end, after every file and record
+//     change, and removes it when anything failed half-way. A process
+//     killed in the middle leaves the directories changed and the old stamp
+//     behind: the next call sees the mismatch and rebuilds. An empty
+//     reservation file (a writer killed between creating and filling it)
+//     names nobody; the rebuild removes it.
+//   - Coarse timestamps: on filesystems whose mtime ticks with the kernel's
+//     coarse clock (tmpfs, kernels before multigrain timestamps), a change
+//     in the same tick as ours would leave the mtime unchanged. Before
+//     writing the stamp, with the lock held, a call waits until the coarse
+//     clock has passed both mtimes (at most one tick, usually none), so
+//     every later change gets a different mtime.
+//
+// All of this happens under the reference's flock on <network>/lock, held
+// for the whole call (the reference holds it per range set). The wait for
+// it is bounded (CNIBOX_HOSTLOCAL_LOCK_TIMEOUT, default 30s): a wedged lock
+// is answered with "try again" (code 11), never with a hang.
+//
+// # GC and STATUS
+//
+// GC (spec 1.1) scans the directory, removes every reservation whose
+// attachment is not valid (id-only files are kept when their container ID
+// is valid; empty files are removed), never touching the lock,
+// last_reserved_ip.*, files that are not named by an address, or any other
+// network's directory; then it rebuilds the index. STATUS fails with code
+// 50 when the data dir is not a writable directory or a range set has no
+// free address, and names which.
+package hostlocal

@@ -1,0 +1,456 @@
+package hostlocal
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cnibox/cnibox/shared/logging"
+)
+
+// The reference's on-disk names.
+const (
+	lockName         = "lock"
+	lastReservedName = "last_reserved_ip." // + range set index
+	lineBreak        = "\r\n"
+)
+
+// indexDirName is the index's home under the data dir. Network names
+// must start with a letter or digit, so no network can be called this.
+const indexDirName = ".cnibox"
+
+// stampVersion heads the stamp file; a stamp of another version is stale.
+const stampVersion = "cnibox-host-local-index 1"
+
+// owner is what a reservation file holds: "<id>\r\n<ifname>", or, in the
+// files of old reference versions, only "<id>".
+func owner(id, ifname string) string { return strings.TrimSpace(id) + lineBreak + ifname }
+
+// attachmentKey and legacyKey name an attachment's index record.
+func attachmentKey(id, ifname string) string { return hashKey("a\x00" + strings.TrimSpace(id) + "\x00" + ifname) }
+func legacyKey(id string) string             { return hashKey("l\x00" + strings.TrimSpace(id)) }
+
+func hashKey(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:16])
+}
+
+// keyOf returns the index key of a reservation file's content, or "" for
+// content that names no attachment (empty, or more than two lines).
+func keyOf(content string) string {
+	c := strings.TrimSpace(content)
+	if c == "" {
+		return ""
+	}
+	parts := strings.Split(c, lineBreak)
+	switch len(parts) {
+	case 1:
+		return legacyKey(parts[0])
+	case 2:
+		return attachmentKey(parts[0], parts[1])
+	}
+	return ""
+}
+
+// store is one network's reservations, locked for the life of the value.
+// See the package documentation for the layout and the index protocol.
+type store struct {
+	dir     string // <dataDir>/<network>: the reservations (the truth)
+	idxDir  string // <dataDir>/.cnibox/<network>
+	attDir  string // idxDir/att: one record per attachment
+	lock    *os.File
+	log     *logging.Logger
+	dirty   bool // dir or attDir changed: commit writes a new stamp
+	broken  bool // the index may disagree with the files: drop the stamp
+	rebuilt bool // this open rebuilt the index (for tests and logs)
+}
+
+// openStore creates the network's directory if needed, takes its lock
+// (bounded), and makes sure the index agrees with the files, rebuilding it
+// from them when it does not.
+func openStore(dataDir, network string, log *logging.Logger) (*store, error) {
+	s := &store{
+		dir:    filepath.Join(dataDir, network),
+		idxDir: filepath.Join(dataDir, indexDirName, network),
+		log:    log,
+	}
+	s.attDir = filepath.Join(s.idxDir, "att")
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	lock, err := lockFile(filepath.Join(s.dir, lockName), lockTimeout())
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	if err := os.MkdirAll(s.attDir, 0o700); err != nil {
+		s.unlock()
+		return nil, fmt.Errorf("create index dir: %w", err)
+	}
+	if !s.stampValid() {
+		if err := s.rebuild(nil); err != nil {
+			s.broken = true
+			s.close()
+			return nil, fmt.Errorf("rebuild index of %s: %w", s.dir, err)
+		}
+	}
+	return s, nil
+}
+
+// close commits the index (a new stamp when something changed, none when
+// the index may be wrong) and releases the lock.
+func (s *store) close() {
+	if s.lock == nil {
+		return
+	}
+	switch {
+	case s.broken:
+		os.Remove(filepath.Join(s.idxDir, "stamp"))
+	case s.dirty:
+		if err := s.writeStamp(); err != nil {
+			s.log.Warnf("host-local: write index stamp (the next call rebuilds the index): %v", err)
+			os.Remove(filepath.Join(s.idxDir, "stamp"))
+		}
+	}
+	s.unlock()
+}
+
+func (s *store) unlock() {
+	s.lock.Close() // closing the last descriptor drops the flock
+	s.lock = nil
+}
+
+// stamp describes the two directories' identity and last change.
+func (s *store) stamp() (string, []unix.Timespec, error) {
+	var b strings.Builder
+	var times []unix.Timespec
+	b.WriteString(stampVersion + "\n")
+	for _, d := range []string{s.dir, s.attDir} {
+		var st unix.Stat_t
+		if err := unix.Stat(d, &st); err != nil {
+			return "", nil, &fs.PathError{Op: "stat", Path: d, Err: err}
+		}
+		fmt.Fprintf(&b, "%d %d %d.%09d\n", st.Dev, st.Ino, st.Mtim.Sec, st.Mtim.Nsec)
+		times = append(times, st.Mtim)
+	}
+	return b.String(), times, nil
+}
+
+func (s *store) stampValid() bool {
+	want, err := os.ReadFile(filepath.Join(s.idxDir, "stamp"))
+	if err != nil {
+		return false
+	}
+	got, _, err := s.stamp()
+	return err == nil && got == string(want)
+}
+
+// writeStamp records the directories' current state as the one the index
+// matches. Before it does, it waits until the clock that stamps changes
+// has moved past both directories' mtimes: on a filesystem with coarse
+// timestamps (tmpfs, older kernels) a change made by another process in
+// the same tick would otherwise leave the mtime as it is, and the stamp
+// would hide it. Multigrain filesystems (ext4, xfs on Linux 6.13+) hand out
+// a finer mtime once it has been read, which is already after the coarse
+// clock: no wait. The wait is at most one tick, with the lock held.
+func (s *store) writeStamp() error {
+	st, times, err := s.stamp()
+	if err != nil {
+		return err
+	}
+	for {
+		var now unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &now); err != nil {
+			return err
+		}
+		later := true
+		for _, t := range times {
+			if t.Nano() == now.Nano() {
+				later = false
+			}
+		}
+		if later {
+			break
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	tmp := filepath.Join(s.idxDir, "stamp.tmp")
+	if err := os.WriteFile(tmp, []byte(st), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(s.idxDir, "stamp"))
+}
+
+// entry is one reservation file.
+type entry struct {
+	ip      netip.Addr
+	content string // trimmed
+}
+
+// scan reads every reservation file. Names that are not canonical IP
+// addresses (lock, last_reserved_ip.*, anything else someone put there)
+// are not reservations and are left alone.
+func (s *store) scan() ([]entry, error) {
+	d, err := os.Open(s.dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]entry, 0, len(names))
+	for _, name := range names {
+		ip, ok := reservationName(name)
+		if !ok {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(s.dir, name))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, entry{ip: ip, content: strings.TrimSpace(string(data))})
+	}
+	return out, nil
+}
+
+// reservationName parses a file name as the reference writes reservation
+// names (net.IP.String(), which netip prints the same way).
+func reservationName(name string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(name)
+	if err != nil || ip.Zone() != "" || ip.String() != name {
+		return netip.Addr{}, false
+	}
+	return ip, true
+}
+
+// rebuild makes the index from the files. entries are the reservation
+// files when the caller has just scanned them (GC), else rebuild scans.
+// Empty reservation files are repaired: every writer (the reference too)
+// creates and fills a reservation under the lock we hold, so an empty one
+// is what a writer killed in between left behind, and it names nobody.
+func (s *store) rebuild(entries []entry) error {
+	if entries == nil {
+		var err error
+		if entries, err = s.scan(); err != nil {
+			return err
+		}
+	}
+	records := map[string][]netip.Addr{}
+	for _, e := range entries {
+		if e.content == "" {
+			s.log.Warnf("host-local: removing empty reservation %s left by an interrupted ADD", filepath.Join(s.dir, e.ip.String()))
+			if err := os.Remove(filepath.Join(s.dir, e.ip.String())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if k := keyOf(e.content); k != "" {
+			records[k] = append(records[k], e.ip)
+		}
+	}
+	fresh := s.attDir + ".new"
+	old := s.attDir + ".old"
+	if err := os.RemoveAll(fresh); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(old); err != nil {
+		return err
+	}
+	if err := os.Mkdir(fresh, 0o700); err != nil {
+		return err
+	}
+	for k, ips := range records {
+		if err := os.Symlink(recordText(ips), filepath.Join(fresh, k)); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(s.attDir, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(fresh, s.attDir); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(old); err != nil {
+		return err
+	}
+	s.dirty, s.rebuilt = true, true
+	s.log.Debugf("host-local: rebuilt the index of %s from %d reservations", s.dir, len(entries))
+	return nil
+}
+
+// A record is a symlink whose target lists the attachment's addresses:
+// creating one is a single atomic syscall, and so is reading it.
+func recordText(ips []netip.Addr) string {
+	parts := make([]string, len(ips))
+	for i, ip := range ips {
+		parts[i] = ip.String()
+	}
+	return "ips:" + strings.Join(parts, ",")
+}
+
+func parseRecord(text string) ([]netip.Addr, bool) {
+	rest, ok := strings.CutPrefix(text, "ips:")
+	if !ok {
+		return nil, false
+	}
+	var out []netip.Addr
+	for _, f := range strings.Split(rest, ",") {
+		if f == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, false
+		}
+		out = append(out, ip)
+	}
+	return out, true
+}
+
+// record returns the addresses the index lists under key. A record that
+// cannot be read is an index that disagrees with itself: the error makes
+// the caller fail this call and the next one rebuild.
+func (s *store) record(key string) ([]netip.Addr, error) {
+	text, err := os.Readlink(filepath.Join(s.attDir, key))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		s.broken = true
+		return nil, err
+	}
+	ips, ok := parseRecord(text)
+	if !ok {
+		s.broken = true
+		return nil, fmt.Errorf("index record %s is corrupt (%q); it will be rebuilt", key, text)
+	}
+	return ips, nil
+}
+
+// setRecord replaces the record under key; no addresses removes it.
+func (s *store) setRecord(key string, ips []netip.Addr) error {
+	path := filepath.Join(s.attDir, key)
+	s.dirty = true
+	if len(ips) == 0 {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.broken = true
+			return err
+		}
+		return nil
+	}
+	err := os.Symlink(recordText(ips), path)
+	if errors.Is(err, fs.ErrExist) {
+		tmp := path + ".tmp"
+		os.Remove(tmp)
+		if err = os.Symlink(recordText(ips), tmp); err == nil {
+			err = os.Rename(tmp, path)
+		}
+	}
+	if err != nil {
+		s.broken = true
+	}
+	return err
+}
+
+// holds returns those of ips whose reservation file names want as owner:
+// the index says where to look, the files say what is true.
+func (s *store) holds(ips []netip.Addr, want string) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range ips {
+		data, err := os.ReadFile(filepath.Join(s.dir, ip.String()))
+		if err == nil && strings.TrimSpace(string(data)) == want {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// owned returns the addresses the attachment holds, and whether they are
+// held through legacy id-only files (used, as by the reference, only when
+// the attachment holds none of its own).
+func (s *store) owned(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
+	rec, err := s.record(attachmentKey(id, ifname))
+	if err != nil {
+		return nil, false, err
+	}
+	if ips = s.holds(rec, owner(id, ifname)); len(ips) > 0 {
+		return ips, false, nil
+	}
+	rec, err = s.record(legacyKey(id))
+	if err != nil {
+		return nil, false, err
+	}
+	return s.holds(rec, strings.TrimSpace(id)), true, nil
+}
+
+// reserve creates ip's reservation file for the attachment; false when
+// the address is taken. The file is written as the reference writes it.
+func (s *store) reserve(ip netip.Addr, id, ifname string) (bool, error) {
+	path := filepath.Join(s.dir, ip.String())
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.dirty = true
+	testHook("reserve-created")
+	_, err = f.WriteString(owner(id, ifname))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return false, err
+	}
+	return true, nil
+}
+
+// unreserve removes reservation files.
+func (s *store) unreserve(ips []netip.Addr) error {
+	var errs []error
+	for _, ip := range ips {
+		s.dirty = true
+		if err := os.Remove(filepath.Join(s.dir, ip.String())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lastReserved reads last_reserved_ip.<idx>; invalid or missing is zero.
+func (s *store) lastReserved(idx int) netip.Addr {
+	data, err := os.ReadFile(filepath.Join(s.dir, lastReservedName+strconv.Itoa(idx)))
+	if err != nil {
+		return netip.Addr{}
+	}
+	ip, err := netip.ParseAddr(strings.TrimSpace(string(data)))
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
+}
+
+func (s *store) setLastReserved(idx int, ip netip.Addr) error {
+	path := filepath.Join(s.dir, lastReservedName+strconv.Itoa(idx))
+	if _, err := os.Lstat(path); err != nil {
+		s.dirty = true // creating it changes the directory
+	}
+	return os.WriteFile(path, []byte(ip.String()), 0o600)
+}
