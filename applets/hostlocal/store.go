@@ -37,8 +37,10 @@ const stampVersion = "cnibox-host-local-index 1"
 func owner(id, ifname string) string { return strings.TrimSpace(id) + lineBreak + ifname }
 
 // attachmentKey and legacyKey name an attachment's index record.
-func attachmentKey(id, ifname string) string { return hashKey("a\x00" + strings.TrimSpace(id) + "\x00" + ifname) }
-func legacyKey(id string) string             { return hashKey("l\x00" + strings.TrimSpace(id)) }
+func attachmentKey(id, ifname string) string {
+	return hashKey("a\x00" + strings.TrimSpace(id) + "\x00" + ifname)
+}
+func legacyKey(id string) string { return hashKey("l\x00" + strings.TrimSpace(id)) }
 
 func hashKey(s string) string {
 	sum := sha256.Sum256([]byte(s))
