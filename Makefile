@@ -4,6 +4,7 @@ SHELL := /bin/bash
 #   make test     install test dependencies, vet, unit + integration tests (-race, as root)
 #   make demo     install into a temp dir and run the default network on a throwaway pod
 #   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+#   make bench    side-by-side benchmark against the reference plugins
 
 GO          ?= go
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -20,7 +21,7 @@ TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetwork
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet unit demo clean
+.PHONY: build install test test-deps vet demo clean bench
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
@@ -52,3 +53,9 @@ demo: build
 
 clean:
 	rm -rf bin
+
+# Side-by-side benchmark against the reference plugins (REF_CNI_PATH, default
+# /usr/lib/cni from Debian's containernetworking-plugins). BENCH_FLAGS="-n 50 -run bridge".
+BENCH_FLAGS ?=
+bench: build test-deps
+	$(GO) run ./scripts/bench -bin bin/cnibox $(BENCH_FLAGS)

@@ -1,0 +1,639 @@
+// Command bench measures cnibox side by side with the reference plugins:
+// the same scenarios, in the same run, each in its own throwaway node
+// network namespace, driven through libcni as a runtime drives them. It
+// prints one table: per scenario and verb, the median and p95 of each side
+// and the ratio (reference / cnibox: how many times faster cnibox is).
+//
+//	make bench                       # cnibox vs /usr/lib/cni (Debian's containernetworking-plugins)
+//	REF_CNI_PATH=/path/to/v1.9.1 make bench
+//	go run ./scripts/bench -n 50 -run 'bridge|ptp'
+//
+// It needs root (it makes network namespaces) and never touches the root
+// netns, its firewall or /var/lib/cni: every state directory is temporary.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+var (
+	iterations = flag.Int("n", 30, "iterations per scenario and side")
+	runFilter  = flag.String("run", "", "only scenarios matching this regexp")
+	binary     = flag.String("bin", "bin/cnibox", "the cnibox binary")
+	refDir     = flag.String("ref", envOr("REF_CNI_PATH", "/usr/lib/cni"), "directory of the reference plugins")
+)
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// side is one implementation under test: a CNI plugin directory.
+type side struct {
+	name    string
+	dir     string
+	applets map[string]bool
+}
+
+func (s *side) has(plugins ...string) bool {
+	for _, p := range plugins {
+		if !s.applets[p] {
+			return false
+		}
+	}
+	return true
+}
+
+// scenario is one network, measured per verb over many pods.
+type scenario struct {
+	name     string
+	plugins  []string // what a side must implement to run it
+	conflist string   // with @STATE@, @NET@ and @MASTER@ placeholders
+	caps     map[string]any
+	// setup prepares the node (e.g. a master link, or existing reservations).
+	setup func(node, state string) error
+	// parallel > 0 runs `pods` pods with this many in flight and reports wall time.
+	parallel, pods int
+	// verbs to time; the default is ADD, CHECK, DEL.
+	verbs []string
+}
+
+type sample struct {
+	durations map[string][]time.Duration
+	failures  int
+	maxRSS    int64 // KiB, largest plugin process of any ADD
+	wall      map[string]time.Duration
+}
+
+func main() {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fatalf("bench needs root: it makes network namespaces")
+	}
+	tmp, err := os.MkdirTemp("", "cnibox-bench-")
+	if err != nil {
+		fatalf("%v", err)
+	}
+	defer os.RemoveAll(tmp)
+
+	cnibox := &side{name: "cnibox", dir: filepath.Join(tmp, "cnibox")}
+	if out, err := exec.Command(*binary, "install", "--dir", cnibox.dir).CombinedOutput(); err != nil {
+		fatalf("install %s: %v: %s", *binary, err, out)
+	}
+	ref := &side{name: "reference", dir: *refDir}
+	for _, s := range []*side{cnibox, ref} {
+		s.applets = map[string]bool{}
+		entries, err := os.ReadDir(s.dir)
+		if err != nil {
+			fatalf("read %s: %v", s.dir, err)
+		}
+		for _, e := range entries {
+			s.applets[e.Name()] = true
+		}
+	}
+
+	filter := regexp.MustCompile(*runFilter)
+	var rows []row
+	for _, sc := range scenarios() {
+		if !filter.MatchString(sc.name) {
+			continue
+		}
+		results := map[string]*sample{}
+		for _, s := range []*side{cnibox, ref} {
+			if !s.has(sc.plugins...) {
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "%-34s %-9s ", sc.name, s.name)
+			res, err := runScenario(sc, s, tmp)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "error: %v\n", err)
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "done (%d failures)\n", res.failures)
+			results[s.name] = res
+		}
+		rows = append(rows, tabulate(sc, results)...)
+	}
+	rows = append(rows, sizeRows(cnibox, ref)...)
+	rows = append(rows, versionRows(cnibox, ref)...)
+	printTable(rows)
+}
+
+func fatalf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...)
+	os.Exit(1)
+}
+
+const (
+	hostLocal = `"ipam":{"type":"host-local","dataDir":"@STATE@/ipam","ranges":[[{"subnet":"10.77.0.0/16"}]],"routes":[{"dst":"0.0.0.0/0"}]}`
+)
+
+func scenarios() []scenario {
+	bridge := `{"type":"bridge","bridge":"cbench0","isGateway":true,"ipMasq":true,"hairpinMode":true,` + hostLocal + `}`
+	portMap := map[string]any{"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}}}
+	full := map[string]any{
+		"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}},
+		"bandwidth":    map[string]any{"ingressRate": 10_000_000, "ingressBurst": 1_000_000, "egressRate": 10_000_000, "egressBurst": 1_000_000},
+	}
+	masterVeth := func(node, _ string) error {
+		_, err := run("ip", "-n", node, "link", "add", "bmaster0", "type", "veth", "peer", "name", "bmaster1")
+		if err == nil {
+			_, err = run("ip", "-n", node, "link", "set", "bmaster0", "up")
+		}
+		return err
+	}
+	return []scenario{
+		{
+			name: "bridge + host-local", plugins: []string{"bridge", "host-local"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `]}`,
+		},
+		{
+			name: "full chain (bridge…bandwidth)", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning", "bandwidth"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `,
+				{"type":"portmap","capabilities":{"portMappings":true}},
+				{"type":"firewall","backend":"iptables"},
+				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
+				{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`,
+			caps: full,
+		},
+		{
+			name: "podman chain (0.4.0)", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning"},
+			conflist: `{"cniVersion":"0.4.0","name":"@NET@","plugins":[` + bridge + `,
+				{"type":"portmap","capabilities":{"portMappings":true}},
+				{"type":"firewall","backend":""},
+				{"type":"tuning","dataDir":"@STATE@/tuning"}]}`,
+			caps: portMap,
+		},
+		{
+			name: "containerd chain (bridge, portmap)", plugins: []string{"bridge", "host-local", "portmap"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[
+				{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"promiscMode":true,` + hostLocal + `},
+				{"type":"portmap","capabilities":{"portMappings":true}}]}`,
+			caps: portMap,
+		},
+		{
+			name: "ptp + host-local", plugins: []string{"ptp", "host-local"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"ptp","ipMasq":true,` + hostLocal + `}]}`,
+		},
+		{
+			name: "macvlan + host-local", plugins: []string{"macvlan", "host-local"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"macvlan","master":"bmaster0",` + hostLocal + `}]}`,
+			setup:    masterVeth,
+		},
+		{
+			name: "100 pods, 8 parallel", plugins: []string{"bridge", "host-local"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `]}`,
+			parallel: 8, pods: 100,
+		},
+		{
+			name: "host-local, 4k reservations", plugins: []string{"host-local"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"host-local",` + hostLocal + `}]}`,
+			setup:    reservations(4096), verbs: []string{"ADD", "DEL"},
+		},
+		{
+			name: "host-local, 65k reservations", plugins: []string{"host-local"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"host-local",` + hostLocal + `}]}`,
+			setup:    reservations(65000), verbs: []string{"ADD", "DEL"},
+		},
+	}
+}
+
+// reservations fills the network's host-local store with n addresses held
+// by other containers, in the reference's on-disk format.
+func reservations(n int) func(node, state string) error {
+	return func(_, state string) error {
+		dir := filepath.Join(state, "ipam", "bench")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			ip := fmt.Sprintf("10.77.%d.%d", (i+2)/256, (i+2)%256)
+			if (i+2)%256 == 0 || (i+2)%256 == 255 {
+				continue
+			}
+			if err := os.WriteFile(filepath.Join(dir, ip), []byte(fmt.Sprintf("other-%d\r\neth0", i)), 0o600); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+func run(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+var nsSeq int
+var nsMu sync.Mutex
+
+func newNS(prefix string) (string, error) {
+	nsMu.Lock()
+	nsSeq++
+	name := fmt.Sprintf("cnibox-bench-%s-%d-%d", prefix, os.Getpid(), nsSeq)
+	nsMu.Unlock()
+	if _, err := run("ip", "netns", "add", name); err != nil {
+		return "", err
+	}
+	_, err := run("ip", "-n", name, "link", "set", "lo", "up")
+	return name, err
+}
+
+func delNS(name string) { run("ip", "netns", "del", name) }
+
+func runScenario(sc scenario, s *side, tmp string) (*sample, error) {
+	node, err := newNS("node")
+	if err != nil {
+		return nil, err
+	}
+	defer delNS(node)
+	state, err := os.MkdirTemp(tmp, "state-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(state)
+	if sc.setup != nil {
+		if err := sc.setup(node, state); err != nil {
+			return nil, fmt.Errorf("setup: %w", err)
+		}
+	}
+	conf := strings.NewReplacer("@STATE@", state, "@NET@", "bench").Replace(sc.conflist)
+	list, err := libcni.ConfListFromBytes([]byte(conf))
+	if err != nil {
+		return nil, fmt.Errorf("conflist: %w", err)
+	}
+	ex := &rssExec{}
+	cninet := libcni.NewCNIConfigWithCacheDir([]string{s.dir}, filepath.Join(state, "cache"), ex)
+	res := &sample{durations: map[string][]time.Duration{}, wall: map[string]time.Duration{}}
+	verbs := sc.verbs
+	if verbs == nil {
+		verbs = []string{"ADD", "CHECK", "DEL"}
+	}
+	inNode := func(f func() error) error {
+		return ns.WithNetNSPath("/run/netns/"+node, func(ns.NetNS) error { return f() })
+	}
+
+	pod := func(i int) (string, *libcni.RuntimeConf, error) {
+		p, err := newNS("pod")
+		if err != nil {
+			return "", nil, err
+		}
+		return p, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench-%d", i), NetNS: "/run/netns/" + p, IfName: "eth0", CapabilityArgs: sc.caps}, nil
+	}
+	ctx := context.Background()
+	timed := func(verb string, rt *libcni.RuntimeConf) error {
+		start := time.Now()
+		err := inNode(func() error {
+			switch verb {
+			case "ADD":
+				ex.measure = true
+				_, err := cninet.AddNetworkList(ctx, list, rt)
+				ex.measure = false
+				return err
+			case "CHECK":
+				return cninet.CheckNetworkList(ctx, list, rt)
+			default:
+				return cninet.DelNetworkList(ctx, list, rt)
+			}
+		})
+		if err == nil {
+			res.durations[verb] = append(res.durations[verb], time.Since(start))
+		}
+		return err
+	}
+
+	if sc.parallel > 0 {
+		pods := make([]string, sc.pods)
+		rts := make([]*libcni.RuntimeConf, sc.pods)
+		for i := range pods {
+			if pods[i], rts[i], err = pod(i); err != nil {
+				return nil, err
+			}
+		}
+		defer func() {
+			for _, p := range pods {
+				delNS(p)
+			}
+		}()
+		for _, verb := range []string{"ADD", "DEL"} {
+			var mu sync.Mutex
+			sem := make(chan struct{}, sc.parallel)
+			var wg sync.WaitGroup
+			start := time.Now()
+			for i := range pods {
+				wg.Add(1)
+				sem <- struct{}{}
+				go func(i int) {
+					defer wg.Done()
+					defer func() { <-sem }()
+					var err error
+					if verb == "ADD" {
+						err = inNode(func() error { _, err := cninet.AddNetworkList(ctx, list, rts[i]); return err })
+					} else {
+						err = inNode(func() error { return cninet.DelNetworkList(ctx, list, rts[i]) })
+					}
+					if err != nil {
+						mu.Lock()
+						res.failures++
+						if res.failures <= 3 {
+							fmt.Fprintf(os.Stderr, "\n  %s pod %d: %v", verb, i, err)
+						}
+						mu.Unlock()
+					}
+				}(i)
+			}
+			wg.Wait()
+			res.wall[verb] = time.Since(start)
+		}
+		return res, nil
+	}
+
+	for i := 0; i < *iterations; i++ {
+		p, rt, err := pod(i)
+		if err != nil {
+			return nil, err
+		}
+		for _, verb := range verbs {
+			if verb == "CHECK" && list.CNIVersion < "0.4.0" {
+				continue
+			}
+			if err := timed(verb, rt); err != nil {
+				res.failures++
+				if res.failures <= 3 {
+					fmt.Fprintf(os.Stderr, "\n  %s: %v", verb, err)
+				}
+				if verb == "ADD" {
+					inNode(func() error { return cninet.DelNetworkList(ctx, list, rt) })
+					break
+				}
+			}
+		}
+		delNS(p)
+	}
+	res.maxRSS = ex.maxRSS
+	return res, nil
+}
+
+// rssExec is libcni's plugin exec that also records the largest resident
+// set of any plugin process while measure is set.
+type rssExec struct {
+	mu      sync.Mutex
+	measure bool
+	maxRSS  int64
+}
+
+func (e *rssExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, path)
+	cmd.Env = environ
+	cmd.Stdin = strings.NewReader(string(stdin))
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if cmd.ProcessState != nil && e.measure {
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			e.mu.Lock()
+			if ru.Maxrss > e.maxRSS {
+				e.maxRSS = ru.Maxrss
+			}
+			e.mu.Unlock()
+		}
+	}
+	if err != nil {
+		msg := strings.TrimSpace(stdout.String())
+		if msg == "" {
+			msg = strings.TrimSpace(stderr.String())
+		}
+		var cniErr struct {
+			Code uint   `json:"code"`
+			Msg  string `json:"msg"`
+		}
+		if json.Unmarshal([]byte(stdout.String()), &cniErr) == nil && cniErr.Msg != "" {
+			msg = fmt.Sprintf("code %d: %s", cniErr.Code, cniErr.Msg)
+		}
+		return nil, errors.New(filepath.Base(path) + ": " + msg)
+	}
+	return []byte(stdout.String()), nil
+}
+
+func (e *rssExec) FindInPath(plugin string, paths []string) (string, error) {
+	return invoke.FindInPath(plugin, paths)
+}
+
+func (e *rssExec) Decode(jsonBytes []byte) (version.PluginInfo, error) {
+	return (&version.PluginDecoder{}).Decode(jsonBytes)
+}
+
+// row is one line of the table: a figure for each side.
+type row struct {
+	scenario, what string
+	cnibox, ref    string
+	ratio          string
+	cniboxP, refP  string
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func quantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(q*float64(len(s)-1)+0.5)]
+}
+
+func ratio(ref, ours float64) string {
+	if ref == 0 || ours == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.1f×", ref/ours)
+}
+
+func tabulate(sc scenario, res map[string]*sample) []row {
+	c, r := res["cnibox"], res["reference"]
+	na := func(s *sample, f func(*sample) string) string {
+		if s == nil {
+			return "n/a"
+		}
+		return f(s)
+	}
+	var rows []row
+	if sc.parallel > 0 {
+		for _, verb := range []string{"ADD", "DEL"} {
+			rows = append(rows, row{
+				scenario: sc.name, what: verb + " wall",
+				cnibox: na(c, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
+				ref:    na(r, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
+				ratio:  ratioOf(c, r, func(s *sample) float64 { return float64(s.wall[verb]) }),
+			})
+		}
+		return rows
+	}
+	verbs := sc.verbs
+	if verbs == nil {
+		verbs = []string{"ADD", "CHECK", "DEL"}
+	}
+	for _, verb := range verbs {
+		med := func(s *sample) float64 { return float64(quantile(s.durations[verb], 0.5)) }
+		if (c == nil || len(c.durations[verb]) == 0) && (r == nil || len(r.durations[verb]) == 0) {
+			continue
+		}
+		rows = append(rows, row{
+			scenario: sc.name, what: verb,
+			cnibox:  na(c, func(s *sample) string { return ms(quantile(s.durations[verb], 0.5)) }),
+			cniboxP: na(c, func(s *sample) string { return ms(quantile(s.durations[verb], 0.95)) }),
+			ref:     na(r, func(s *sample) string { return ms(quantile(s.durations[verb], 0.5)) }),
+			refP:    na(r, func(s *sample) string { return ms(quantile(s.durations[verb], 0.95)) }),
+			ratio:   ratioOf(c, r, med),
+		})
+	}
+	if sc.name == "bridge + host-local" {
+		rows = append(rows, row{
+			scenario: sc.name, what: "peak RSS of one ADD",
+			cnibox: na(c, func(s *sample) string { return fmt.Sprintf("%.1f MiB", float64(s.maxRSS)/1024) }),
+			ref:    na(r, func(s *sample) string { return fmt.Sprintf("%.1f MiB", float64(s.maxRSS)/1024) }),
+			ratio:  ratioOf(c, r, func(s *sample) float64 { return float64(s.maxRSS) }),
+		})
+	}
+	return rows
+}
+
+func ratioOf(c, r *sample, f func(*sample) float64) string {
+	if c == nil || r == nil {
+		return "–"
+	}
+	return ratio(f(r), f(c))
+}
+
+// sizeRows compares the one cnibox binary with the reference binaries of
+// the applets cnibox implements.
+func sizeRows(cnibox, ref *side) []row {
+	bin, err := os.Stat(filepath.Join(cnibox.dir, "cnibox"))
+	if err != nil {
+		return nil
+	}
+	var refTotal int64
+	var n int
+	for name := range cnibox.applets {
+		if name == "cnibox" {
+			continue
+		}
+		if fi, err := os.Stat(filepath.Join(ref.dir, name)); err == nil {
+			refTotal += fi.Size()
+			n++
+		}
+	}
+	var all14 int64
+	for _, name := range strings.Fields("bridge ptp macvlan ipvlan vlan host-device loopback host-local static dhcp tuning portmap bandwidth firewall") {
+		if fi, err := os.Stat(filepath.Join(ref.dir, name)); err == nil {
+			all14 += fi.Size()
+		}
+	}
+	mb := func(b int64) string { return fmt.Sprintf("%.2f MB", float64(b)/1e6) }
+	return []row{
+		{scenario: "binary size on disk", what: fmt.Sprintf("the %d applets cnibox has", n),
+			cnibox: mb(bin.Size()), ref: mb(refTotal), ratio: ratio(float64(refTotal), float64(bin.Size()))},
+		{scenario: "binary size on disk", what: "all 14 standard plugins",
+			cnibox: mb(bin.Size()), ref: mb(all14), ratio: ratio(float64(all14), float64(bin.Size()))},
+	}
+}
+
+// versionRows times VERSION, which podman runs for every plugin of every
+// network it loads.
+func versionRows(cnibox, ref *side) []row {
+	timeVersion := func(s *side) []time.Duration {
+		var ds []time.Duration
+		for i := 0; i < 200; i++ {
+			cmd := exec.Command(filepath.Join(s.dir, "bridge"))
+			if !s.applets["bridge"] {
+				cmd = exec.Command(filepath.Join(s.dir, "loopback"))
+			}
+			cmd.Env = []string{"CNI_COMMAND=VERSION"}
+			start := time.Now()
+			if err := cmd.Run(); err != nil {
+				return nil
+			}
+			ds = append(ds, time.Since(start))
+		}
+		return ds
+	}
+	c, r := timeVersion(cnibox), timeVersion(ref)
+	return []row{{
+		scenario: "VERSION (bridge)", what: "exec",
+		cnibox: ms(quantile(c, 0.5)), cniboxP: ms(quantile(c, 0.95)),
+		ref: ms(quantile(r, 0.5)), refP: ms(quantile(r, 0.95)),
+		ratio: ratio(float64(quantile(r, 0.5)), float64(quantile(c, 0.5))),
+	}}
+}
+
+func printTable(rows []row) {
+	host, _ := os.Hostname()
+	cpu := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	var uname syscall.Utsname
+	syscall.Uname(&uname)
+	rel := utsString(uname.Release[:])
+	fmt.Printf("\ncnibox vs reference (%s), %d iterations, %s, %s, kernel %s, %d CPUs\n\n",
+		*refDir, *iterations, host, cpu, rel, numCPU())
+	fmt.Println("| scenario | verb | cnibox median | cnibox p95 | reference median | reference p95 | reference/cnibox |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, r := range rows {
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.what, r.cnibox, dash(r.cniboxP), r.ref, dash(r.refP), r.ratio)
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
+}
+
+func utsString(b []int8) string {
+	var s strings.Builder
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s.WriteByte(byte(c))
+	}
+	return s.String()
+}
+
+func numCPU() int {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(data), "processor\t:")
+}
