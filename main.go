@@ -14,6 +14,7 @@ import (
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/loopback"
 	"github.com/cnibox/cnibox/applets/macvlan"
+	"github.com/cnibox/cnibox/applets/static"
 	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/cnirun"
@@ -26,6 +27,7 @@ var applets = []*cni.Applet{
 	hostlocal.Applet,
 	loopback.Applet,
 	macvlan.Applet,
+	static.Applet,
 	tuning.Applet,
 }
 
