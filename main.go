@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/cnibox/cnibox/applets/bridge"
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/loopback"
 	"github.com/cnibox/cnibox/applets/macvlan"
@@ -24,6 +25,7 @@ import (
 // applets is the applet table, sorted by name. Every applet listed here
 // really works; nothing registers itself anywhere else.
 var applets = []*cni.Applet{
+	bridge.Applet,
 	hostlocal.Applet,
 	loopback.Applet,
 	macvlan.Applet,

@@ -1,0 +1,275 @@
+// Package ifconfig applies an IPAM result to an interface: the addresses
+// meant for it, link up, and the result's routes. It is what the main
+// applets (bridge, ptp, macvlan, ipvlan, vlan, host-device) do after IPAM,
+// and Verify is what their CHECK does.
+//
+// It differs from the reference's ConfigureIface in two ways that matter
+// per pod: IPv6 addresses skip duplicate address detection unless the
+// caller asks for it (DAD costs 1.5–2 s per pod), and route mtu/advmss
+// from the result are honoured.
+//
+// Both functions act on the current netns: call them inside ns.Do.
+package ifconfig
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+)
+
+// Options tune Apply.
+type Options struct {
+	// DAD runs IPv6 duplicate address detection (accept_dad=1,
+	// enhanced_dad=1) and waits up to DADTimeout for it to finish. Without
+	// it addresses are added with IFA_F_NODAD and usable at once.
+	DAD        bool
+	DADTimeout time.Duration // default 5 s
+	// NoUp leaves the link down (with its addresses).
+	NoUp bool
+}
+
+// Apply configures ifName with the addresses of res that belong to it
+// (IPConfig.Interface pointing at an interface of that name, or no
+// interface index at all) and every route of res. A route without a
+// gateway goes via the first gateway of its family, or on-link when there
+// is none. Addresses and routes that already exist are fine.
+func Apply(ifName string, res *current.Result, o Options) error {
+	link, err := netlinksafe.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", ifName, err)
+	}
+	ips := Addresses(ifName, res)
+	var v4gw, v6gw net.IP
+	v6 := false
+	for _, ipc := range ips {
+		if ipc.Address.IP.To4() == nil {
+			v6 = true
+			if v6gw == nil {
+				v6gw = ipc.Gateway
+			}
+		} else if v4gw == nil {
+			v4gw = ipc.Gateway
+		}
+	}
+	if v6 {
+		if err := enableIPv6(ifName, o.DAD); err != nil {
+			return err
+		}
+	}
+	for _, ipc := range ips {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask}}
+		if ipc.Address.IP.To4() == nil && !o.DAD {
+			addr.Flags = syscall.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("add address %s to %s: %w", ipc.Address.String(), ifName, err)
+		}
+	}
+	if !o.NoUp {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("set %s up: %w", ifName, err)
+		}
+		if v6 && o.DAD {
+			if err := settle(link, o.DADTimeout); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range res.Routes {
+		gw := r.GW
+		if gw == nil {
+			if r.Dst.IP.To4() != nil {
+				gw = v4gw
+			} else {
+				gw = v6gw
+			}
+		}
+		if err := AddRoute(link, r, gw); err != nil {
+			return fmt.Errorf("add route %s to %s: %w", r, ifName, err)
+		}
+	}
+	return nil
+}
+
+// Addresses returns the IPs of res meant for ifName.
+func Addresses(ifName string, res *current.Result) []*current.IPConfig {
+	var out []*current.IPConfig
+	for _, ipc := range res.IPs {
+		if ipc.Interface != nil {
+			i := *ipc.Interface
+			if i < 0 || i >= len(res.Interfaces) || res.Interfaces[i].Name != ifName {
+				continue
+			}
+		}
+		out = append(out, ipc)
+	}
+	return out
+}
+
+// AddRoute adds r through link via gw (nil: on-link), with the route's
+// metric, table, scope, mtu and advmss. An existing identical route is fine.
+func AddRoute(link netlink.Link, r *types.Route, gw net.IP) error {
+	dst := r.Dst
+	route := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &dst,
+		Gw:        gw,
+		Priority:  r.Priority,
+		MTU:       r.MTU,
+		AdvMSS:    r.AdvMSS,
+	}
+	if r.Table != nil {
+		route.Table = *r.Table
+	}
+	if r.Scope != nil {
+		route.Scope = netlink.Scope(*r.Scope)
+	} else if gw == nil {
+		route.Scope = netlink.SCOPE_LINK
+	}
+	if err := netlink.RouteAdd(route); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// enableIPv6 makes the link able to carry IPv6 (lo too, as the reference
+// does), keeps addresses across down/up, and sets DAD as asked.
+func enableIPv6(ifName string, dad bool) error {
+	for _, dev := range []string{"lo", ifName} {
+		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6", "0"); err != nil {
+			return fmt.Errorf("enable IPv6 on %s: %w", dev, err)
+		}
+	}
+	dadv := "0"
+	if dad {
+		dadv = "1"
+		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+ifName+"/enhanced_dad", "1"); err != nil {
+			return fmt.Errorf("set enhanced_dad on %s: %w", ifName, err)
+		}
+	}
+	for k, v := range map[string]string{"keep_addr_on_down": "1", "accept_dad": dadv} {
+		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+ifName+"/"+k, v); err != nil {
+			return fmt.Errorf("set %s=%s on %s: %w", k, v, ifName, err)
+		}
+	}
+	return nil
+}
+
+// setIfDifferent writes value to a sysctl file unless it already holds it.
+// A missing file (no IPv6 in this kernel, an older kernel's knob) is fine.
+func setIfDifferent(path, value string) error {
+	cur, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err == nil && string(cur) == value+"\n" {
+		return nil
+	}
+	return os.WriteFile(path, []byte(value), 0o644)
+}
+
+// settle waits until no IPv6 address of link is tentative.
+func settle(link netlink.Link, timeout time.Duration) error {
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+		}
+		tentative := false
+		for _, a := range addrs {
+			if a.Flags&syscall.IFA_F_DADFAILED != 0 {
+				return fmt.Errorf("%s: address %s failed duplicate address detection", link.Attrs().Name, a.IP)
+			}
+			if a.Flags&syscall.IFA_F_TENTATIVE != 0 {
+				tentative = true
+			}
+		}
+		if !tentative {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: addresses still tentative after %v", link.Attrs().Name, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Verify checks that ifName still has the addresses of res meant for it
+// and that every route of res exists: what CHECK asserts.
+func Verify(ifName string, res *current.Result) error {
+	link, err := netlinksafe.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", ifName, err)
+	}
+	addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", ifName, err)
+	}
+	for _, ipc := range Addresses(ifName, res) {
+		found := false
+		for _, a := range addrs {
+			if a.IP.Equal(ipc.Address.IP) && a.Mask.String() == ipc.Address.Mask.String() {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("%s: address %s is missing", ifName, ipc.Address.String())
+		}
+	}
+	for _, r := range res.Routes {
+		if err := verifyRoute(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func verifyRoute(r *types.Route) error {
+	family := netlink.FAMILY_V4
+	if r.Dst.IP.To4() == nil {
+		family = netlink.FAMILY_V6
+	}
+	filter := &netlink.Route{Table: syscall.RT_TABLE_MAIN}
+	if r.Table != nil {
+		filter.Table = *r.Table
+	}
+	routes, err := netlinksafe.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	want := r.Dst.String()
+	for _, rt := range routes {
+		dst := "0.0.0.0/0"
+		if family == netlink.FAMILY_V6 {
+			dst = "::/0"
+		}
+		if rt.Dst != nil {
+			dst = rt.Dst.String()
+		}
+		if dst != want {
+			continue
+		}
+		if r.GW == nil || rt.Gw.Equal(r.GW) {
+			return nil
+		}
+		for _, nh := range rt.MultiPath {
+			if nh.Gw.Equal(r.GW) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("route %s is missing", r)
+}

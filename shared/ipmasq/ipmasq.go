@@ -1,0 +1,120 @@
+// Package ipmasq masquerades the traffic of pod addresses that leaves
+// their subnet, for bridge and ptp's ipMasq. It has the reference plugins'
+// two backends with the reference's names, so a node can switch between
+// implementations and each can clean up the other's rules:
+//
+//   - iptables: a nat chain CNI-<hash of network and container ID> per
+//     attachment, jumped to from POSTROUTING for each pod address, every
+//     rule commented `name: "<net>" id: "<cid>"`; applied with one
+//     iptables-restore per family (shared/iptables) instead of one
+//     iptables process per rule.
+//   - nftables: table inet cni_plugins_masquerade, one rule per address in
+//     chain masq_checks commented with a hash of the network and the
+//     attachment; spoken over netlink, so no nft binary is needed.
+//
+// Teardown needs neither the pod's netns nor its addresses: rules are found
+// by name and comment. GC removes the rules of attachments that are gone.
+package ipmasq
+
+import (
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+
+	"github.com/cnibox/cnibox/shared/cni"
+)
+
+// The backends.
+const (
+	IPTables = "iptables"
+	NFTables = "nftables"
+)
+
+// Attachment names whose rules these are.
+type Attachment struct {
+	Network     string
+	ContainerID string
+	IfName      string
+}
+
+// Backend resolves the ipMasqBackend key: "" picks iptables when its
+// tools are installed and nftables otherwise, as the reference does.
+func Backend(requested string) (string, error) {
+	switch requested {
+	case IPTables, NFTables:
+		return requested, nil
+	case "":
+		if _, err := exec.LookPath("iptables-restore"); err == nil {
+			return IPTables, nil
+		}
+		return NFTables, nil
+	}
+	return "", cni.ConfigError("ipMasqBackend: %q is neither \"iptables\" nor \"nftables\"", requested)
+}
+
+// Setup masquerades traffic from ips (the pod's addresses with their
+// subnet mask) to anything outside their subnet, except multicast.
+// Setting up the same attachment again replaces its rules.
+func Setup(backend string, a Attachment, ips []*net.IPNet) error {
+	if len(ips) == 0 {
+		return nil
+	}
+	if backend == NFTables {
+		return setupNFT(a, ips)
+	}
+	return setupIPT(a, ips)
+}
+
+// Check verifies that the attachment's rules for ips are in place.
+func Check(backend string, a Attachment, ips []*net.IPNet) error {
+	if len(ips) == 0 {
+		return nil
+	}
+	if backend == NFTables {
+		return checkNFT(a, ips)
+	}
+	return checkIPT(a, ips)
+}
+
+// Teardown removes the attachment's rules from both backends; rules that
+// are not there are fine.
+func Teardown(a Attachment) error {
+	return errors.Join(teardownIPT(a), teardownNFT(a))
+}
+
+// GC removes the rules of the network's attachments that valid does not
+// contain, from both backends.
+func GC(network string, valid map[cni.Attachment]bool) error {
+	return errors.Join(gcIPT(network, valid), gcNFT(network, valid))
+}
+
+// hashHex is the reference's hash: hex of sha512, cut to n characters.
+func hashHex(s string, n int) string {
+	sum := sha512.Sum512([]byte(s))
+	return hex.EncodeToString(sum[:])[:n]
+}
+
+// ChainName is the iptables chain of an attachment, as the reference
+// names it: "CNI-" and 24 hex digits of sha512(network+containerID).
+func ChainName(network, containerID string) string {
+	return "CNI-" + hashHex(network+containerID, 24)
+}
+
+// Comment is the comment of every iptables rule of an attachment.
+func Comment(network, containerID string) string {
+	return fmt.Sprintf("name: %q id: %q", network, containerID)
+}
+
+func multicast(ip net.IP) string {
+	if ip.To4() != nil {
+		return "224.0.0.0/4"
+	}
+	return "ff00::/8"
+}
+
+func subnet(ipn *net.IPNet) *net.IPNet {
+	return &net.IPNet{IP: ipn.IP.Mask(ipn.Mask), Mask: ipn.Mask}
+}

@@ -1,0 +1,217 @@
+package ipmasq
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/iptables"
+)
+
+func family(ip net.IP) iptables.Family {
+	if ip.To4() != nil {
+		return iptables.IPv4
+	}
+	return iptables.IPv6
+}
+
+func available(f iptables.Family) bool {
+	name := "iptables-save"
+	if f == iptables.IPv6 {
+		name = "ip6tables-save"
+	}
+	_, err := exec.LookPath(name)
+	return err == nil
+}
+
+// natRules is the nat table of one family as iptables-save prints it.
+type natRules []string
+
+func saveNAT(f iptables.Family) (natRules, error) {
+	out, err := iptables.Save(f, "nat")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(out, "\n"), nil
+}
+
+func (n natRules) hasChain(chain string) bool {
+	for _, l := range n {
+		if strings.HasPrefix(l, ":"+chain+" ") {
+			return true
+		}
+	}
+	return false
+}
+
+// jumps returns the POSTROUTING rules that jump to chain.
+func (n natRules) jumps(chain string) []string {
+	var out []string
+	for _, l := range n {
+		if strings.HasPrefix(l, "-A POSTROUTING ") && jumpsTo(l, chain) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func jumpsTo(line, chain string) bool {
+	return strings.HasSuffix(line, " -j "+chain) || strings.Contains(line, " -j "+chain+" ")
+}
+
+func setupIPT(a Attachment, ips []*net.IPNet) error {
+	chain := ChainName(a.Network, a.ContainerID)
+	comment := strconv.Quote(Comment(a.Network, a.ContainerID))
+	byFamily := map[iptables.Family][]*net.IPNet{}
+	for _, ipn := range ips {
+		byFamily[family(ipn.IP)] = append(byFamily[family(ipn.IP)], ipn)
+	}
+	for f, ipns := range byFamily {
+		rules, err := saveNAT(f)
+		if err != nil {
+			return fmt.Errorf("ipMasq: %w", err)
+		}
+		b := iptables.NewBatch("nat")
+		b.Chain(chain) // created, or emptied when an earlier ADD left it
+		for _, old := range rules.jumps(chain) {
+			b.Rule("-D%s", strings.TrimPrefix(old, "-A"))
+		}
+		for _, ipn := range ipns {
+			b.Rule("-A %s -d %s -m comment --comment %s -j ACCEPT", chain, subnet(ipn), comment)
+		}
+		b.Rule("-A %s ! -d %s -m comment --comment %s -j MASQUERADE", chain, multicast(ipns[0].IP), comment)
+		for _, ipn := range ipns {
+			b.Rule("-A POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
+		}
+		if err := iptables.Apply(f, b); err != nil {
+			return fmt.Errorf("ipMasq: %w", err)
+		}
+	}
+	return nil
+}
+
+func checkIPT(a Attachment, ips []*net.IPNet) error {
+	chain := ChainName(a.Network, a.ContainerID)
+	saved := map[iptables.Family]natRules{}
+	for _, ipn := range ips {
+		f := family(ipn.IP)
+		if saved[f] == nil {
+			rules, err := saveNAT(f)
+			if err != nil {
+				return fmt.Errorf("ipMasq: %w", err)
+			}
+			saved[f] = rules
+		}
+		if !saved[f].hasChain(chain) {
+			return fmt.Errorf("ipMasq: nat chain %s is missing", chain)
+		}
+		found := false
+		for _, l := range saved[f].jumps(chain) {
+			if strings.Contains(l, " -s "+ipn.IP.String()+"/") {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("ipMasq: POSTROUTING has no rule for %s to %s", ipn.IP, chain)
+		}
+	}
+	return nil
+}
+
+// teardownIPT removes the attachment's chain and the POSTROUTING rules
+// that jump to it, found in iptables-save's output so that neither the
+// pod's addresses nor its netns are needed.
+func teardownIPT(a Attachment) error {
+	chain := ChainName(a.Network, a.ContainerID)
+	var errs []error
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if !available(f) {
+			continue
+		}
+		err := removeChains(f, func(rules natRules) []string {
+			if rules.hasChain(chain) || len(rules.jumps(chain)) > 0 {
+				return []string{chain}
+			}
+			return nil
+		})
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removeChains deletes the chains pick chooses and every POSTROUTING rule
+// jumping to them in one iptables-restore. It retries once when the table
+// changed between the save and the restore.
+func removeChains(f iptables.Family, pick func(natRules) []string) error {
+	var err error
+	for try := 0; try < 2; try++ {
+		var rules natRules
+		rules, err = saveNAT(f)
+		if err != nil {
+			return fmt.Errorf("ipMasq teardown: %w", err)
+		}
+		chains := pick(rules)
+		if len(chains) == 0 {
+			return nil
+		}
+		b := iptables.NewBatch("nat")
+		for _, c := range chains {
+			for _, j := range rules.jumps(c) {
+				b.Rule("-D%s", strings.TrimPrefix(j, "-A"))
+			}
+		}
+		for _, c := range chains {
+			if rules.hasChain(c) {
+				b.Chain(c) // flushes it, so that -X may delete it
+				b.Rule("-X %s", c)
+			}
+		}
+		if err = iptables.Apply(f, b); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("ipMasq teardown: %w", err)
+}
+
+var commentRE = regexp.MustCompile(`--comment "name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\""`)
+
+// gcIPT removes the chains of the network whose container is not among
+// the valid attachments. A chain is the network's when a rule in it or
+// jumping to it carries the network's comment and its name is the hash of
+// that network and container ID, so nothing else is ever touched.
+func gcIPT(network string, valid map[cni.Attachment]bool) error {
+	validCID := map[string]bool{}
+	for a := range valid {
+		validCID[a.ContainerID] = true
+	}
+	var errs []error
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if !available(f) {
+			continue
+		}
+		errs = append(errs, removeChains(f, func(rules natRules) []string {
+			stale := map[string]bool{}
+			for _, l := range rules {
+				m := commentRE.FindStringSubmatch(l)
+				if m == nil || m[1] != network || validCID[m[2]] {
+					continue
+				}
+				chain := ChainName(m[1], m[2])
+				if strings.HasPrefix(l, "-A "+chain+" ") || jumpsTo(l, chain) {
+					stale[chain] = true
+				}
+			}
+			var out []string
+			for c := range stale {
+				out = append(out, c)
+			}
+			return out
+		}))
+	}
+	return errors.Join(errs...)
+}
