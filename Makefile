@@ -1,7 +1,9 @@
 SHELL := /bin/bash
 # cnibox: every standard CNI plugin in one static binary.
 #   make build    bin/cnibox (static, stripped, version stamped from git)
-#   make test     install test dependencies, vet, unit + integration tests (-race, as root)
+#   make test     install test dependencies, vet, unit + integration tests (-race, as root),
+#                 then the tests that need kernel features the host lacks, in a VM (make vmtest)
+#   make vmtest   only the VM part: scripts/vmtest (Debian's kernel under qemu TCG)
 #   make demo     install into a temp dir and run the default network on a throwaway pod
 #   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
 #   make bench    side-by-side benchmark against the reference plugins
@@ -17,11 +19,12 @@ GOTEST_FLAGS ?=
 TEST_TIMEOUT ?= 60m
 
 # Debian packages the tests use. make test installs the missing ones.
-TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetworking-plugins
+TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetworking-plugins \
+             qemu-system-x86 busybox-static
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet demo clean bench
+.PHONY: build install test test-deps vet vmtest demo clean bench
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
@@ -45,8 +48,15 @@ vet:
 
 test: test-deps vet build
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the integration tests create network namespaces"; exit 1; }
+	@rc=0; \
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" \
-	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./...
+	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./... || rc=1; \
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest || rc=1; \
+	exit $$rc
+
+# The tests that need kernel features this machine lacks, in a VM.
+vmtest: build
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest
 
 demo: build
 	bash scripts/demo

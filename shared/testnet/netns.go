@@ -43,6 +43,7 @@ func RequireRoot(t testing.TB) {
 func NewNS(t testing.TB, prefix string) *NS {
 	t.Helper()
 	RequireRoot(t)
+	skipHostTestInVM(t)
 	name := "cnibox-" + prefix + "-" + randHex(4)
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
