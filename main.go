@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/applets/bridge"
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/loopback"
@@ -25,6 +26,7 @@ import (
 // applets is the applet table, sorted by name. Every applet listed here
 // really works; nothing registers itself anywhere else.
 var applets = []*cni.Applet{
+	bandwidth.Applet,
 	bridge.Applet,
 	hostlocal.Applet,
 	loopback.Applet,
