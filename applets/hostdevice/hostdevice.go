@@ -1,0 +1,505 @@
+// Package hostdevice is the host-device applet: it moves an existing
+// network device of the node into the pod, and back on DEL.
+//
+// The move goes through a temporary netns that nobody watches: the device
+// is renamed there (to the pod's interface name, with its original name
+// kept in the link alias), so udev or NetworkManager never see a renamed
+// device on the node, and no name in the node or the pod can collide with
+// it half-way. Every step is undone when a later one fails.
+//
+// When the pod's netns is gone at DEL, the kernel has already dealt with
+// the device: a physical device is returned to the initial netns (the
+// node's, in production) under the pod's interface name, or "devN" when
+// that is taken, with its alias still set; a virtual device (veth,
+// macvlan...) is destroyed with the netns. DEL then finds a device of
+// this config in the node's netns whose alias is set, renames it back to
+// its alias and clears the alias; a destroyed device needs nothing. In
+// every case DEL still releases the IPAM allocation (the reference returns
+// early without a netns and leaks it, cni#1167).
+package hostdevice
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/delegate"
+	"github.com/cnibox/cnibox/shared/iface"
+)
+
+// Applet is host-device's entry in cnibox's applet table.
+var Applet = &cni.Applet{
+	Name:    "host-device",
+	Kind:    "main",
+	Summary: "move a node network device into the pod",
+	Add:     Add,
+	Del:     Del,
+	Check:   Check,
+	GC:      GC,
+	Status:  Status,
+}
+
+// Config is host-device's configuration, the reference's keys. One
+// selector is needed; the runtime's deviceID overrides them, and among
+// the others the first set one in this order is used: device, hwaddr,
+// kernelpath, pciBusID.
+type Config struct {
+	cni.NetConf
+	// Device is the device's name in the node's netns.
+	Device string `json:"device"`
+	// HWAddr selects the device by MAC.
+	HWAddr string `json:"hwaddr"`
+	// KernelPath is the device's sysfs path, /sys/devices/...; the first
+	// netdev under its net/ directory is used.
+	KernelPath string `json:"kernelpath"`
+	// PCIBusID is a PCI address (0000:03:00.1). A device bound to a DPDK
+	// driver (vfio-pci, uio_pci_generic, igb_uio) is not moved: ADD only
+	// returns the IPAM result.
+	PCIBusID string `json:"pciBusID"`
+
+	RuntimeConfig struct {
+		// DeviceID (capability "deviceID", from a device plugin) is a PCI
+		// address or an auxiliary-bus device name.
+		DeviceID string `json:"deviceID"`
+	} `json:"runtimeConfig"`
+}
+
+func load(req *cni.Request) (*Config, selector, error) {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
+		return nil, selector{}, err
+	}
+	sel, err := c.selector(hostSysfs)
+	return c, sel, err
+}
+
+func (c *Config) selector(s sysfs) (selector, error) {
+	switch {
+	case c.RuntimeConfig.DeviceID != "":
+		kind, err := s.classify(c.RuntimeConfig.DeviceID)
+		return selector{"runtimeConfig.deviceID", kind, c.RuntimeConfig.DeviceID}, err
+	case c.Device != "":
+		return selector{"device", "device", c.Device}, nil
+	case c.HWAddr != "":
+		mac, err := iface.ParseMAC("hwaddr", c.HWAddr)
+		if err != nil {
+			return selector{}, err
+		}
+		return selector{"hwaddr", "hwaddr", mac.String()}, nil
+	case c.KernelPath != "":
+		if err := validKernelPath(c.KernelPath); err != nil {
+			return selector{}, err
+		}
+		return selector{"kernelpath", "kernelpath", c.KernelPath}, nil
+	case c.PCIBusID != "":
+		return selector{"pciBusID", "pci", c.PCIBusID}, validID("pciBusID", c.PCIBusID)
+	}
+	return selector{}, cni.ConfigError(`device: one of "device", "hwaddr", "kernelpath", "pciBusID" or runtimeConfig.deviceID is required`)
+}
+
+func validKernelPath(p string) error {
+	if !strings.HasPrefix(p, "/sys/devices/") {
+		return cni.ConfigError("kernelpath: %q must start with /sys/devices/", p)
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return cni.ConfigError("kernelpath: %q must not contain . or .. segments", p)
+		}
+	}
+	return nil
+}
+
+// Add moves the device into the pod, then runs IPAM and configures it.
+func Add(req *cni.Request) (types.Result, error) {
+	c, sel, err := load(req)
+	if err != nil {
+		return nil, err
+	}
+	if drv := hostSysfs.dpdk(sel); drv != "" {
+		// No netdev: the pod's DPDK application drives the device, and
+		// only needs its addresses.
+		return dpdkResult(req, c)
+	}
+	pod, err := iface.OpenNetns(req.Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer pod.Close()
+	node, err := ns.GetCurrentNS()
+	if err != nil {
+		return nil, fmt.Errorf("host-device: open the node's netns: %w", err)
+	}
+	defer node.Close()
+
+	dev, err := hostSysfs.find(sel)
+	if err != nil {
+		return nil, fmt.Errorf("host-device: %w", err)
+	}
+	link, err := moveIn(node, pod, dev, req.IfName)
+	if err != nil {
+		return nil, fmt.Errorf("host-device: %w", err)
+	}
+	res, err := setUp(req, c, pod, link)
+	if err != nil {
+		if uerr := moveOut(node, pod, req.IfName, dev.Attrs().Name); uerr != nil {
+			req.Log.Warnf("roll back: %v", uerr)
+		}
+		return nil, err
+	}
+	return res, nil
+}
+
+func setUp(req *cni.Request, c *Config, pod ns.NetNS, link netlink.Link) (*current.Result, error) {
+	var ipamRes *current.Result
+	if c.IPAM.Type != "" {
+		r, err := delegate.Add(req, c.IPAM.Type)
+		if err != nil {
+			return nil, err
+		}
+		if len(r.IPs) == 0 {
+			releaseIPAM(req, c)
+			return nil, fmt.Errorf("host-device: IPAM plugin %q returned no IP addresses", c.IPAM.Type)
+		}
+		ipamRes = r
+	}
+	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
+	if err := pod.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyNone) }); err != nil {
+		if ipamRes != nil {
+			releaseIPAM(req, c)
+		}
+		return nil, fmt.Errorf("host-device: %w", err)
+	}
+	return res, nil
+}
+
+// dpdkResult is ADD for a device bound to a DPDK driver: IPAM only.
+func dpdkResult(req *cni.Request, c *Config) (types.Result, error) {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: c.DNS}
+	if c.IPAM.Type == "" {
+		return res, nil
+	}
+	r, err := delegate.Add(req, c.IPAM.Type)
+	if err != nil {
+		return nil, err
+	}
+	r.DNS = iface.MergeDNS(c.DNS, r.DNS)
+	return r, nil
+}
+
+func releaseIPAM(req *cni.Request, c *Config) {
+	sub := *req
+	sub.Command = cni.CmdDel
+	if err := delegate.Del(&sub, c.IPAM.Type); err != nil {
+		req.Log.Warnf("roll back: release IPAM: %v", err)
+	}
+}
+
+// moveIn moves dev from node to pod as ifName, through a temporary netns
+// where it is renamed and gets its original name as alias.
+func moveIn(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.Link, error) {
+	orig := dev.Attrs().Name
+	tmp, err := ns.TempNetNS()
+	if err != nil {
+		return nil, fmt.Errorf("create a temporary netns: %w", err)
+	}
+	defer tmp.Close()
+	if err := netlink.LinkSetNsFd(dev, int(tmp.Fd())); err != nil {
+		return nil, fmt.Errorf("move %q out of the node's netns: %w", orig, err)
+	}
+	err = tmp.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(orig)
+		if err != nil {
+			return fmt.Errorf("find %q in the temporary netns: %w", orig, err)
+		}
+		if err := netlink.LinkSetAlias(l, orig); err != nil {
+			return fmt.Errorf("set alias of %q: %w", orig, err)
+		}
+		if ifName != orig {
+			if err := netlink.LinkSetName(l, ifName); err != nil {
+				return fmt.Errorf("rename %q to %q: %w", orig, ifName, err)
+			}
+		}
+		if err := netlink.LinkSetNsFd(l, int(pod.Fd())); err != nil {
+			return fmt.Errorf("move %q into the pod as %q: %w", orig, ifName, err)
+		}
+		return nil
+	})
+	if err != nil {
+		if uerr := sendHome(tmp, node, ifName, orig); uerr != nil {
+			return nil, fmt.Errorf("%w (and putting it back failed: %v)", err, uerr)
+		}
+		return nil, err
+	}
+	var link netlink.Link
+	err = pod.Do(func(ns.NetNS) (err error) {
+		link, err = netlinksafe.LinkByName(ifName)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("find %q in the pod: %w", ifName, err)
+	}
+	return link, nil
+}
+
+// sendHome (rollback of moveIn) gives the device in tmp, named ifName or
+// orig, its original name back, clears the alias and moves it to node.
+func sendHome(tmp, node ns.NetNS, ifName, orig string) error {
+	return tmp.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			if l, err = netlinksafe.LinkByName(orig); err != nil {
+				return fmt.Errorf("find %q in the temporary netns: %w", orig, err)
+			}
+		}
+		if l.Attrs().Name != orig {
+			if err := netlink.LinkSetName(l, orig); err != nil {
+				return fmt.Errorf("rename %q back to %q: %w", ifName, orig, err)
+			}
+		}
+		_ = netlink.LinkSetAlias(l, "")
+		if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
+			return fmt.Errorf("move %q back to the node's netns: %w", orig, err)
+		}
+		return nil
+	})
+}
+
+var errNotInPod = errors.New("not in the pod")
+
+// moveOut moves ifName from pod back to node under its original name
+// (its alias, or fallback when the alias is empty), through a temporary
+// netns. When the node already has a link of that name, the device goes
+// back into the pod and the error says so.
+func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
+	var orig string
+	tmp, err := ns.TempNetNS()
+	if err != nil {
+		return fmt.Errorf("create a temporary netns: %w", err)
+	}
+	defer tmp.Close()
+	err = pod.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return errNotInPod
+			}
+			return fmt.Errorf("find %q in the pod: %w", ifName, err)
+		}
+		orig = l.Attrs().Alias
+		if orig == "" {
+			orig = fallback
+		}
+		if orig == "" {
+			return fmt.Errorf("%q has no alias: its name on the node is unknown", ifName)
+		}
+		_ = netlink.LinkSetDown(l)
+		if err := netlink.LinkSetNsFd(l, int(tmp.Fd())); err != nil {
+			return fmt.Errorf("move %q out of the pod: %w", ifName, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tmp.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			return fmt.Errorf("find %q in the temporary netns: %w", ifName, err)
+		}
+		if orig != ifName {
+			if err := netlink.LinkSetName(l, orig); err != nil {
+				return errors.Join(fmt.Errorf("rename %q back to %q: %w", ifName, orig, err), backToPod(l, pod))
+			}
+		}
+		if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
+			err = fmt.Errorf("move %q back to the node's netns as %q: %w", ifName, orig, err)
+			if l, lerr := netlinksafe.LinkByName(orig); lerr == nil {
+				_ = netlink.LinkSetName(l, ifName)
+				return errors.Join(err, backToPod(l, pod))
+			}
+			return err
+		}
+		return node.Do(func(ns.NetNS) error {
+			if l, err := netlinksafe.LinkByName(orig); err == nil {
+				_ = netlink.LinkSetAlias(l, "")
+			}
+			return nil
+		})
+	})
+}
+
+func backToPod(l netlink.Link, pod ns.NetNS) error {
+	if err := netlink.LinkSetNsFd(l, int(pod.Fd())); err != nil {
+		return fmt.Errorf("and putting it back into the pod failed: %w", err)
+	}
+	return nil
+}
+
+// Del moves the device back to the node (or, when the pod's netns is gone,
+// restores a device the kernel returned to the node), then releases the
+// IPAM allocation, whatever happened before.
+func Del(req *cni.Request) error {
+	c, sel, err := load(req)
+	if err != nil {
+		return err
+	}
+	var devErr error
+	if hostSysfs.dpdk(sel) == "" {
+		devErr = bringBack(req, sel)
+		if devErr != nil {
+			devErr = fmt.Errorf("host-device: %w", devErr)
+		}
+	}
+	var ipamErr error
+	if c.IPAM.Type != "" {
+		ipamErr = delegate.Del(req, c.IPAM.Type)
+	}
+	return errors.Join(devErr, ipamErr)
+}
+
+func bringBack(req *cni.Request, sel selector) error {
+	node, err := ns.GetCurrentNS()
+	if err != nil {
+		return fmt.Errorf("open the node's netns: %w", err)
+	}
+	defer node.Close()
+	if req.Netns != "" {
+		pod, err := ns.GetNS(req.Netns)
+		switch {
+		case err == nil:
+			fallback := ""
+			if sel.kind == "device" {
+				fallback = sel.value
+			}
+			err = moveOut(node, pod, req.IfName, fallback)
+			pod.Close()
+			if !errors.Is(err, errNotInPod) {
+				return err
+			}
+		case !iface.NetnsGone(err):
+			return fmt.Errorf("open netns %q: %w", req.Netns, err)
+		}
+	}
+	return restoreReturned(sel)
+}
+
+// restoreReturned (in the node's netns) renames a device of this config
+// that the kernel returned from a destroyed pod netns back to its alias.
+func restoreReturned(sel selector) error {
+	var l netlink.Link
+	if sel.kind == "device" {
+		links, err := netlinksafe.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links: %w", err)
+		}
+		for _, cand := range links {
+			if cand.Attrs().Alias == sel.value && cand.Attrs().Name != sel.value {
+				l = cand
+				break
+			}
+		}
+	} else if found, err := hostSysfs.find(sel); err == nil {
+		l = found
+	}
+	if l == nil || l.Attrs().Alias == "" || l.Attrs().Alias == l.Attrs().Name {
+		return nil // gone with the pod, or already home
+	}
+	orig, name := l.Attrs().Alias, l.Attrs().Name
+	if _, err := netlinksafe.LinkByName(orig); err == nil {
+		return fmt.Errorf("%q came back from the deleted pod, but its name %q is taken on the node", name, orig)
+	}
+	if err := netlink.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set %q down to rename it: %w", name, err)
+	}
+	if err := netlink.LinkSetName(l, orig); err != nil {
+		return fmt.Errorf("rename %q back to %q: %w", name, orig, err)
+	}
+	if err := netlink.LinkSetAlias(l, ""); err != nil {
+		return fmt.Errorf("clear alias of %q: %w", orig, err)
+	}
+	return nil
+}
+
+// Check verifies the device is in the pod with the result's MAC, addresses
+// and routes.
+func Check(req *cni.Request) error {
+	c, sel, err := load(req)
+	if err != nil {
+		return err
+	}
+	prev, err := cni.PrevResult(&c.NetConf)
+	if err != nil {
+		return err
+	}
+	if c.IPAM.Type != "" {
+		if err := delegate.Check(req, c.IPAM.Type); err != nil {
+			return err
+		}
+	}
+	if hostSysfs.dpdk(sel) != "" {
+		return nil
+	}
+	idx, ifc, err := iface.FindInterface(prev, req.IfName, req.Netns)
+	if err != nil {
+		return fmt.Errorf("host-device: %w", err)
+	}
+	pod, err := iface.OpenNetns(req.Netns)
+	if err != nil {
+		return err
+	}
+	defer pod.Close()
+	return pod.Do(func(ns.NetNS) error {
+		if _, err := iface.CheckLink(req.IfName, iface.Want{MAC: ifc.Mac}); err != nil {
+			return fmt.Errorf("host-device: %w", err)
+		}
+		if err := iface.CheckIPs(req.IfName, idx, prev); err != nil {
+			return fmt.Errorf("host-device: %w", err)
+		}
+		return nil
+	})
+}
+
+// GC passes GC on to the IPAM plugin.
+func GC(req *cni.Request) error {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
+		return err
+	}
+	if c.IPAM.Type == "" {
+		return nil
+	}
+	return delegate.GC(req, c.IPAM.Type)
+}
+
+// Status says whether ADD can work: a device the config names must be in
+// the node's netns (a runtime deviceID is only known at ADD), then IPAM
+// answers.
+func Status(req *cni.Request) error {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
+		return err
+	}
+	if c.RuntimeConfig.DeviceID == "" {
+		sel, err := c.selector(hostSysfs)
+		if err != nil {
+			return err
+		}
+		if hostSysfs.dpdk(sel) == "" {
+			if _, err := hostSysfs.find(sel); err != nil {
+				return cni.NotAvailable("host-device: %v", err)
+			}
+		}
+	}
+	if c.IPAM.Type == "" {
+		return nil
+	}
+	return delegate.Status(req, c.IPAM.Type)
+}

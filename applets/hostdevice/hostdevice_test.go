@@ -1,0 +1,327 @@
+package hostdevice_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/testnet"
+)
+
+// node makes a runtime whose node has a veth "hd0" to hand to pods; its
+// peer "hd0p" stays on the node with 10.40.0.1/24, so a pod that got hd0
+// can prove it works by pinging it.
+func node(t *testing.T) *testnet.Runtime {
+	t.Helper()
+	r := testnet.NewRuntime(t)
+	r.Node.MustRun("ip", "link", "add", "hd0", "address", "02:00:00:00:40:02", "type", "veth", "peer", "name", "hd0p")
+	r.Node.MustRun("ip", "link", "set", "hd0p", "up")
+	r.Node.MustRun("ip", "addr", "add", "10.40.0.1/24", "dev", "hd0p")
+	testnet.RequireReference(t, "static")
+	r.SetPath(r.BinDir + ":" + testnet.ReferenceDir())
+	return r
+}
+
+// ipamVersion is the newest spec version the IPAM plugins serve: cnibox's
+// when the binary has host-local, else the reference's (1.0.0).
+func ipamVersion(t *testing.T) string {
+	if slices.Contains(testnet.Applets(t), "host-local") {
+		return "1.1.0"
+	}
+	return "1.0.0"
+}
+
+func withIPAM(t *testing.T, v string) bool {
+	return !cni.VersionAtLeast(v, "1.1.0") || ipamVersion(t) == "1.1.0"
+}
+
+const hostLocal = `"ipam":{"type":"host-local","ranges":[[{"subnet":"10.40.0.0/24","rangeStart":"10.40.0.2"}]]}`
+
+var netSeq int
+
+func list(t *testing.T, r *testnet.Runtime, version, fields string) *libcni.NetworkConfigList {
+	t.Helper()
+	netSeq++
+	return r.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":"hd%d","plugins":[{"type":"host-device",%s}]}`, version, netSeq, fields))
+}
+
+type link struct {
+	Name    string `json:"ifname"`
+	Alias   string `json:"ifalias"`
+	Address string `json:"address"`
+}
+
+func linkMap(t *testing.T, ns *testnet.NS) map[string]link {
+	t.Helper()
+	out := ns.MustRun("ip", "-j", "link", "show")
+	var ls []link
+	if err := json.Unmarshal([]byte(out), &ls); err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]link{}
+	for _, l := range ls {
+		m[l.Name] = l
+	}
+	return m
+}
+
+// home checks that hd0 is on the node under its own name without alias,
+// and that the pod has nothing but lo.
+func home(t *testing.T, r *testnet.Runtime, pod *testnet.NS) {
+	t.Helper()
+	l, ok := linkMap(t, r.Node)["hd0"]
+	if !ok || l.Alias != "" || l.Address != "02:00:00:00:40:02" {
+		t.Errorf("hd0 not back home intact: %+v (node links %v)", l, keys(linkMap(t, r.Node)))
+	}
+	if pod != nil {
+		if m := linkMap(t, pod); len(m) != 1 {
+			t.Errorf("pod links: %v", keys(m))
+		}
+	}
+}
+
+func keys(m map[string]link) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func allocations(t *testing.T, r *testnet.Runtime, name string) []string {
+	t.Helper()
+	entries, _ := os.ReadDir(filepath.Join(r.StateDir, "networks", name))
+	var ips []string
+	for _, e := range entries {
+		if strings.Count(e.Name(), ".") == 3 {
+			ips = append(ips, e.Name())
+		}
+	}
+	return ips
+}
+
+// TestVersions moves hd0 into a pod and back at every spec version,
+// through libcni: the pod reaches the node through it, CHECK passes, DEL
+// gives it back under its own name, and DEL again is fine.
+func TestVersions(t *testing.T) {
+	r := node(t)
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
+		fields := `"device":"hd0"`
+		if withIPAM(t, v) {
+			fields += "," + hostLocal
+		}
+		l := list(t, r, v, fields)
+		pod := r.Pod(t)
+		a := r.Attach(pod, "eth0")
+		res, err := r.Add(l, a)
+		if err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		in, ok := linkMap(t, pod)["eth0"]
+		if !ok || in.Alias != "hd0" || in.Address != "02:00:00:00:40:02" {
+			t.Fatalf("eth0 in the pod: %+v", in)
+		}
+		if _, ok := linkMap(t, r.Node)["hd0"]; ok {
+			t.Fatal("hd0 still on the node")
+		}
+		cur, err := current.NewResultFromResult(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cni.VersionAtLeast(v, "0.3.0") && (len(cur.Interfaces) != 1 || cur.Interfaces[0].Name != "eth0" || cur.Interfaces[0].Mac != "02:00:00:00:40:02") {
+			t.Errorf("result interfaces: %+v", cur.Interfaces)
+		}
+		if withIPAM(t, v) {
+			if err := pod.Ping("10.40.0.1"); err != nil {
+				t.Fatalf("pod cannot reach the node through hd0: %v", err)
+			}
+		}
+		if cni.VersionAtLeast(v, "0.4.0") {
+			if err := r.Check(l, a); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			if err := r.Status(l); err == nil {
+				t.Error("STATUS is fine while the device is in a pod")
+			}
+			if err := r.GC(l, a); err != nil {
+				t.Fatalf("GC: %v", err)
+			}
+		}
+		for i := 0; i < 2; i++ {
+			if err := r.Del(l, a); err != nil {
+				t.Fatalf("DEL #%d: %v", i+1, err)
+			}
+		}
+		home(t, r, pod)
+		if got := allocations(t, r, l.Name); len(got) != 0 {
+			t.Errorf("addresses left: %v", got)
+		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			if err := r.Status(l); err != nil {
+				t.Errorf("STATUS with the device home: %v", err)
+			}
+		}
+	})
+}
+
+// TestCnitool drives the applet through the reference cnitool.
+func TestCnitool(t *testing.T) {
+	r := node(t)
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
+		fields := `"hwaddr":"02:00:00:00:40:02"`
+		if withIPAM(t, v) {
+			fields += "," + hostLocal
+		}
+		l := list(t, r, v, fields)
+		pod := r.Pod(t)
+		if _, err := r.Cnitool("add", l.Name, pod, "CNI_IFNAME=net1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := linkMap(t, pod)["net1"]; !ok {
+			t.Fatal("net1 not in the pod")
+		}
+		if cni.VersionAtLeast(v, "0.4.0") {
+			if _, err := r.Cnitool("check", l.Name, pod, "CNI_IFNAME=net1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := r.Cnitool("del", l.Name, pod, "CNI_IFNAME=net1"); err != nil {
+			t.Fatal(err)
+		}
+		home(t, r, pod)
+	})
+}
+
+// TestDelNetnsGone: DEL after the pod's netns was deleted. A virtual
+// device dies with the netns (nothing to restore, DEL succeeds); a
+// physical one comes back to the initial netns under the pod's name (or
+// devN) with its alias, which we reproduce by moving it to the node
+// before deleting the pod, and DEL restores its name. IPAM is released in
+// every case, also without CNI_NETNS.
+func TestDelNetnsGone(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		refund  string // name the kernel gives the returned device; "" = destroyed
+		noNetns bool
+	}{
+		{name: "virtual device destroyed"},
+		{name: "returned as eth0", refund: "eth0"},
+		{name: "returned as dev7", refund: "dev7"},
+		{name: "returned, no CNI_NETNS", refund: "eth0", noNetns: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := node(t)
+			l := list(t, r, ipamVersion(t), `"device":"hd0",`+hostLocal)
+			pod := r.Pod(t)
+			a := r.Attach(pod, "eth0")
+			if _, err := r.Add(l, a); err != nil {
+				t.Fatal(err)
+			}
+			if c.refund != "" {
+				pod.MustRun("ip", "link", "set", "eth0", "netns", r.Node.Name)
+				if c.refund != "eth0" {
+					r.Node.MustRun("ip", "link", "set", "eth0", "name", c.refund)
+				}
+			}
+			pod.Delete()
+			if c.noNetns {
+				a.Pod = nil
+			}
+			if err := r.Del(l, a); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if c.refund != "" {
+				home(t, r, nil)
+			} else if _, ok := linkMap(t, r.Node)["hd0"]; ok {
+				t.Error("a destroyed veth is back?")
+			}
+			if got := allocations(t, r, l.Name); len(got) != 0 {
+				t.Errorf("addresses left: %v", got)
+			}
+			if err := r.Del(l, a); err != nil {
+				t.Fatalf("second DEL: %v", err)
+			}
+		})
+	}
+}
+
+// TestBadInput: bad configs and failing steps give a CNI error and leave
+// hd0 on the node as it was, with nothing allocated.
+func TestBadInput(t *testing.T) {
+	r := node(t)
+	v := ipamVersion(t)
+	for _, c := range []struct {
+		name, fields string
+		prep         func(pod *testnet.NS)
+		code         uint
+		want         string
+	}{
+		{name: "no selector", fields: hostLocal, code: 7, want: "device: one of"},
+		{name: "bad hwaddr", fields: `"hwaddr":"zz",` + hostLocal, code: 7, want: `hwaddr: "zz"`},
+		{name: "bad kernelpath", fields: `"kernelpath":"/proc/1",` + hostLocal, code: 7, want: "kernelpath"},
+		{name: "pciBusID traversal", fields: `"pciBusID":"../../../etc",` + hostLocal, code: 7, want: "pciBusID"},
+		{name: "missing device", fields: `"device":"nope0",` + hostLocal, code: 999, want: `device "nope0": device not found`},
+		{name: "kernelpath not in this netns", fields: `"kernelpath":"/sys/devices/virtual/net/hd0",` + hostLocal, code: 999, want: "kernelpath"},
+		{name: "ifname taken in the pod", fields: `"device":"hd0",` + hostLocal, code: 999, want: "eth0",
+			prep: func(pod *testnet.NS) { pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0") }},
+		{name: "ipam fails", fields: `"device":"hd0","ipam":{"type":"host-local","ranges":[[{"subnet":"10.41.0.0/24","rangeStart":"10.41.0.300"}]]}`, code: 0},
+		{name: "ipam missing", fields: `"device":"hd0","ipam":{"type":"no-such-ipam"}`, code: 7, want: "no-such-ipam"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pod := r.Pod(t)
+			before := keys(linkMap(t, pod))
+			if c.prep != nil {
+				c.prep(pod)
+				before = keys(linkMap(t, pod))
+			}
+			conf := fmt.Sprintf(`{"cniVersion":%q,"name":"bad","type":"host-device",%s}`, v, c.fields)
+			env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + r.Path}
+			out, _, code := r.Exec("host-device", env, []byte(conf))
+			if code == 0 {
+				t.Fatalf("ADD succeeded: %s", out)
+			}
+			e := testnet.ParseError(t, out)
+			if c.code != 0 && (e.Code != c.code || !strings.Contains(e.Msg, c.want)) {
+				t.Errorf("error = %d %q, want %d containing %q", e.Code, e.Msg, c.code, c.want)
+			}
+			home(t, r, nil)
+			if after := keys(linkMap(t, pod)); !slices.Equal(after, before) {
+				t.Errorf("pod links %v, were %v", after, before)
+			}
+			if got := allocations(t, r, "bad"); len(got) != 0 {
+				t.Errorf("allocations left: %v", got)
+			}
+		})
+	}
+}
+
+// TestStatus: STATUS is 50 when the configured device is not on the node.
+func TestStatus(t *testing.T) {
+	r := node(t)
+	for _, c := range []struct {
+		fields string
+		code   int
+	}{{`"device":"hd0"`, 0}, {`"device":"gone0"`, 50}, {`"hwaddr":"02:00:00:00:40:02"`, 0}} {
+		conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"st","type":"host-device",%s}`, c.fields)
+		out, _, code := r.Exec("host-device", []string{"CNI_COMMAND=STATUS", "CNI_PATH=" + r.Path}, []byte(conf))
+		if c.code == 0 && code != 0 {
+			t.Errorf("STATUS %s: %s", c.fields, out)
+		}
+		if c.code != 0 {
+			if e := testnet.ParseError(t, out); code == 0 || int(e.Code) != c.code {
+				t.Errorf("STATUS %s: exit %d: %s", c.fields, code, out)
+			}
+		}
+	}
+}
