@@ -49,8 +49,11 @@ const hostLocal = `"ipam":{"type":"host-local","ranges":[[{"subnet":"10.10.0.0/2
 // ipamVersion is the newest spec version an IPAM plugin in CNI_PATH
 // serves: cnibox's host-local when the binary has it, else the reference
 // (Debian's v1.1.1, which stops at 1.0.0).
-func ipamVersion(t *testing.T) string {
-	if slices.Contains(testnet.Applets(t), "host-local") {
+func ipamVersion(t *testing.T) string { return pluginVersion(t, "host-local") }
+
+// pluginVersion is the newest spec version plugin serves in CNI_PATH.
+func pluginVersion(t *testing.T, plugin string) string {
+	if slices.Contains(testnet.Applets(t), plugin) {
 		return "1.1.0"
 	}
 	return "1.0.0"
@@ -294,6 +297,7 @@ func TestKeys(t *testing.T) {
 		ifName string
 		args   [][2]string
 		caps   map[string]any
+		v      string
 		prep   func(pod *testnet.NS)
 		check  func(t *testing.T, pod *testnet.NS, info *linkInfo, res *current.Result)
 	}{
@@ -334,7 +338,7 @@ func TestKeys(t *testing.T) {
 					t.Errorf("eth0 is not on inner0: %s", out)
 				}
 			}},
-		{name: "dns-merged", fields: `"master":"up0","dns":{"nameservers":["10.0.0.53"],"domain":"conf.example"},` + static,
+		{name: "dns-merged", v: pluginVersion(t, "static"), fields: `"master":"up0","dns":{"nameservers":["10.0.0.53"],"domain":"conf.example"},` + static,
 			check: func(t *testing.T, pod *testnet.NS, info *linkInfo, res *current.Result) {
 				want := types.DNS{Nameservers: []string{"10.0.0.53", "10.20.0.53"}, Domain: "conf.example", Search: []string{"ipam.example"}}
 				if fmt.Sprint(res.DNS) != fmt.Sprint(want) {
@@ -350,7 +354,11 @@ func TestKeys(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			l := list(t, r, v, c.fields)
+			version := v
+			if c.v != "" {
+				version = c.v
+			}
+			l := list(t, r, version, c.fields)
 			pod := r.Pod(t)
 			if c.prep != nil {
 				c.prep(pod)
