@@ -17,6 +17,7 @@ import (
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/loopback"
 	"github.com/cnibox/cnibox/applets/macvlan"
+	"github.com/cnibox/cnibox/applets/portmap"
 	"github.com/cnibox/cnibox/applets/static"
 	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/shared/cni"
@@ -33,6 +34,7 @@ var applets = []*cni.Applet{
 	hostlocal.Applet,
 	loopback.Applet,
 	macvlan.Applet,
+	portmap.Applet,
 	static.Applet,
 	tuning.Applet,
 }

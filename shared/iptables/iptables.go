@@ -36,8 +36,18 @@ func (f Family) tool(suffix string) string {
 	return "iptables" + suffix
 }
 
+// Name is the family's command name, for messages: "iptables" or "ip6tables".
+func (f Family) Name() string { return f.tool("") }
+
 // LockWait bounds how long a call waits for the xtables lock.
 var LockWait = 10 * time.Second
+
+// Installed reports whether the family's iptables-restore is in PATH; it
+// runs no process.
+func Installed(f Family) bool {
+	_, err := exec.LookPath(f.tool("-restore"))
+	return err == nil
+}
 
 // Usable reports whether the family's iptables works here: the binaries
 // exist and the filter table can be read.
@@ -49,9 +59,13 @@ func Usable(f Family) bool {
 	return err == nil
 }
 
-// Save returns the table in iptables-save format.
+// Save returns the table in iptables-save format; every table when table
+// is "".
 func Save(f Family, table string) (string, error) {
-	cmd := exec.Command(f.tool("-save"), "-t", table)
+	cmd := exec.Command(f.tool("-save"))
+	if table != "" {
+		cmd.Args = append(cmd.Args, "-t", table)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -103,10 +117,17 @@ func (b *Batch) String() string {
 // xtables lock stayed busy for LockWait.
 var ErrLocked = errors.New("xtables lock is busy")
 
-// Apply runs the batch with iptables-restore --noflush. It is atomic per
-// table: either every line applies or none does.
-func Apply(f Family, b *Batch) error {
-	if b.Empty() {
+// Apply runs the batches (one per table) in a single iptables-restore
+// --noflush process. It is atomic per table: either every line of a
+// table's batch applies or none does.
+func Apply(f Family, batches ...*Batch) error {
+	var in strings.Builder
+	for _, b := range batches {
+		if b != nil && !b.Empty() {
+			in.WriteString(b.String())
+		}
+	}
+	if in.Len() == 0 {
 		return nil
 	}
 	wait := int(LockWait / time.Second)
@@ -114,7 +135,7 @@ func Apply(f Family, b *Batch) error {
 		wait = 1
 	}
 	cmd := exec.Command(f.tool("-restore"), "--noflush", "-w", strconv.Itoa(wait))
-	cmd.Stdin = strings.NewReader(b.String())
+	cmd.Stdin = strings.NewReader(in.String())
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
@@ -122,7 +143,7 @@ func Apply(f Family, b *Batch) error {
 		if strings.Contains(msg, "holding the xtables lock") || strings.Contains(msg, "Another app is currently holding") {
 			return cni.TryAgain("%s: %v (waited %v)", f.tool("-restore"), ErrLocked, LockWait)
 		}
-		return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", f.tool("-restore"), err, msg, b.String())
+		return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", f.tool("-restore"), err, msg, in.String())
 	}
 	return nil
 }

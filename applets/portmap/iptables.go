@@ -1,0 +1,376 @@
+package portmap
+
+import (
+	"crypto/sha512"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/cnibox/cnibox/shared/iptables"
+)
+
+// The reference's chain names (nat table). They must never change: a node
+// that switches between cnibox and the reference keeps its rules.
+const (
+	dnatChain    = "CNI-HOSTPORT-DNAT"    // PREROUTING, OUTPUT -> per-pod entry rules
+	setMarkChain = "CNI-HOSTPORT-SETMARK" // marks connections to masquerade
+	masqChain    = "CNI-HOSTPORT-MASQ"    // POSTROUTING: masquerades marked connections
+	oldSNATChain = "CNI-HOSTPORT-SNAT"    // of old reference versions; torn down on DEL
+	// guardChain (filter INPUT) is cnibox's: the martian guard for route_localnet.
+	guardChain = "CNI-HOSTPORT-GUARD"
+)
+
+// The rules are written exactly as iptables-save prints them, so CHECK can
+// compare text and ADD can tell which shared rules already exist.
+const (
+	topJump      = "-m addrtype --dst-type LOCAL -j " + dnatChain
+	masqJump     = `-m comment --comment "CNI portfwd requiring masquerade" -j ` + masqChain
+	guardJump    = "-j " + guardChain
+	guardRule    = `-d 127.0.0.0/8 ! -i lo -m comment --comment "cnibox portmap: drop martians to 127.0.0.0/8 that route_localnet lets in" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`
+	setMarkFmt   = `-m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark %#x/%#x`
+	masqRuleFmt  = "-m mark --mark %#x/%#x -j MASQUERADE"
+	maxMultiport = 15
+)
+
+// chainName is the reference's per-container chain name: prefix plus the
+// hex SHA-512 of network name and container ID, 28 characters in all.
+func chainName(prefix, net, id string) string {
+	sum := sha512.Sum512([]byte(net + id))
+	return (prefix + hex.EncodeToString(sum[:]))[:28]
+}
+
+func dnChain(net, id string) string { return chainName("CNI-DN-", net, id) }
+
+// comment is the reference's entry rule comment, as iptables-save quotes it.
+func entryComment(net, id string) string {
+	c := fmt.Sprintf(`dnat name: "%s" id: "%s"`, net, id)
+	if len(c) > 255 {
+		c = c[:253] + "..."
+	}
+	return `"` + strings.ReplaceAll(c, `"`, `\"`) + `"`
+}
+
+var entryCommentRE = regexp.MustCompile(`--comment "dnat name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\"`)
+
+type iptBackend struct{}
+
+func (iptBackend) usable() error {
+	if !iptables.Usable(iptables.IPv4) {
+		return fmt.Errorf("iptables is not usable (iptables-restore missing or the nat table cannot be read)")
+	}
+	return nil
+}
+
+// families returns the iptables families for the pod's addresses.
+func (a *attachment) families() []iptables.Family {
+	var out []iptables.Family
+	if a.v4 != nil {
+		out = append(out, iptables.IPv4)
+	}
+	if a.v6 != nil {
+		out = append(out, iptables.IPv6)
+	}
+	return out
+}
+
+func (a *attachment) podNet(f iptables.Family) *net.IPNet {
+	if f == iptables.IPv6 {
+		return a.v6
+	}
+	return a.v4
+}
+
+func (iptBackend) add(a *attachment) error {
+	unlock, err := iptables.Lock("portmap")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, f := range a.families() {
+		d, err := iptables.Load(f)
+		if err != nil {
+			return err
+		}
+		nat, filter := planAdd(d, a, f)
+		if err := iptables.Apply(f, nat, filter); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// planAdd computes the nat (and for IPv4 with snat, filter) batch that
+// brings the dump d to the attachment's rules, whatever part of them
+// already exists (a repeated ADD replaces the pod's rules).
+func planAdd(d iptables.Dump, a *attachment, f iptables.Family) (nat, filter *iptables.Batch) {
+	nt := d["nat"]
+	nat = iptables.NewBatch("nat")
+	if a.snat && a.markJump == setMarkChain {
+		mark := uint32(1) << a.markBit
+		rule := fmt.Sprintf(setMarkFmt, mark, mark)
+		if !nt.HasChain(setMarkChain) {
+			nat.Chain(setMarkChain)
+		}
+		if !slices.Contains(nt.Rules(setMarkChain), rule) {
+			nat.Rule("-A %s %s", setMarkChain, rule)
+		}
+		rule = fmt.Sprintf(masqRuleFmt, mark, mark)
+		if !nt.HasChain(masqChain) {
+			nat.Chain(masqChain)
+		}
+		if !slices.Contains(nt.Rules(masqChain), rule) {
+			nat.Rule("-A %s %s", masqChain, rule)
+		}
+		// Prepended, as the reference does: bridge's and ptp's own
+		// masquerade rules must not see these connections first.
+		if !jumpsTo(nt.Rules("POSTROUTING"), masqChain) {
+			nat.Rule("-I POSTROUTING 1 %s", masqJump)
+		}
+	}
+	if !nt.HasChain(dnatChain) {
+		nat.Chain(dnatChain)
+	}
+	// Appended, never prepended (CVE-2019-9946): a host firewall's rules
+	// in PREROUTING and OUTPUT come first.
+	for _, c := range []string{"PREROUTING", "OUTPUT"} {
+		if !jumpsTo(nt.Rules(c), dnatChain) {
+			nat.Rule("-A %s %s", c, topJump)
+		}
+	}
+	chain := dnChain(a.net, a.id)
+	for _, r := range nt.Rules(dnatChain) {
+		if iptables.Jumps(r, chain) {
+			nat.Rule("-D %s %s", dnatChain, r)
+		}
+	}
+	nat.Chain(chain) // created, or flushed when it exists
+	for _, r := range dnRules(a, f) {
+		nat.Rule("-A %s %s", chain, r)
+	}
+	for _, r := range entryRules(a, f) {
+		nat.Rule("-A %s %s", dnatChain, r)
+	}
+
+	if f == iptables.IPv4 && a.snat {
+		ft := d["filter"]
+		filter = iptables.NewBatch("filter")
+		if !ft.HasChain(guardChain) {
+			filter.Chain(guardChain)
+		}
+		if !slices.Contains(ft.Rules(guardChain), guardRule) {
+			filter.Rule("-A %s %s", guardChain, guardRule)
+		}
+		// First in INPUT: it only drops what must never be accepted.
+		if !jumpsTo(ft.Rules("INPUT"), guardChain) {
+			filter.Rule("-I INPUT 1 %s", guardJump)
+		}
+	}
+	return nat, filter
+}
+
+func jumpsTo(rules []string, chain string) bool {
+	for _, r := range rules {
+		if iptables.Jumps(r, chain) {
+			return true
+		}
+	}
+	return false
+}
+
+// entryRules are the pod's rules in CNI-HOSTPORT-DNAT: one per protocol
+// and group of at most 15 host ports, jumping to the pod's chain.
+func entryRules(a *attachment, f iptables.Family) []string {
+	byProto := map[string][]string{}
+	for _, m := range a.maps {
+		byProto[m.Protocol] = append(byProto[m.Protocol], strconv.Itoa(m.HostPort))
+	}
+	protos := make([]string, 0, len(byProto))
+	for p := range byProto {
+		protos = append(protos, p)
+	}
+	sort.Strings(protos)
+	cond := a.cond4
+	if f == iptables.IPv6 {
+		cond = a.cond6
+	}
+	comment := entryComment(a.net, a.id)
+	var out []string
+	for _, p := range protos {
+		ports := byProto[p]
+		for len(ports) > 0 {
+			n := min(len(ports), maxMultiport)
+			r := fmt.Sprintf("-p %s -m comment --comment %s -m multiport --dports %s", p, comment, strings.Join(ports[:n], ","))
+			if len(cond) > 0 {
+				r += " " + strings.Join(cond, " ")
+			}
+			out = append(out, r+" -j "+dnChain(a.net, a.id))
+			ports = ports[n:]
+		}
+	}
+	return out
+}
+
+// dnRules are the rules of the pod's CNI-DN- chain: per mapping, mark
+// hairpin and (IPv4) localhost connections for masquerade, then DNAT.
+func dnRules(a *attachment, f iptables.Family) []string {
+	pod := a.podNet(f)
+	v6 := f == iptables.IPv6
+	var out []string
+	for _, m := range mapsFor(a.maps, v6) {
+		match := fmt.Sprintf("-p %s -m %s --dport %d", m.Protocol, m.Protocol, m.HostPort)
+		if h, ok := m.hostAddr(); ok {
+			match = fmt.Sprintf("-d %s/%d ", h, h.BitLen()) + match
+		}
+		if a.snat {
+			if a.masqAll {
+				out = append(out, match+" -j "+a.markJump)
+			} else {
+				subnet := &net.IPNet{IP: pod.IP.Mask(pod.Mask), Mask: pod.Mask}
+				out = append(out, "-s "+subnet.String()+" "+match+" -j "+a.markJump)
+				if !v6 {
+					out = append(out, "-s 127.0.0.1/32 "+match+" -j "+a.markJump)
+				}
+			}
+		}
+		out = append(out, match+" -j DNAT --to-destination "+net.JoinHostPort(pod.IP.String(), strconv.Itoa(m.ContainerPort)))
+	}
+	return out
+}
+
+func (iptBackend) check(a *attachment) error {
+	for _, f := range a.families() {
+		d, err := iptables.Load(f, "nat")
+		if err != nil {
+			return err
+		}
+		nt := d["nat"]
+		chain := dnChain(a.net, a.id)
+		if !nt.HasChain(chain) {
+			return fmt.Errorf("%s: chain %s is missing", f.Name(), chain)
+		}
+		if got, want := nt.Rules(chain), dnRules(a, f); !slices.Equal(got, want) {
+			return fmt.Errorf("%s: chain %s has rules %q, want %q", f.Name(), chain, got, want)
+		}
+		for _, c := range []string{"PREROUTING", "OUTPUT"} {
+			if !slices.Contains(nt.Rules(c), topJump) {
+				return fmt.Errorf("%s: nat %s has no rule %q", f.Name(), c, topJump)
+			}
+		}
+		have := nt.Rules(dnatChain)
+		for _, want := range entryRules(a, f) {
+			if !slices.ContainsFunc(have, func(r string) bool { return sameEntry(r, want) }) {
+				return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), dnatChain, want)
+			}
+		}
+		if a.snat && a.markJump == setMarkChain {
+			mark := uint32(1) << a.markBit
+			if !slices.Contains(nt.Rules(setMarkChain), fmt.Sprintf(setMarkFmt, mark, mark)) ||
+				!slices.Contains(nt.Rules(masqChain), fmt.Sprintf(masqRuleFmt, mark, mark)) ||
+				!jumpsTo(nt.Rules("POSTROUTING"), masqChain) {
+				return fmt.Errorf("%s: the masquerade chains %s and %s are incomplete", f.Name(), setMarkChain, masqChain)
+			}
+		}
+	}
+	return nil
+}
+
+// sameEntry compares an entry rule from iptables-save with the one we
+// wrote. Without conditions the text is identical; conditions are user
+// tokens that iptables-save may print in another place, so then the rule
+// only has to have the same protocol, comment, ports and target.
+func sameEntry(have, want string) bool {
+	if have == want {
+		return true
+	}
+	fields := strings.Fields(want)
+	ports := dportsRE.FindString(want)
+	for _, tok := range []string{"-p " + fields[1] + " ", ports + " ", "-j " + fields[len(fields)-1]} {
+		if !strings.Contains(have, tok) {
+			return false
+		}
+	}
+	return strings.Contains(have, want[strings.Index(want, "--comment"):strings.Index(want, " -m multiport")])
+}
+
+var dportsRE = regexp.MustCompile(`--dports \S+`)
+
+func (b iptBackend) del(net, id string) error {
+	chains := []string{dnChain(net, id), chainName("CNI-SN-", net, id)}
+	return b.remove(func(iptables.Family, *iptables.Table) []string { return chains })
+}
+
+// gc removes the chains of the network's containers that are not kept,
+// found through the entry rules' comments.
+func (b iptBackend) gc(net string, keep map[string]bool) error {
+	return b.remove(func(f iptables.Family, nt *iptables.Table) []string {
+		var out []string
+		for _, r := range nt.Rules(dnatChain) {
+			m := entryCommentRE.FindStringSubmatch(r)
+			if m == nil || m[1] != net || keep[m[2]] {
+				continue
+			}
+			fields := strings.Fields(r)
+			if c := fields[len(fields)-1]; !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+		return out
+	})
+}
+
+// remove deletes chains (every rule that jumps to them, then the chains)
+// from the nat table of both families: one iptables-save and at most one
+// iptables-restore per family.
+func (iptBackend) remove(pick func(iptables.Family, *iptables.Table) []string) error {
+	unlock, err := iptables.Lock("portmap")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var errs []string
+	usable := 0
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if !iptables.Installed(f) {
+			continue
+		}
+		d, err := iptables.Load(f, "nat")
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		usable++
+		nt := d["nat"]
+		b := planRemove(nt, pick(f, nt))
+		if err := iptables.Apply(f, b); err != nil {
+			return err
+		}
+	}
+	if usable == 0 && len(errs) > 0 {
+		return fmt.Errorf("neither iptables nor ip6tables is usable: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func planRemove(nt *iptables.Table, chains []string) *iptables.Batch {
+	b := iptables.NewBatch("nat")
+	for _, chain := range chains {
+		if !nt.HasChain(chain) {
+			continue
+		}
+		for _, c := range nt.Chains() {
+			for _, r := range nt.Rules(c) {
+				if iptables.Jumps(r, chain) {
+					b.Rule("-D %s %s", c, r)
+				}
+			}
+		}
+		b.Rule("-F %s", chain)
+		b.Rule("-X %s", chain)
+	}
+	return b
+}
