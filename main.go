@@ -18,6 +18,7 @@ import (
 	"github.com/cnibox/cnibox/applets/loopback"
 	"github.com/cnibox/cnibox/applets/macvlan"
 	"github.com/cnibox/cnibox/applets/portmap"
+	"github.com/cnibox/cnibox/applets/ptp"
 	"github.com/cnibox/cnibox/applets/static"
 	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/shared/cni"
@@ -35,6 +36,7 @@ var applets = []*cni.Applet{
 	loopback.Applet,
 	macvlan.Applet,
 	portmap.Applet,
+	ptp.Applet,
 	static.Applet,
 	tuning.Applet,
 }

@@ -23,6 +23,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Options tune Apply.
@@ -34,6 +35,10 @@ type Options struct {
 	DADTimeout time.Duration // default 5 s
 	// NoUp leaves the link down (with its addresses).
 	NoUp bool
+	// NoPrefixRoute adds addresses without the kernel's subnet route
+	// (IFA_F_NOPREFIXROUTE), for links that reach their subnet through a
+	// gateway, as ptp's do.
+	NoPrefixRoute bool
 }
 
 // Apply configures ifName with the addresses of res that belong to it
@@ -67,7 +72,10 @@ func Apply(ifName string, res *current.Result, o Options) error {
 	for _, ipc := range ips {
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask}}
 		if ipc.Address.IP.To4() == nil && !o.DAD {
-			addr.Flags = syscall.IFA_F_NODAD
+			addr.Flags |= syscall.IFA_F_NODAD
+		}
+		if o.NoPrefixRoute {
+			addr.Flags |= unix.IFA_F_NOPREFIXROUTE
 		}
 		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("add address %s to %s: %w", ipc.Address.String(), ifName, err)

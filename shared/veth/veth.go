@@ -70,7 +70,7 @@ func ParseAlias(alias string) (network, containerID, ifName string, ok bool) {
 }
 
 // Create makes the pair from the current netns, which is the host's. The
-// host end has accept_ra=0 before it comes up (CVE-2020-10749: a pod must
+// host end has accept_ra=0 and accept_dad=0 before it comes up (CVE-2020-10749: a pod must
 // not be able to send router advertisements to the host) and is up; the
 // container end is left down for the caller to configure.
 //
@@ -119,6 +119,13 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 func finish(podNS ns.NetNS, hostName, ifName, alias string) (*Pair, error) {
 	if err := DisableRA(hostName); err != nil {
 		return nil, err
+	}
+	// No DAD for the host end's link-local address either: until DAD ends
+	// the node cannot send neighbour solicitations on it, and a routed
+	// (ptp) pod would wait a second or two for its first IPv6 packet.
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+hostName+"/accept_dad", []byte("0"), 0o644)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("set accept_dad=0 on %s: %w", hostName, err)
 	}
 	host, err := netlinksafe.LinkByName(hostName)
 	if err != nil {

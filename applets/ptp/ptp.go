@@ -1,0 +1,369 @@
+// Package ptp is the ptp applet: a routed point-to-point veth per pod. The
+// pod reaches everything, its own subnet included, through the gateway
+// that IPAM names; the node's end of the pair holds that gateway address
+// (/32, /128) and a host route to each pod address, and forwards.
+package ptp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"syscall"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/delegate"
+	"github.com/cnibox/cnibox/shared/ifconfig"
+	"github.com/cnibox/cnibox/shared/ipmasq"
+	"github.com/cnibox/cnibox/shared/veth"
+)
+
+// Applet is ptp's entry in cnibox's applet table.
+var Applet = &cni.Applet{
+	Name:    "ptp",
+	Kind:    "main",
+	Summary: "routed point-to-point veth pair per pod",
+	Add:     Add,
+	Del:     Del,
+	Check:   Check,
+	GC:      GC,
+	Status:  Status,
+}
+
+// Config is ptp's configuration; ipam is required and must give gateways.
+type Config struct {
+	cni.NetConf
+	// MTU of both veth ends (kernel default when 0).
+	MTU int `json:"mtu"`
+	// IPMasq masquerades pod traffic leaving the subnet; IPMasqBackend is
+	// "iptables" or "nftables" (default: iptables if installed).
+	IPMasq        bool   `json:"ipMasq"`
+	IPMasqBackend string `json:"ipMasqBackend"`
+}
+
+func load(req *cni.Request) (*Config, error) {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
+		return nil, err
+	}
+	if c.IPAM.Type == "" {
+		return nil, cni.ConfigError("ipam.type: required (ptp has no L2-only mode)")
+	}
+	if c.MTU < 0 {
+		return nil, cni.ConfigError("mtu: %d is negative", c.MTU)
+	}
+	if c.IPMasq {
+		var err error
+		if c.IPMasqBackend, err = ipmasq.Backend(c.IPMasqBackend); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Config) masqAttachment(req *cni.Request) ipmasq.Attachment {
+	return ipmasq.Attachment{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName}
+}
+
+// Add creates the pair and routes the pod through the node.
+func Add(req *cni.Request) (_ types.Result, err error) {
+	c, err := load(req)
+	if err != nil {
+		return nil, err
+	}
+	podNS, err := ns.GetNS(req.Netns)
+	if err != nil {
+		var missing ns.NSPathNotExistErr
+		if errors.As(err, &missing) {
+			return nil, cni.Errorf(cni.ErrUnknownContainer, "ptp: netns %q: %v", req.Netns, err)
+		}
+		return nil, fmt.Errorf("ptp: netns %q: %w", req.Netns, err)
+	}
+	defer podNS.Close()
+
+	ipamRes, err := delegate.Add(req, c.IPAM.Type)
+	if err != nil {
+		return nil, err
+	}
+	masqDone := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		_ = veth.DeleteHost(c.Name, req.ContainerID, req.IfName)
+		if masqDone {
+			_ = ipmasq.Teardown(c.masqAttachment(req))
+		}
+		_ = delegate.Del(req, c.IPAM.Type)
+	}()
+	if len(ipamRes.IPs) == 0 {
+		return nil, fmt.Errorf("ptp: IPAM plugin %q returned no addresses", c.IPAM.Type)
+	}
+	for _, ipc := range ipamRes.IPs {
+		if ipc.Gateway == nil {
+			return nil, cni.ConfigError("ipam: address %s has no gateway; ptp routes everything via it", ipc.Address.String())
+		}
+	}
+
+	pair, err := veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})
+	if err != nil {
+		return nil, fmt.Errorf("ptp: %w", err)
+	}
+	host := pair.Host
+	result := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: host.Attrs().Name, Mac: host.Attrs().HardwareAddr.String()},
+			{Name: req.IfName, Mac: pair.Container.Attrs().HardwareAddr.String(), Sandbox: req.Netns},
+		},
+		IPs: ipamRes.IPs, Routes: ipamRes.Routes, DNS: ipamRes.DNS,
+	}
+	for _, ipc := range result.IPs {
+		ipc.Interface = current.Int(1)
+	}
+	if c.DNS.Nameservers != nil || c.DNS.Domain != "" || c.DNS.Search != nil || c.DNS.Options != nil {
+		result.DNS = c.DNS
+	}
+
+	if err := podNS.Do(func(ns.NetNS) error { return configurePod(req.IfName, result) }); err != nil {
+		return nil, fmt.Errorf("ptp: configure %s in the pod: %w", req.IfName, err)
+	}
+	if err := configureHost(host, result); err != nil {
+		return nil, fmt.Errorf("ptp: configure %s: %w", host.Attrs().Name, err)
+	}
+	if c.IPMasq {
+		masqDone = true
+		var nets []*net.IPNet
+		for _, ipc := range result.IPs {
+			a := ipc.Address
+			nets = append(nets, &a)
+		}
+		if err := ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets); err != nil {
+			return nil, err
+		}
+	}
+	return result, nil
+}
+
+// configurePod gives the pod its addresses without subnet routes, then
+// "gw dev eth0 scope link" and "subnet via gw" per address, then the
+// result's routes (via the gateway of their family).
+func configurePod(ifName string, res *current.Result) error {
+	_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+ifName+"/arp_notify", []byte("1"), 0o644)
+	bare := *res
+	bare.Routes = nil
+	if err := ifconfig.Apply(ifName, &bare, ifconfig.Options{NoPrefixRoute: true}); err != nil {
+		return err
+	}
+	link, err := netlinksafe.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	for _, ipc := range res.IPs {
+		bits := 32
+		if ipc.Address.IP.To4() == nil {
+			bits = 128
+		}
+		gwRoute := &netlink.Route{LinkIndex: link.Attrs().Index, Scope: netlink.SCOPE_LINK,
+			Dst: &net.IPNet{IP: ipc.Gateway, Mask: net.CIDRMask(bits, bits)}, Src: ipc.Address.IP}
+		subnet := &net.IPNet{IP: ipc.Address.IP.Mask(ipc.Address.Mask), Mask: ipc.Address.Mask}
+		netRoute := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: subnet, Gw: ipc.Gateway, Src: ipc.Address.IP}
+		for _, r := range []*netlink.Route{gwRoute, netRoute} {
+			if err := netlink.RouteAdd(r); err != nil && !errors.Is(err, syscall.EEXIST) {
+				return fmt.Errorf("add route %s: %w", r.Dst, err)
+			}
+		}
+	}
+	for _, r := range res.Routes {
+		gw := r.GW
+		for _, ipc := range res.IPs {
+			if gw == nil && (ipc.Address.IP.To4() == nil) == (r.Dst.IP.To4() == nil) {
+				gw = ipc.Gateway
+			}
+		}
+		if err := ifconfig.AddRoute(link, r, gw); err != nil {
+			return fmt.Errorf("add route %s: %w", r, err)
+		}
+	}
+	return nil
+}
+
+// configureHost puts each gateway on the node's end as a host address,
+// routes each pod address to the veth, and enables forwarding.
+func configureHost(host netlink.Link, res *current.Result) error {
+	for _, ipc := range res.IPs {
+		bits, fwd := 32, "/proc/sys/net/ipv4/ip_forward"
+		if ipc.Address.IP.To4() == nil {
+			bits, fwd = 128, "/proc/sys/net/ipv6/conf/all/forwarding"
+		}
+		if cur, err := os.ReadFile(fwd); err != nil || string(cur) != "1\n" {
+			if err := os.WriteFile(fwd, []byte("1"), 0o644); err != nil {
+				return fmt.Errorf("enable forwarding: %w", err)
+			}
+		}
+		gw := &netlink.Addr{IPNet: &net.IPNet{IP: ipc.Gateway, Mask: net.CIDRMask(bits, bits)}}
+		if bits == 128 {
+			gw.Flags = syscall.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(host, gw); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("add gateway %s: %w", gw.IPNet, err)
+		}
+		r := &netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK,
+			Dst: &net.IPNet{IP: ipc.Address.IP, Mask: net.CIDRMask(bits, bits)}}
+		if err := netlink.RouteAdd(r); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("add host route %s: %w", r.Dst, err)
+		}
+	}
+	return nil
+}
+
+// Del removes the pair (from the pod, or from the node when the pod's
+// netns is gone), the addresses (IPAM) and the masquerade rules; each step
+// runs even if another failed.
+func Del(req *cni.Request) error {
+	c, err := load(req)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	gone := true
+	if req.Netns != "" {
+		if gone, err = veth.DeleteInPod(req.Netns, req.IfName); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if gone {
+		errs = append(errs, veth.DeleteHost(c.Name, req.ContainerID, req.IfName))
+	}
+	errs = append(errs, delegate.Del(req, c.IPAM.Type))
+	if c.IPMasq {
+		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ptp: DEL: %w", err)
+	}
+	return nil
+}
+
+// Check verifies IPAM, the pod's veth, addresses and routes, the node's
+// end (peer, gateway address, host route) and the masquerade rules.
+func Check(req *cni.Request) error {
+	c, err := load(req)
+	if err != nil {
+		return err
+	}
+	prev, err := cni.PrevResult(&c.NetConf)
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		return cni.ConfigError("prevResult: required by CHECK")
+	}
+	if err := delegate.Check(req, c.IPAM.Type); err != nil {
+		return err
+	}
+	var contMAC string
+	for _, i := range prev.Interfaces {
+		if i.Name == req.IfName && i.Sandbox != "" {
+			contMAC = i.Mac
+		}
+	}
+	var peer, index int
+	err = ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(req.IfName)
+		if err != nil {
+			return err
+		}
+		if l.Type() != "veth" {
+			return fmt.Errorf("%s is a %s, not a veth", req.IfName, l.Type())
+		}
+		if contMAC != "" && l.Attrs().HardwareAddr.String() != contMAC {
+			return fmt.Errorf("%s has MAC %s, want %s", req.IfName, l.Attrs().HardwareAddr, contMAC)
+		}
+		peer, index = l.Attrs().ParentIndex, l.Attrs().Index
+		// The routes ADD made: "subnet via gw" per address, and the result's.
+		want := *prev
+		want.Routes = slices.Clone(prev.Routes)
+		for _, ipc := range ifconfig.Addresses(req.IfName, prev) {
+			subnet := net.IPNet{IP: ipc.Address.IP.Mask(ipc.Address.Mask), Mask: ipc.Address.Mask}
+			want.Routes = append(want.Routes, &types.Route{Dst: subnet, GW: ipc.Gateway})
+		}
+		return ifconfig.Verify(req.IfName, &want)
+	})
+	if err != nil {
+		return fmt.Errorf("ptp: pod netns %s: %w", req.Netns, err)
+	}
+	host, err := netlink.LinkByIndex(peer)
+	if err != nil || host.Attrs().ParentIndex != index {
+		return fmt.Errorf("ptp: the node's end of %s (ifindex %d) is missing", req.IfName, peer)
+	}
+	addrs, err := netlinksafe.AddrList(host, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("ptp: list addresses of %s: %w", host.Attrs().Name, err)
+	}
+	for _, ipc := range ifconfig.Addresses(req.IfName, prev) {
+		found := false
+		for _, a := range addrs {
+			found = found || a.IP.Equal(ipc.Gateway)
+		}
+		if !found {
+			return fmt.Errorf("ptp: %s lacks gateway %s", host.Attrs().Name, ipc.Gateway)
+		}
+	}
+	if c.IPMasq {
+		var nets []*net.IPNet
+		for _, ipc := range prev.IPs {
+			a := ipc.Address
+			nets = append(nets, &a)
+		}
+		if err := ipmasq.Check(c.IPMasqBackend, c.masqAttachment(req), nets); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GC removes the node ends and masquerade rules of attachments the
+// runtime no longer lists, and runs IPAM's GC.
+func GC(req *cni.Request) error {
+	c, err := load(req)
+	if err != nil {
+		return err
+	}
+	valid, err := req.ValidAttachments()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	stale, err := veth.Stale(c.Name, func(cid, ifn string) bool {
+		return valid[cni.Attachment{ContainerID: cid, IfName: ifn}]
+	})
+	errs = append(errs, err)
+	for _, l := range stale {
+		req.Log.Infof("GC: deleting %s (%s)", l.Attrs().Name, l.Attrs().Alias)
+		if err := netlink.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		}
+	}
+	errs = append(errs, ipmasq.GC(c.Name, valid), delegate.GC(req, c.IPAM.Type))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ptp: GC: %w", err)
+	}
+	return nil
+}
+
+// Status is IPAM's status.
+func Status(req *cni.Request) error {
+	c, err := load(req)
+	if err != nil {
+		return err
+	}
+	return delegate.Status(req, c.IPAM.Type)
+}

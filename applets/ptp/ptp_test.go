@@ -1,0 +1,284 @@
+package ptp_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/testnet"
+)
+
+func TestMain(m *testing.M) { testnet.Main(m) }
+
+type env struct {
+	*testnet.Runtime
+	dataDir string
+}
+
+func newEnv(t *testing.T) *env {
+	r := testnet.NewRuntime(t)
+	if !slices.Contains(testnet.Applets(t), "host-local") {
+		testnet.RequireReference(t, "host-local")
+		r.SetPath(r.BinDir + ":" + testnet.ReferenceDir())
+	}
+	return &env{Runtime: r, dataDir: filepath.Join(t.TempDir(), "ipam")}
+}
+
+func versions(t *testing.T) []string {
+	if slices.Contains(testnet.Applets(t), "host-local") {
+		return cni.AllVersions
+	}
+	return slices.DeleteFunc(slices.Clone(cni.AllVersions), func(v string) bool { return v == "1.1.0" })
+}
+
+func (e *env) list(t *testing.T, name, version, keys, ranges string) *libcni.NetworkConfigList {
+	return e.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"ptp",%s"ipam":{"type":"host-local","dataDir":%q,"ranges":%s}}]}`,
+		version, name, keys, e.dataDir, ranges))
+}
+
+func add(t *testing.T, e *env, l *libcni.NetworkConfigList, a *testnet.Attachment) *current.Result {
+	t.Helper()
+	res, err := e.Add(l, a)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cur
+}
+
+func (e *env) assertClean(t *testing.T, network string) {
+	t.Helper()
+	if out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth"); strings.Contains(out, "veth") {
+		t.Errorf("veths left: %s", out)
+	}
+	ents, _ := os.ReadDir(filepath.Join(e.dataDir, network))
+	for _, de := range ents {
+		if n := de.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
+			t.Errorf("reservation left: %s", n)
+		}
+	}
+	nat := e.Node.MustRun("iptables-save", "-t", "nat") + e.Node.MustRun("ip6tables-save", "-t", "nat")
+	if strings.Contains(nat, "CNI-") {
+		t.Errorf("iptables rules left:\n%s", nat)
+	}
+	if rs := e.Node.MustRun("nft", "list", "ruleset"); strings.Contains(rs, " masquerade") {
+		t.Errorf("nftables rules left:\n%s", rs)
+	}
+}
+
+// TestVersions: two dual-stack pods on ptp at every version: routes via
+// the gateway, traffic between them (routed by the node) and to the node,
+// CHECK, DEL twice, nothing left.
+func TestVersions(t *testing.T) {
+	e := newEnv(t)
+	testnet.ForEachVersion(t, versions(t), func(t *testing.T, v string) {
+		name := "ptp" + strings.ReplaceAll(v, ".", "")
+		i := slices.Index(cni.AllVersions, v)
+		ranges := fmt.Sprintf(`[[{"subnet":"10.90.%d.0/24"}],[{"subnet":"fd00:90:%d::/64"}]]`, i, i)
+		if !cni.VersionAtLeast(v, "0.3.0") {
+			ranges = fmt.Sprintf(`[[{"subnet":"10.90.%d.0/24"}]]`, i)
+		}
+		l := e.list(t, name, v, `"mtu":1400,`, ranges)
+		p1, p2 := e.Pod(t), e.Pod(t)
+		a1, a2 := e.Attach(p1, "eth0"), e.Attach(p2, "eth0")
+		r1 := add(t, e, l, a1)
+		r2 := add(t, e, l, a2)
+		if cni.VersionAtLeast(v, "0.3.0") {
+			if len(r1.Interfaces) != 2 || r1.Interfaces[1].Sandbox != p1.Path || *r1.IPs[0].Interface != 1 {
+				t.Errorf("result: %+v %+v", r1.Interfaces, r1.IPs)
+			}
+		}
+		gw := fmt.Sprintf("10.90.%d.1", i)
+		routes := p1.MustRun("ip", "route")
+		if !strings.Contains(routes, gw+" dev eth0 scope link") || !strings.Contains(routes, fmt.Sprintf("10.90.%d.0/24 via %s", i, gw)) {
+			t.Errorf("pod routes:\n%s", routes)
+		}
+		for _, ipc := range r2.IPs {
+			if err := p1.Ping(ipc.Address.IP.String()); err != nil {
+				t.Errorf("pod to pod %s: %v", ipc.Address.IP, err)
+			}
+		}
+		if err := p1.Ping(gw); err != nil {
+			t.Errorf("pod to node: %v", err)
+		}
+		if cni.VersionAtLeast(v, "0.3.0") {
+			host := r1.Interfaces[0].Name
+			if out := e.Node.MustRun("ip", "addr", "show", host); !strings.Contains(out, "inet "+gw+"/32") || !strings.Contains(out, "mtu 1400") {
+				t.Errorf("node end: %s", out)
+			}
+			if ra := e.Node.MustRun("cat", "/proc/sys/net/ipv6/conf/"+host+"/accept_ra"); strings.TrimSpace(ra) != "0" {
+				t.Errorf("accept_ra on %s = %s", host, ra)
+			}
+		}
+		if cni.VersionAtLeast(v, "0.4.0") {
+			if err := e.Check(l, a1); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			p1.MustRun("ip", "route", "del", fmt.Sprintf("10.90.%d.0/24", i))
+			if err := e.Check(l, a1); err == nil {
+				t.Error("CHECK passed with the subnet route gone")
+			}
+		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			if err := e.Status(l); err != nil {
+				t.Errorf("STATUS: %v", err)
+			}
+		}
+		for _, a := range []*testnet.Attachment{a1, a2, a1} {
+			if err := e.Del(l, a); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+		}
+		e.assertClean(t, name)
+	})
+}
+
+// TestCnitool drives ptp through the reference cnitool.
+func TestCnitool(t *testing.T) {
+	e := newEnv(t)
+	e.list(t, "ptpct", "1.0.0", ``, `[[{"subnet":"10.91.0.0/24"}]]`)
+	pod := e.Pod(t)
+	out, err := e.Cnitool("add", "ptpct", pod)
+	if err != nil || !strings.Contains(out, "10.91.0.2/24") {
+		t.Fatalf("ADD: %v %s", err, out)
+	}
+	if _, err := e.Cnitool("check", "ptpct", pod); err != nil {
+		t.Error(err)
+	}
+	if _, err := e.Cnitool("del", "ptpct", pod); err != nil {
+		t.Fatal(err)
+	}
+	e.assertClean(t, "ptpct")
+}
+
+// TestIPMasq: with ipMasq the outside sees the node's address, on both
+// backends; DEL without the pod's netns removes the rules.
+func TestIPMasq(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run(backend, func(t *testing.T) {
+			e := newEnv(t)
+			out := testnet.NewNS(t, "outside")
+			e.Node.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns", out.Name)
+			e.Node.MustRun("ip", "addr", "add", "172.31.0.1/24", "dev", "uplink")
+			e.Node.MustRun("ip", "link", "set", "uplink", "up")
+			out.MustRun("ip", "addr", "add", "172.31.0.2/24", "dev", "wan")
+			out.MustRun("ip", "link", "set", "wan", "up")
+			l := e.list(t, "ptpmasq", "1.0.0", `"ipMasq":true,"ipMasqBackend":"`+backend+`",`,
+				`[[{"subnet":"10.92.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]`)
+			pod := e.Pod(t)
+			a := e.Attach(pod, "eth0")
+			add(t, e, l, a)
+
+			var conn *net.UDPConn
+			if err := out.Do(func() (err error) {
+				conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("172.31.0.2"), Port: 9999})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if err := pod.Do(func() error {
+				c, err := net.Dial("udp4", "172.31.0.2:9999")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_, err = c.Write([]byte("hi"))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, from, err := conn.ReadFromUDP(make([]byte, 8))
+			if err != nil {
+				t.Fatalf("outside got nothing: %v", err)
+			}
+			if from.IP.String() != "172.31.0.1" {
+				t.Errorf("outside saw %s, want the node's 172.31.0.1", from.IP)
+			}
+			if err := e.Check(l, a); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			pod.Delete()
+			if err := e.Del(l, a); err != nil {
+				t.Fatal(err)
+			}
+			e.assertClean(t, "ptpmasq")
+		})
+	}
+}
+
+// TestGC removes a forgotten attachment's veth, rules and address.
+func TestGC(t *testing.T) {
+	if !slices.Contains(testnet.Applets(t), "host-local") {
+		t.Skip("needs cnibox's host-local (the reference's does not speak 1.1.0)")
+	}
+	e := newEnv(t)
+	l := e.list(t, "ptpgc", "1.0.0", `"ipMasq":true,`, `[[{"subnet":"10.93.0.0/24"}]]`)
+	p1, p2 := e.Pod(t), e.Pod(t)
+	a1, a2 := e.Attach(p1, "eth0"), e.Attach(p2, "eth0")
+	add(t, e, l, a1)
+	add(t, e, l, a2)
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "ptpgc", "type": "ptp", "ipMasq": true,
+		"ipam":                      map[string]any{"type": "host-local", "dataDir": e.dataDir, "ranges": [][]map[string]string{{{"subnet": "10.93.0.0/24"}}}},
+		"cni.dev/valid-attachments": []map[string]string{{"containerID": a1.ContainerID, "ifname": "eth0"}}})
+	if out, _, code := e.Exec("ptp", []string{"CNI_COMMAND=GC", "CNI_PATH=" + e.Path}, conf); code != 0 {
+		t.Fatalf("GC: %s", out)
+	}
+	if out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth"); strings.Count(out, "veth") != 1 {
+		t.Errorf("veths after GC: %s", out)
+	}
+	nat := e.Node.MustRun("iptables-save", "-t", "nat")
+	if strings.Contains(nat, a2.ContainerID) || !strings.Contains(nat, a1.ContainerID) {
+		t.Errorf("nat after GC:\n%s", nat)
+	}
+	if err := p1.Ping("10.93.0.1"); err != nil {
+		t.Errorf("valid pod after GC: %v", err)
+	}
+	for _, a := range []*testnet.Attachment{a1, a2} {
+		if err := e.Del(l, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.assertClean(t, "ptpgc")
+}
+
+// TestBadConfig: no ipam, or an IPAM result without gateways, is refused
+// with code 7 and leaves nothing.
+func TestBadConfig(t *testing.T) {
+	e := newEnv(t)
+	pod := e.Pod(t)
+	env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + e.Path}
+	for _, tc := range []struct{ conf, field string }{
+		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp"}`, "ipam.type"},
+		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp","mtu":-5,"ipam":{"type":"host-local"}}`, "mtu"},
+		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp","ipMasq":true,"ipMasqBackend":"x","ipam":{"type":"host-local"}}`, "ipMasqBackend"},
+		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp","ipam":{"type":"static","addresses":[{"address":"10.94.0.5/24"}]}}`, "gateway"},
+	} {
+		out, _, code := e.Exec("ptp", env, []byte(tc.conf))
+		if code == 0 {
+			t.Errorf("%s: ADD succeeded", tc.conf)
+			continue
+		}
+		if er := testnet.ParseError(t, out); er.Code != types.ErrInvalidNetworkConfig || !strings.Contains(er.Msg, tc.field) {
+			t.Errorf("%s: %d %q, want 7 naming %s", tc.conf, er.Code, er.Msg, tc.field)
+		}
+	}
+	if out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth"); strings.Contains(out, "veth") {
+		t.Errorf("veths left: %s", out)
+	}
+}
