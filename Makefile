@@ -60,6 +60,7 @@ vmtest: build
 
 demo: build
 	bash scripts/demo
+	bash scripts/demo-shaping
 
 clean:
 	rm -rf bin

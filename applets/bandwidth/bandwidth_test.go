@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -618,6 +621,52 @@ func TestMeasuredRate(t *testing.T) {
 	}
 	if err := r.Del(shaped, a); err != nil {
 		t.Fatal(err)
+	}
+	if names := ifbLinks(t, r); len(names) != 0 {
+		t.Errorf("ifbs left after DEL: %v", names)
+	}
+}
+
+// TestShapedConflist runs conflists/shaped.conflist (bridge + host-local +
+// tuning + bandwidth) as shipped, with the bandwidth capability, through
+// libcni: ADD shapes and tunes, CHECK passes, DEL leaves no IFB.
+func TestShapedConflist(t *testing.T) {
+	r := testnet.NewRuntime(t)
+	_, file, _, _ := runtime.Caller(0)
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "conflists", "shaped.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf map[string]any
+	if err := json.Unmarshal(data, &conf); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range conf["plugins"].([]any) {
+		if p := p.(map[string]any); p["type"] == "tuning" {
+			p["dataDir"] = t.TempDir() // /run is not isolated by the harness
+		}
+	}
+	data, _ = json.Marshal(conf)
+	list := r.Conflist(string(data))
+	pod := r.Pod(t)
+	a := r.Attach(pod, "eth0")
+	a.Caps = map[string]any{"bandwidth": map[string]any{"ingressRate": 10000000, "ingressBurst": 1000000, "egressRate": 10000000, "egressBurst": 1000000}}
+	res, err := r.Add(list, a)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	s := readShaping(t, r, hostVethOf(t, res), ifbName(list.Name, a.ContainerID))
+	if s.Ingress == nil || s.Ingress.Rate != 1250000 || s.Egress == nil || s.Egress.Rate != 1250000 || !s.Redirect {
+		t.Errorf("shaping: %+v", s)
+	}
+	if out := pod.MustRun("cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"); strings.TrimSpace(out) != "1" {
+		t.Errorf("arp_notify = %q, want 1 (tuning)", out)
+	}
+	if err := r.Check(list, a); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := r.Del(list, a); err != nil {
+		t.Fatalf("DEL: %v", err)
 	}
 	if names := ifbLinks(t, r); len(names) != 0 {
 		t.Errorf("ifbs left after DEL: %v", names)
