@@ -20,7 +20,7 @@ TEST_TIMEOUT ?= 60m
 
 # Debian packages the tests use. make test installs the missing ones.
 TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetworking-plugins \
-             qemu-system-x86 busybox-static
+             qemu-system-x86 busybox-static dnsmasq-base
 
 export CGO_ENABLED := 0
 

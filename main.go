@@ -13,6 +13,7 @@ import (
 
 	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/applets/bridge"
+	"github.com/cnibox/cnibox/applets/dhcp"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/loopback"
@@ -31,6 +32,7 @@ import (
 var applets = []*cni.Applet{
 	bandwidth.Applet,
 	bridge.Applet,
+	dhcp.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
 	loopback.Applet,

@@ -1,0 +1,462 @@
+package dhcp_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/testnet"
+)
+
+func TestMain(m *testing.M) { testnet.Main(m) }
+
+func asCurrent(t *testing.T, res types.Result) *current.Result {
+	t.Helper()
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatalf("convert result: %v", err)
+	}
+	return cur
+}
+
+// TestBridgeLease: a pod on the bridge gets a lease from dnsmasq, its
+// address and default route are configured, it reaches the server, and
+// DEL releases the lease (dnsmasq's lease file loses it) even though the
+// reference bridge removes the interface before it calls IPAM DEL.
+func TestBridgeLease(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	testnet.ForEachVersion(t, []string{"0.3.1", "0.4.0", "1.0.0"}, func(t *testing.T, v string) {
+		list := l.r.Conflist(l.bridgeList(v, "dhcp-br"+strings.ReplaceAll(v, ".", ""), ""))
+		pod := l.r.Pod(t)
+		a := l.r.Attach(pod, "eth0")
+		res, err := l.r.Add(list, a)
+		if err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		cur := asCurrent(t, res)
+		if len(cur.IPs) != 1 || !strings.HasPrefix(cur.IPs[0].Address.String(), "10.99.0.") ||
+			!strings.HasSuffix(cur.IPs[0].Address.String(), "/24") || cur.IPs[0].Gateway.String() != serverIP {
+			t.Fatalf("result IPs = %v", cur.IPs)
+		}
+		addr := cur.IPs[0].Address.IP.String()
+		if out := pod.MustRun("ip", "-o", "-4", "addr", "show", "eth0"); !strings.Contains(out, addr+"/24") {
+			t.Fatalf("eth0 lacks %s: %s", addr, out)
+		}
+		if out := pod.MustRun("ip", "route", "show", "default"); !strings.Contains(out, "via "+serverIP) {
+			t.Fatalf("no default route via %s: %s", serverIP, out)
+		}
+		if err := pod.Ping(serverIP); err != nil {
+			t.Fatalf("ping the server: %v", err)
+		}
+		mac := macOf(t, pod, "eth0")
+		if !strings.Contains(l.serverLeases(), mac) {
+			t.Fatalf("dnsmasq has no lease for %s:\n%s", mac, l.serverLeases())
+		}
+		if cni.VersionAtLeast(v, "0.4.0") {
+			if err := l.r.Check(list, a); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+		}
+		if err := l.r.Del(list, a); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+		waitFor(t, 5*time.Second, "dnsmasq to drop the released lease", func() bool {
+			return !strings.Contains(l.serverLeases(), mac)
+		})
+		if n := l.count("DHCPRELEASE", mac); n != 1 {
+			t.Errorf("dnsmasq saw %d DHCPRELEASE from %s, want 1", n, mac)
+		}
+		if err := l.r.Del(list, a); err != nil {
+			t.Fatalf("second DEL: %v", err)
+		}
+	})
+}
+
+// TestResult: the IPAM result as the daemon builds it, at every spec
+// version: DNS from options 6 and 15, routes from option 121 with scope
+// link for a 0.0.0.0 router, and priority as the metric of every route.
+func TestResult(t *testing.T) {
+	l := newLab(t,
+		"--dhcp-option=option:dns-server,10.99.0.53,10.99.0.54",
+		"--dhcp-option=option:domain-name,pods.example",
+		"--dhcp-option=option:classless-static-route,192.168.7.0/24,10.99.0.9,10.77.0.0/16,0.0.0.0,0.0.0.0/0,"+serverIP,
+	)
+	l.startDaemon()
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
+		list := l.r.Conflist(l.ipamList(v, "dhcp-res"+strings.ReplaceAll(v, ".", ""), `,"priority":30`))
+		pod := l.r.Pod(t)
+		l.plug(pod, "eth0")
+		a := l.r.Attach(pod, "eth0")
+		res, err := l.r.Add(list, a)
+		if err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		cur := asCurrent(t, res)
+		if got := cur.DNS.Nameservers; strings.Join(got, ",") != "10.99.0.53,10.99.0.54" {
+			t.Errorf("DNS nameservers = %v", got)
+		}
+		if cur.DNS.Domain != "pods.example" {
+			t.Errorf("DNS domain = %q", cur.DNS.Domain)
+		}
+		var routes []string
+		for _, r := range cur.Routes {
+			routes = append(routes, fmt.Sprintf("%s via %s", r.Dst.String(), r.GW))
+			if cni.VersionAtLeast(v, "1.0.0") && r.Priority != 30 {
+				t.Errorf("route %s has priority %d, want 30", r.Dst.String(), r.Priority)
+			}
+		}
+		want := "192.168.7.0/24 via 10.99.0.9,10.77.0.0/16 via <nil>,0.0.0.0/0 via " + serverIP
+		if strings.Join(routes, ",") != want {
+			t.Errorf("routes = %v, want %s", routes, want)
+		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			for _, r := range cur.Routes {
+				if r.Dst.String() == "10.77.0.0/16" && (r.Scope == nil || *r.Scope != 253) {
+					t.Errorf("route 10.77.0.0/16 via 0.0.0.0: scope = %v, want link (253)", r.Scope)
+				}
+			}
+		}
+		if cni.VersionAtLeast(v, "0.4.0") {
+			if err := l.r.Check(list, a); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			if err := l.r.Status(list); err != nil {
+				t.Fatalf("STATUS: %v", err)
+			}
+		}
+		if err := l.r.Del(list, a); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+	})
+}
+
+// TestStaticRoutes: without option 121, option 33 plus the default route.
+func TestStaticRoutes(t *testing.T) {
+	l := newLab(t, "--dhcp-option=option:static-route,192.168.9.0,10.99.0.9")
+	l.startDaemon()
+	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-static", ""))
+	pod := l.r.Pod(t)
+	l.plug(pod, "eth0")
+	a := l.r.Attach(pod, "eth0")
+	res, err := l.r.Add(list, a)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	var routes []string
+	for _, r := range asCurrent(t, res).Routes {
+		routes = append(routes, r.Dst.String()+" via "+r.GW.String())
+	}
+	if want := "192.168.9.0/24 via 10.99.0.9,0.0.0.0/0 via " + serverIP; strings.Join(routes, ",") != want {
+		t.Errorf("routes = %v, want %s", routes, want)
+	}
+}
+
+// TestRenewAndRestart: with T1 at 3 s the daemon renews (a unicast
+// REQUEST), a restart of the daemon in the middle of the lease resumes
+// it from the lease file, and maintenance stops when the pod is gone.
+func TestRenewAndRestart(t *testing.T) {
+	l := newLab(t, "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,100")
+	l.startDaemon()
+	list := l.r.Conflist(l.bridgeList("1.0.0", "dhcp-renew", ""))
+	pod := l.r.Pod(t)
+	a := l.r.Attach(pod, "eth0")
+	if _, err := l.r.Add(list, a); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	mac := macOf(t, pod, "eth0")
+	waitFor(t, 10*time.Second, "a renewal", func() bool {
+		return l.count("DHCPREQUEST", mac) >= 2 && strings.Contains(l.readDaemonLog(), "renew:")
+	})
+
+	st, err := os.Stat(l.leaseFile)
+	if err != nil {
+		t.Fatalf("lease file: %v", err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("lease file mode %v, want 0600", st.Mode().Perm())
+	}
+	if st, err := os.Stat(l.sock); err != nil || st.Mode().Perm() != 0o660 {
+		t.Errorf("socket: %v, mode %v, want 0660", err, st.Mode().Perm())
+	}
+
+	l.stopDaemon()
+	for _, f := range []string{l.sock, l.pidfile} {
+		if _, err := os.Stat(f); !os.IsNotExist(err) {
+			t.Errorf("%s still exists after SIGTERM (%v)", f, err)
+		}
+	}
+	before := l.count("DHCPREQUEST", mac)
+	time.Sleep(4 * time.Second) // past the next T1 with no daemon
+	l.startDaemon()
+	waitFor(t, 10*time.Second, "a renewal after the restart", func() bool { return l.count("DHCPREQUEST", mac) > before })
+	if err := l.r.Check(list, a); err != nil {
+		t.Fatalf("CHECK after restart: %v", err)
+	}
+
+	// The pod vanishes without a DEL: the daemon stops renewing.
+	pod.Delete()
+	waitFor(t, 10*time.Second, "the daemon to drop the lease of a vanished pod", func() bool {
+		data, _ := os.ReadFile(l.leaseFile)
+		return !strings.Contains(string(data), a.ContainerID)
+	})
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL of the vanished pod: %v", err)
+	}
+}
+
+// TestIPAMKeys: request with skipDefault, provide with value and fromArg.
+func TestIPAMKeys(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-keys", `,
+		"request":[{"skipDefault":true},{"option":"subnet-mask"},{"option":"routers"},{"option":"42"}],
+		"provide":[{"option":"host-name","fromArg":"K8S_POD_NAME"},{"option":"user-class","value":"cnibox-test"}]`))
+	pod := l.r.Pod(t)
+	mac := l.plug(pod, "eth0")
+	a := l.r.Attach(pod, "eth0")
+	a.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", "web-0"}}
+	if _, err := l.r.Add(list, a); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	log := l.readLog()
+	if !strings.Contains(log, "requested options: 1:netmask, 3:router, 42:ntp-server") ||
+		strings.Contains(log, "6:dns-server") {
+		t.Errorf("dnsmasq did not see exactly the requested options:\n%s", log)
+	}
+	if !strings.Contains(log, "client provides name: web-0") {
+		t.Errorf("dnsmasq did not get host-name from K8S_POD_NAME:\n%s", log)
+	}
+	if !strings.Contains(log, "cnibox-test") {
+		t.Errorf("dnsmasq did not get the user class:\n%s", log)
+	}
+	id := a.ContainerID + "/dhcp-keys/eth0"
+	if !strings.Contains(l.serverLeases(), mac) || !strings.Contains(l.serverLeases(), hexColon(id)) {
+		t.Errorf("dnsmasq lease lacks MAC %s or client id %q:\n%s", mac, id, l.serverLeases())
+	}
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+}
+
+// hexColon is a client id as dnsmasq's lease file shows it (type 0 first).
+func hexColon(s string) string {
+	parts := []string{"00"}
+	for _, b := range []byte(s) {
+		parts = append(parts, fmt.Sprintf("%02x", b))
+	}
+	return strings.Join(parts, ":")
+}
+
+// TestGC releases the leases whose attachment is not valid any more.
+func TestGC(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-gc", ""))
+	keep, drop := l.r.Pod(t), l.r.Pod(t)
+	keepMAC, dropMAC := l.plug(keep, "eth0"), l.plug(drop, "eth0")
+	ka, da := l.r.Attach(keep, "eth0"), l.r.Attach(drop, "eth0")
+	for _, a := range []*testnet.Attachment{ka, da} {
+		if _, err := l.r.Add(list, a); err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+	}
+	if err := l.r.GC(list, ka); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	waitFor(t, 5*time.Second, "dnsmasq to drop the collected lease", func() bool {
+		return !strings.Contains(l.serverLeases(), dropMAC)
+	})
+	if !strings.Contains(l.serverLeases(), keepMAC) {
+		t.Errorf("GC released the valid attachment's lease too:\n%s", l.serverLeases())
+	}
+	if err := l.r.Check(list, ka); err != nil {
+		t.Errorf("CHECK of the kept attachment: %v", err)
+	}
+	if err := l.r.Check(list, da); err == nil {
+		t.Errorf("CHECK of the collected attachment passed")
+	}
+}
+
+// TestCheckTakesNoLease: CHECK of an attachment without a lease fails and
+// does not get one (the reference's CHECK does).
+func TestCheckTakesNoLease(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	pod := l.r.Pod(t)
+	mac := l.plug(pod, "eth0")
+	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"dhcp-chk","type":"dhcp",
+		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
+	out, _, code := l.r.Exec("dhcp", env("CHECK", pod.Path, "c-check", l.r.BinDir), conf)
+	if code == 0 {
+		t.Fatalf("CHECK without a lease succeeded: %s", out)
+	}
+	if e := testnet.ParseError(t, out); !strings.Contains(e.Msg, "no lease") {
+		t.Errorf("CHECK error = %q, want it to say there is no lease", e.Msg)
+	}
+	if n := l.count("DHCPDISCOVER", mac); n != 0 {
+		t.Errorf("CHECK sent %d DISCOVERs", n)
+	}
+}
+
+func env(cmd, netns, id, path string) []string {
+	return []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns, "CNI_IFNAME=eth0", "CNI_PATH=" + path}
+}
+
+// TestBroadcast: with -broadcast the DISCOVER and REQUEST ask the server
+// to broadcast its answers, and the lease still comes through.
+func TestBroadcast(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon("-broadcast")
+	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-bcast", ""))
+	pod := l.r.Pod(t)
+	l.plug(pod, "eth0")
+	if _, err := l.r.Add(list, l.r.Attach(pod, "eth0")); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if !strings.Contains(l.readLog(), "broadcast response") {
+		t.Errorf("dnsmasq did not broadcast its answers:\n%s", l.readLog())
+	}
+}
+
+// TestErrors: bad configuration and an unreachable daemon give CNI
+// errors with the right code and a message that says what is wrong.
+func TestErrors(t *testing.T) {
+	r := testnet.NewRuntime(t)
+	pod := r.Pod(t)
+	sock := t.TempDir() + "/nobody.sock"
+	conf := func(ipam string) []byte {
+		return []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-err","type":"dhcp",
+			"ipam":{"type":"dhcp","daemonSocketPath":%q%s}}`, sock, ipam))
+	}
+	for _, tc := range []struct {
+		cmd, ipam string
+		code      uint
+		msg       string
+	}{
+		{"ADD", `,"request":[{"option":"no-such-option"}]`, 7, "ipam.request[0].option"},
+		{"ADD", `,"provide":[{"option":"host-name"}]`, 7, "ipam.provide[0]"},
+		{"ADD", `,"provide":[{"option":"300","value":"x"}]`, 7, "ipam.provide[0].option"},
+		{"ADD", `,"priority":-1`, 7, "ipam.priority"},
+		{"ADD", `,"priority":"high"`, 7, "priority"},
+		{"ADD", ``, 11, "cannot reach the dhcp daemon at " + sock},
+		{"CHECK", ``, 11, "cannot reach the dhcp daemon"},
+		{"STATUS", ``, 50, "cannot reach the dhcp daemon at " + sock},
+	} {
+		out, _, code := r.Exec("dhcp", env(tc.cmd, pod.Path, "c-err", r.BinDir), conf(tc.ipam))
+		if code == 0 {
+			t.Errorf("%s %s succeeded: %s", tc.cmd, tc.ipam, out)
+			continue
+		}
+		e := testnet.ParseError(t, out)
+		if e.Code != tc.code || !strings.Contains(e.Msg, tc.msg) {
+			t.Errorf("%s %s: error %d %q, want %d containing %q", tc.cmd, tc.ipam, e.Code, e.Msg, tc.code, tc.msg)
+		}
+	}
+	// DEL has nothing to release when no daemon holds a lease.
+	if out, _, code := r.Exec("dhcp", env("DEL", pod.Path, "c-err", r.BinDir), conf("")); code != 0 {
+		t.Errorf("DEL without a daemon: exit %d: %s", code, out)
+	}
+}
+
+// TestDaemonFlags: bad flags are refused, an occupied socket is not
+// stolen.
+func TestDaemonFlags(t *testing.T) {
+	l := newLab(t)
+	l.startDaemon()
+	out, err := l.r.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-socketpath", l.sock, "-leasefile", "").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "already serving") {
+		t.Errorf("a second daemon on the same socket: %v: %s", err, out)
+	}
+	out, err = l.r.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-pidfile", "relative.pid").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "absolute") {
+		t.Errorf("relative -pidfile: %v: %s", err, out)
+	}
+	st, err := os.Stat(l.sock[:strings.LastIndex(l.sock, "/")])
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("socket directory: %v, mode %v, want 0700", err, st.Mode().Perm())
+	}
+	data, _ := os.ReadFile(l.pidfile)
+	if strings.TrimSpace(string(data)) != fmt.Sprint(l.daemon.Process.Pid) {
+		t.Errorf("pidfile has %q, want %d", data, l.daemon.Process.Pid)
+	}
+}
+
+// TestOurPluginReferenceDaemon: our plugin against Debian's reference
+// daemon, through the reference bridge.
+func TestOurPluginReferenceDaemon(t *testing.T) {
+	l := newLab(t)
+	l.startReferenceDaemon()
+	list := l.r.Conflist(l.bridgeList("1.0.0", "dhcp-refd", ""))
+	pod := l.r.Pod(t)
+	a := l.r.Attach(pod, "eth0")
+	res, err := l.r.Add(list, a)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	cur := asCurrent(t, res)
+	if len(cur.IPs) != 1 || cur.IPs[0].Gateway.String() != serverIP {
+		t.Fatalf("result = %+v", cur)
+	}
+	if err := pod.Ping(serverIP); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	if err := l.r.Check(list, a); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	// STATUS at 1.1.0 reaches the reference daemon too.
+	st := l.r.Conflist(l.ipamList("1.1.0", "dhcp-refd-status", ""))
+	if err := l.r.Status(st); err != nil {
+		t.Fatalf("STATUS against the reference daemon: %v", err)
+	}
+}
+
+// TestReferencePluginOurDaemon: Debian's reference bridge and dhcp plugin
+// against our daemon.
+func TestReferencePluginOurDaemon(t *testing.T) {
+	l := newLab(t)
+	testnet.RequireReference(t, "dhcp")
+	l.startDaemon()
+	l.r.SetPath(testnet.ReferenceDir())
+	list := l.r.Conflist(l.bridgeList("1.0.0", "dhcp-refp", ""))
+	pod := l.r.Pod(t)
+	a := l.r.Attach(pod, "eth0")
+	res, err := l.r.Add(list, a)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	cur := asCurrent(t, res)
+	if len(cur.IPs) != 1 || cur.IPs[0].Gateway.String() != serverIP || len(cur.Routes) != 1 {
+		t.Fatalf("result = %s", mustJSON(cur))
+	}
+	if err := pod.Ping(serverIP); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	mac := macOf(t, pod, "eth0")
+	if err := l.r.Check(list, a); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	waitFor(t, 5*time.Second, "dnsmasq to drop the released lease", func() bool {
+		return !strings.Contains(l.serverLeases(), mac)
+	})
+}
+
+func mustJSON(v any) string {
+	data, _ := json.Marshal(v)
+	return string(data)
+}
