@@ -15,10 +15,12 @@ import (
 )
 
 // lab is a node with a DHCP server on its network: dnsmasq in a netns of
-// its own ("server", 10.99.0.1 on srv0) cabled to the bridge br-dhcp of
-// the node (10.99.0.2), where pods attach. The dhcp daemon runs in the
-// node. Every path (sockets, pidfiles, lease files, logs) is in the test's
-// temporary directory.
+// its own ("server", 10.99.0.1 on srv0) cabled to the node's "uplink"
+// veth. Pods attach with macvlan on uplink, or, in a bridge lab, with the
+// bridge plugin (or a veth of plug's) on br-dhcp, of which uplink is then
+// a port. The node has 10.99.0.2 on its side. The dhcp daemon runs in the
+// node. Every path (sockets, pidfiles, lease files, logs) is in the
+// test's temporary directory.
 type lab struct {
 	t      *testing.T
 	r      *testnet.Runtime
@@ -45,6 +47,15 @@ const (
 // options (it always serves 10.99.0.100-200 for 2 minutes, the shortest
 // lease dnsmasq gives, with router 10.99.0.1).
 func newLab(t *testing.T, dnsmasqOpts ...string) *lab {
+	return buildLab(t, true, dnsmasqOpts...)
+}
+
+// newMacvlanLab is a lab without the bridge, for macvlan pods.
+func newMacvlanLab(t *testing.T, dnsmasqOpts ...string) *lab {
+	return buildLab(t, false, dnsmasqOpts...)
+}
+
+func buildLab(t *testing.T, bridge bool, dnsmasqOpts ...string) *lab {
 	t.Helper()
 	if _, err := exec.LookPath("dnsmasq"); err != nil {
 		t.Skip("dnsmasq not installed (Debian package dnsmasq-base; make test-deps installs it)")
@@ -60,11 +71,16 @@ func newLab(t *testing.T, dnsmasqOpts ...string) *lab {
 	l.daemonLog = filepath.Join(l.dir, "daemon.log")
 
 	n := r.Node
-	n.MustRun("ip", "link", "add", "br-dhcp", "type", "bridge")
 	n.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "srv0", "netns", l.server.Name)
-	n.MustRun("ip", "link", "set", "uplink", "master", "br-dhcp", "up")
-	n.MustRun("ip", "addr", "add", nodeIP+"/24", "dev", "br-dhcp")
-	n.MustRun("ip", "link", "set", "br-dhcp", "up")
+	if bridge {
+		n.MustRun("ip", "link", "add", "br-dhcp", "type", "bridge")
+		n.MustRun("ip", "link", "set", "uplink", "master", "br-dhcp", "up")
+		n.MustRun("ip", "addr", "add", nodeIP+"/24", "dev", "br-dhcp")
+		n.MustRun("ip", "link", "set", "br-dhcp", "up")
+	} else {
+		n.MustRun("ip", "addr", "add", nodeIP+"/24", "dev", "uplink")
+		n.MustRun("ip", "link", "set", "uplink", "up")
+	}
 	l.server.MustRun("ip", "addr", "add", serverIP+"/24", "dev", "srv0")
 	l.server.MustRun("ip", "link", "set", "srv0", "up")
 
@@ -181,6 +197,26 @@ func (l *lab) stopDaemon() {
 		l.t.Error("the daemon did not exit within 10s of SIGTERM")
 	}
 	l.daemon = nil
+}
+
+// macvlanList is a network of macvlan on uplink with dhcp IPAM.
+func (l *lab) macvlanList(version, name, ipamExtra string) string {
+	return fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"macvlan","master":"uplink","mode":"bridge",
+		"ipam":{"type":"dhcp","daemonSocketPath":%q%s}}]}`, version, name, l.sock, ipamExtra)
+}
+
+// useReferenceBridge puts the reference bridge first in CNI_PATH and our
+// binary (dhcp included) after it. The reference bridge creates the pod's
+// veth before it calls IPAM (dhcp needs the interface) and removes it
+// before IPAM DEL (so the release cannot leave through it).
+func (l *lab) useReferenceBridge() {
+	l.t.Helper()
+	ref := testnet.RequireReference(l.t, "bridge")
+	dir := l.t.TempDir()
+	if err := os.Symlink(ref, filepath.Join(dir, "bridge")); err != nil {
+		l.t.Fatal(err)
+	}
+	l.r.SetPath(dir + ":" + l.r.BinDir)
 }
 
 // bridgeList is a network of the bridge plugin on br-dhcp with dhcp IPAM.
