@@ -130,12 +130,28 @@ func addrOf(t *testing.T, res types.Result) string {
 	return cur.IPs[0].Address.IP.String()
 }
 
+func addr6Of(t *testing.T, res types.Result) string {
+	t.Helper()
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range cur.IPs {
+		if ip.Address.IP.To4() == nil {
+			return ip.Address.IP.String()
+		}
+	}
+	t.Fatalf("result has no IPv6 address: %+v", cur)
+	return ""
+}
+
 // TestTwoPodsPing: two pods on the same master in bridge mode reach each
 // other; CHECK passes; DEL removes the links and releases the addresses,
 // and a second DEL succeeds.
 func TestTwoPodsPing(t *testing.T) {
 	r := node(t)
-	l := list(t, r, ipamVersion(t), `"master":"up0","mode":"bridge",`+hostLocal)
+	l := list(t, r, ipamVersion(t), `"master":"up0","mode":"bridge",`+
+		`"ipam":{"type":"host-local","ranges":[[{"subnet":"10.10.0.0/24"}],[{"subnet":"fd00:10::/64"}]]}`)
 	name := l.Name
 	podA, podB := r.Pod(t), r.Pod(t)
 	a, b := r.Attach(podA, "eth0"), r.Attach(podB, "eth0")
@@ -153,13 +169,16 @@ func TestTwoPodsPing(t *testing.T) {
 	if err := podB.Ping(addrOf(t, resA)); err != nil {
 		t.Fatalf("b cannot reach a: %v", err)
 	}
+	if err := podA.Ping(addr6Of(t, resB)); err != nil {
+		t.Fatalf("a cannot reach b over IPv6: %v", err)
+	}
 	for _, att := range []*testnet.Attachment{a, b} {
 		if err := r.Check(l, att); err != nil {
 			t.Fatalf("CHECK: %v", err)
 		}
 	}
-	if got := len(allocations(t, r, name)); got != 2 {
-		t.Fatalf("host-local holds %d addresses, want 2", got)
+	if got := len(allocations(t, r, name)); got != 4 {
+		t.Fatalf("host-local holds %d addresses, want 4", got)
 	}
 	for _, att := range []*testnet.Attachment{a, b} {
 		for i := 0; i < 2; i++ {
