@@ -145,7 +145,7 @@ func TestDPDKAdd(t *testing.T) {
 	if len(cur.Interfaces) != 0 || len(cur.DNS.Nameservers) != 1 {
 		t.Fatalf("result = %+v", cur)
 	}
-	if out := pod.MustRun("ip", "-o", "link"); strings.Count(out, "\n") != 1 {
+	if out, _ := pod.Command("ip", "-o", "link").Output(); strings.Count(string(out), "\n") != 1 {
 		t.Fatalf("pod links changed: %s", out)
 	}
 	req.Command = cni.CmdDel

@@ -61,7 +61,7 @@ type link struct {
 
 func linkMap(t *testing.T, ns *testnet.NS) map[string]link {
 	t.Helper()
-	out := ns.MustRun("ip", "-j", "link", "show")
+	out := ipOut(t, ns, "-j", "link", "show")
 	var ls []link
 	if err := json.Unmarshal([]byte(out), &ls); err != nil {
 		t.Fatal(err)
@@ -324,4 +324,16 @@ func TestStatus(t *testing.T) {
 			}
 		}
 	}
+}
+
+// ipOut runs ip in a netns and returns its stdout only: ip may warn on
+// stderr (about a peer netns it cannot name, say), which must not mix
+// into JSON.
+func ipOut(t *testing.T, n *testnet.NS, args ...string) string {
+	t.Helper()
+	out, err := n.Command("ip", args...).Output()
+	if err != nil {
+		t.Fatalf("ip %v in %s: %v", args, n.Name, err)
+	}
+	return string(out)
 }

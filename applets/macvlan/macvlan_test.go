@@ -82,7 +82,7 @@ type linkInfo struct {
 
 func showLink(t *testing.T, ns *testnet.NS, name string) *linkInfo {
 	t.Helper()
-	out := ns.MustRun("ip", "-j", "-d", "link", "show", "dev", name)
+	out := ipOut(t, ns, "-j", "-d", "link", "show", "dev", name)
 	var links []linkInfo
 	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
 		t.Fatalf("ip -j link show %s: %v: %s", name, err, out)
@@ -93,7 +93,7 @@ func showLink(t *testing.T, ns *testnet.NS, name string) *linkInfo {
 // links returns the link names of a netns.
 func links(t *testing.T, ns *testnet.NS) []string {
 	t.Helper()
-	out := ns.MustRun("ip", "-j", "link", "show")
+	out := ipOut(t, ns, "-j", "link", "show")
 	var ls []linkInfo
 	if err := json.Unmarshal([]byte(out), &ls); err != nil {
 		t.Fatal(err)
@@ -352,7 +352,7 @@ func TestKeys(t *testing.T) {
 				pod.MustRun("ip", "link", "set", "inner0", "up")
 			},
 			check: func(t *testing.T, pod *testnet.NS, info *linkInfo, res *current.Result) {
-				out := pod.MustRun("ip", "-o", "link", "show", "dev", "eth0")
+				out := ipOut(t, pod, "-o", "link", "show", "dev", "eth0")
 				if !strings.Contains(out, "eth0@inner0") {
 					t.Errorf("eth0 is not on inner0: %s", out)
 				}
@@ -399,7 +399,7 @@ func TestKeys(t *testing.T) {
 			if err := r.Del(l, a); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
-			if out := pod.MustRun("ip", "-o", "link", "show"); strings.Contains(out, "eth0") {
+			if out := ipOut(t, pod, "-o", "link", "show"); strings.Contains(out, "eth0") {
 				t.Errorf("eth0 left after DEL: %s", out)
 			}
 		})
@@ -569,4 +569,16 @@ func TestDelWithoutNetns(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ipOut runs ip in a netns and returns its stdout only: ip may warn on
+// stderr (about a peer netns it cannot name, say), which must not mix
+// into JSON.
+func ipOut(t *testing.T, n *testnet.NS, args ...string) string {
+	t.Helper()
+	out, err := n.Command("ip", args...).Output()
+	if err != nil {
+		t.Fatalf("ip %v in %s: %v", args, n.Name, err)
+	}
+	return string(out)
 }

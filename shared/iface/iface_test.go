@@ -1,6 +1,7 @@
 package iface_test
 
 import (
+	"encoding/json"
 	"net"
 	"reflect"
 	"strings"
@@ -16,6 +17,21 @@ import (
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }
+
+// linkCount counts the links of a netns (ip's output may carry warnings
+// on stderr, such as about a peer netns it cannot name, so parse JSON).
+func linkCount(t *testing.T, n *testnet.NS) int {
+	t.Helper()
+	out, err := n.Command("ip", "-j", "link", "show").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var links []struct{ Ifname string }
+	if err := json.Unmarshal(out, &links); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	return len(links)
+}
 
 func TestMergeDNS(t *testing.T) {
 	conf := types.DNS{Nameservers: []string{"10.0.0.1"}, Search: []string{"a"}}
@@ -129,8 +145,8 @@ func TestLifecycle(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "CNI_IFNAME") {
 		t.Errorf("duplicate ifName: %v", err)
 	}
-	if out := pod.MustRun("ip", "-o", "link"); strings.Count(out, "\n") != 2 {
-		t.Errorf("pod links after the failed create:\n%s", out)
+	if n := linkCount(t, pod); n != 2 {
+		t.Errorf("pod has %d links after the failed create, want lo and eth0", n)
 	}
 	for i := 0; i < 2; i++ {
 		if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
