@@ -1,8 +1,6 @@
 package hostlocal
 
 import (
-	"errors"
-	"math/rand/v2"
 	"os"
 	"time"
 
@@ -28,33 +26,41 @@ func lockTimeout() time.Duration {
 }
 
 // lockFile opens (creating it 0600, as the reference does) and flocks
-// path exclusively, polling with a growing, jittered backoff so that a
-// wedged holder cannot hang us: after timeout it returns cni.TryAgain.
-// flock is what the reference uses on the same file, so the two plugins
-// exclude each other, and the kernel drops it when a holder dies.
+// path exclusively. flock is what the reference uses on the same file, so
+// the two plugins exclude each other, and the kernel drops it when a
+// holder dies. The wait is bounded so that a wedged holder cannot hang us:
+// after timeout it returns cni.TryAgain. The blocking flock runs on its own
+// thread; on timeout we close the descriptor, so should that flock still
+// succeed later, the lock goes with the last reference to the file, at once.
 func lockFile(path string, timeout time.Duration) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	deadline := time.Now().Add(timeout)
-	wait := 100 * time.Microsecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return f, nil
+	if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+		return os.NewFile(uintptr(fd), path), nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		for {
+			err := unix.Flock(fd, unix.LOCK_EX)
+			if err != unix.EINTR {
+				done <- err
+				return
+			}
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, err
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			unix.Close(fd)
+			return nil, &os.PathError{Op: "flock", Path: path, Err: err}
 		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, cni.TryAgain("lock %s: still held by another process after %v", path, timeout)
-		}
-		time.Sleep(wait/2 + rand.N(wait))
-		if wait < 8*time.Millisecond {
-			wait *= 2
-		}
+		return os.NewFile(uintptr(fd), path), nil
+	case <-timer.C:
+		unix.Close(fd)
+		return nil, cni.TryAgain("lock %s: still held by another process after %v", path, timeout)
 	}
 }

@@ -369,35 +369,53 @@ func (s *store) setRecord(key string, ips []netip.Addr) error {
 	return err
 }
 
-// holds returns those of ips whose reservation file names want as owner:
-// the index says where to look, the files say what is true.
-func (s *store) holds(ips []netip.Addr, want string) []netip.Addr {
-	var out []netip.Addr
+// holds returns ips if every one of their reservation files names want
+// as owner: the index says where to look, the files say what is true. A
+// file that names someone else, or is gone, means that the index
+// disagrees with the files (nothing we do leaves it so while the stamp
+// matches): that is an error, and the caller rebuilds.
+func (s *store) holds(ips []netip.Addr, want string) ([]netip.Addr, error) {
 	for _, ip := range ips {
 		data, err := os.ReadFile(filepath.Join(s.dir, ip.String()))
-		if err == nil && strings.TrimSpace(string(data)) == want {
-			out = append(out, ip)
+		if err != nil || strings.TrimSpace(string(data)) != want {
+			return nil, fmt.Errorf("index record of %q lists %s, which the files do not give it", want, ip)
 		}
 	}
-	return out
+	return ips, nil
 }
 
 // owned returns the addresses the attachment holds, and whether they are
 // held through legacy id-only files (used, as by the reference, only when
 // the attachment holds none of its own).
 func (s *store) owned(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
+	ips, legacy, err = s.lookup(id, ifname)
+	if err != nil {
+		// The index disagrees with the files even though the stamp
+		// matched. Rebuild it from the files and ask again.
+		s.log.Warnf("host-local: %v; rebuilding the index of %s", err, s.dir)
+		if err := s.rebuild(nil); err != nil {
+			return nil, false, err
+		}
+		s.broken = false
+		return s.lookup(id, ifname)
+	}
+	return ips, legacy, nil
+}
+
+func (s *store) lookup(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
 	rec, err := s.record(attachmentKey(id, ifname))
 	if err != nil {
 		return nil, false, err
 	}
-	if ips = s.holds(rec, owner(id, ifname)); len(ips) > 0 {
-		return ips, false, nil
+	if ips, err = s.holds(rec, owner(id, ifname)); err != nil || len(ips) > 0 {
+		return ips, false, err
 	}
 	rec, err = s.record(legacyKey(id))
 	if err != nil {
 		return nil, false, err
 	}
-	return s.holds(rec, strings.TrimSpace(id)), true, nil
+	ips, err = s.holds(rec, strings.TrimSpace(id))
+	return ips, true, err
 }
 
 // reserve creates ip's reservation file for the attachment; false when
