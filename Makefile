@@ -21,6 +21,8 @@ TEST_TIMEOUT ?= 60m
 # Debian packages the tests use. make test installs the missing ones.
 TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetworking-plugins \
              qemu-system-x86 busybox-static dnsmasq-base
+# The runtimes the end-to-end tests drive (shared/runtimetest).
+TEST_DEBS += containerd runc podman conmon busybox-static
 
 export CGO_ENABLED := 0
 

@@ -142,3 +142,47 @@ func snapshot(t *testing.T, node *testnet.NS, c *runtimetest.Containerd) string 
 	})
 	return b.String()
 }
+
+// TestCtrRunCNI is the simpler path: "ctr run --cni" with a rootfs on the
+// shipped containerd default network (bridge + portmap). ctr reads
+// /etc/cni/net.d and /opt/cni/bin, which are the test's directories in
+// containerd's private mount namespace.
+func TestCtrRunCNI(t *testing.T) {
+	runtimetest.RequireContainerd(t)
+	node := testnet.NewNS(t, "node")
+	plugins := runtimetest.InstallPlugins(t)
+	t.Logf("who runs what: %s", plugins.Describe("loopback", "bridge", "host-local", "portmap"))
+	c := runtimetest.StartContainerd(t, node, plugins.Dir)
+	if err := os.WriteFile(filepath.Join(c.ConfDir, "10-containerd-net.conflist"), shipped(t, "containerd.conflist"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := runtimetest.Rootfs(t, c.Dir)
+	out, err := c.Ctr("run", "--rm", "--cni", "--rootfs", rootfs, "ctr-cni-test",
+		"/bin/sh", "-c", "ip -o addr show eth0; ip -o link show lo; ping -c 1 -W 2 10.88.0.1")
+	t.Logf("ctr run --cni:\n%s", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "inet 10.88.0.") {
+		t.Errorf("container eth0 has no address from 10.88.0.0/16")
+	}
+	if !strings.Contains(out, "LOOPBACK,UP") {
+		t.Errorf("container lo is not up")
+	}
+	if !strings.Contains(out, "1 packets received") {
+		t.Errorf("container cannot ping its gateway")
+	}
+	// ctr's DEL comes after the task exited: the netns is gone, and the
+	// plugins must clean up from prevResult alone.
+	after := snapshot(t, node, c)
+	for _, leak := range []string{"veth", "10.88.0.2", "ctr-cni-test"} {
+		if !strings.Contains(after, leak) {
+			continue
+		}
+		if !plugins.IsOurs("bridge") && leak != "veth" {
+			t.Logf("KNOWN REFERENCE LEAK (not failing until cnibox's bridge runs here): the reference bridge leaves %q when DEL comes after the netns is gone", leak)
+			continue
+		}
+		t.Errorf("after ctr run --rm the node still has %q:\n%s", leak, after)
+	}
+}
