@@ -14,6 +14,7 @@ import (
 	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/applets/bridge"
 	"github.com/cnibox/cnibox/applets/dhcp"
+	"github.com/cnibox/cnibox/applets/firewall"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/loopback"
@@ -33,6 +34,7 @@ var applets = []*cni.Applet{
 	bandwidth.Applet,
 	bridge.Applet,
 	dhcp.Applet,
+	firewall.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
 	loopback.Applet,

@@ -1,14 +1,8 @@
 package portmap_test
 
 import (
-	"errors"
-	"fmt"
-	"io"
-	"net"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/cnibox/cnibox/shared/testnet"
 )
@@ -55,144 +49,6 @@ func newWorld(t *testing.T) *world {
 	w.far.MustRun("ip", "link", "set", "eth0", "up")
 	w.far.MustRun("ip", "route", "add", "default", "via", "10.99.0.254")
 	return w
-}
-
-// serve runs a TCP and a UDP server on port in ns that answer every
-// connection or datagram with name, until the test ends.
-func serve(t *testing.T, ns *testnet.NS, port int, name string) {
-	t.Helper()
-	var tcp []net.Listener
-	var udp []net.PacketConn
-	err := ns.Do(func() error {
-		for _, nw := range []string{"tcp4", "tcp6"} {
-			l, err := net.Listen(nw, fmt.Sprintf(":%d", port))
-			if err != nil {
-				return err
-			}
-			tcp = append(tcp, l)
-		}
-		for _, nw := range []string{"udp4", "udp6"} {
-			c, err := net.ListenPacket(nw, fmt.Sprintf(":%d", port))
-			if err != nil {
-				return err
-			}
-			udp = append(udp, c)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("serve in %s: %v", ns.Name, err)
-	}
-	var wg sync.WaitGroup
-	for _, l := range tcp {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Write([]byte(name))
-				c.Close()
-			}
-		}()
-	}
-	for _, c := range udp {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 64)
-			for {
-				_, from, err := c.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				c.WriteTo([]byte(name), from)
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		for _, l := range tcp {
-			l.Close()
-		}
-		for _, c := range udp {
-			c.Close()
-		}
-		wg.Wait()
-	})
-}
-
-// ask connects from ns to addr:port over proto ("tcp" or "udp") and
-// returns who answered.
-func ask(ns *testnet.NS, proto, addr string, port int) (string, error) {
-	var got string
-	err := ns.Do(func() error {
-		hp := net.JoinHostPort(addr, fmt.Sprint(port))
-		if proto == "tcp" {
-			c, err := net.DialTimeout("tcp", hp, 2*time.Second)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(2 * time.Second))
-			b, err := io.ReadAll(c)
-			got = string(b)
-			return err
-		}
-		c, err := net.Dial("udp", hp)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		buf := make([]byte, 64)
-		for try := 0; try < 3; try++ {
-			c.SetDeadline(time.Now().Add(700 * time.Millisecond))
-			if _, err := c.Write([]byte("who")); err != nil {
-				return err
-			}
-			n, err := c.Read(buf)
-			if err == nil {
-				got = string(buf[:n])
-				return nil
-			}
-			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
-				return err
-			}
-		}
-		return errors.New("no UDP answer")
-	})
-	return got, err
-}
-
-func expect(t *testing.T, from *testnet.NS, proto, addr string, port int, want string) {
-	t.Helper()
-	got, err := ask(from, proto, addr, port)
-	if err != nil || got != want {
-		t.Errorf("%s %s:%d from %s: got %q, %v; want %q", proto, addr, port, from.Name, got, err, want)
-	}
-}
-
-func expectNot(t *testing.T, from *testnet.NS, proto, addr string, port int, not string) {
-	t.Helper()
-	got, err := ask(from, proto, addr, port)
-	if err == nil && got == not {
-		t.Errorf("%s %s:%d from %s: %q answered, it must not", proto, addr, port, from.Name, got)
-	}
-}
-
-// settle waits until no IPv6 address of the namespace is tentative (the
-// reference bridge returns before DAD is done).
-func settle(t *testing.T, ns *testnet.NS) {
-	t.Helper()
-	for i := 0; i < 50; i++ {
-		if out := ns.MustRun("ip", "-6", "addr", "show", "tentative"); strings.TrimSpace(out) == "" {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: IPv6 addresses still tentative", ns.Name)
 }
 
 // rules returns what the node's firewall holds, for leak checks.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/traffic"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }
@@ -59,10 +60,10 @@ func TestTraffic(t *testing.T) {
 			r := w.r
 			list := r.Conflist(bridgeChain("1.0.0", "pm-"+backend, backendKey(backend)))
 			pod1, pod2 := r.Pod(t), r.Pod(t)
-			serve(t, pod1, 80, "pod1")
-			serve(t, pod2, 80, "pod2")
-			serve(t, w.far, 8080, "far")
-			serve(t, w.far, 9090, "far")
+			traffic.Serve(t, pod1, 80, "pod1")
+			traffic.Serve(t, pod2, 80, "pod2")
+			traffic.Serve(t, w.far, 8080, "far")
+			traffic.Serve(t, w.far, 9090, "far")
 
 			a1 := r.Attach(pod1, "eth0")
 			a1.Caps = mappings(pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", ""),
@@ -77,24 +78,24 @@ func TestTraffic(t *testing.T) {
 			if err := r.Check(list, a1); err != nil {
 				t.Fatalf("CHECK: %v", err)
 			}
-			settle(t, pod1)
-			settle(t, pod2)
-			settle(t, r.Node)
+			traffic.Settle(t, pod1)
+			traffic.Settle(t, pod2)
+			traffic.Settle(t, r.Node)
 
 			for _, proto := range []string{"tcp", "udp"} {
-				expect(t, w.outside, proto, nodeIP, 8080, "pod1")
-				expect(t, w.outside, proto, nodeIP6, 8080, "pod1")
-				expect(t, r.Node, proto, nodeIP, 8080, "pod1")
-				expect(t, r.Node, proto, "127.0.0.1", 8080, "pod1")
-				expect(t, pod2, proto, nodeIP, 8080, "pod1")
-				expect(t, pod2, proto, nodeIP6, 8080, "pod1")
+				traffic.Expect(t, w.outside, proto, nodeIP, 8080, "pod1")
+				traffic.Expect(t, w.outside, proto, nodeIP6, 8080, "pod1")
+				traffic.Expect(t, r.Node, proto, nodeIP, 8080, "pod1")
+				traffic.Expect(t, r.Node, proto, "127.0.0.1", 8080, "pod1")
+				traffic.Expect(t, pod2, proto, nodeIP, 8080, "pod1")
+				traffic.Expect(t, pod2, proto, nodeIP6, 8080, "pod1")
 			}
 			// Not addressed to the node: routed to far, untouched.
-			expect(t, w.outside, "tcp", farIP, 8080, "far")
-			expect(t, w.outside, "tcp", farIP, 9090, "far")
+			traffic.Expect(t, w.outside, "tcp", farIP, 8080, "far")
+			traffic.Expect(t, w.outside, "tcp", farIP, 9090, "far")
 			// hostIP of the other family: the v6-only mapping does not exist on v4.
-			expect(t, w.outside, "tcp", nodeIP6, 8081, "pod1")
-			expectNot(t, w.outside, "tcp", nodeIP, 8081, "pod1")
+			traffic.Expect(t, w.outside, "tcp", nodeIP6, 8081, "pod1")
+			traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8081, "pod1")
 			if out := r.Node.MustRun("sysctl", "-n", "net.ipv4.conf.cnibr0.route_localnet"); strings.TrimSpace(out) != "1" {
 				t.Errorf("route_localnet on the bridge = %q, want 1", out)
 			}
@@ -102,7 +103,7 @@ func TestTraffic(t *testing.T) {
 			if err := r.Del(list, a1); err != nil {
 				t.Fatalf("DEL pod1: %v", err)
 			}
-			expectNot(t, w.outside, "tcp", nodeIP, 8080, "pod1")
+			traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8080, "pod1")
 			if s := rules(t, r); strings.Contains(s, a1.ContainerID) || strings.Contains(s, dnChain(list.Name, a1.ContainerID)) {
 				t.Errorf("rules of pod1 left after DEL:\n%s", s)
 			}
@@ -127,8 +128,8 @@ func TestMartianGuard(t *testing.T) {
 			r := w.r
 			list := r.Conflist(bridgeChain("1.0.0", "guard-"+backend, backendKey(backend)))
 			pod1, pod2 := r.Pod(t), r.Pod(t)
-			serve(t, pod1, 80, "pod1")
-			serve(t, r.Node, 9999, "node-localhost")
+			traffic.Serve(t, pod1, 80, "pod1")
+			traffic.Serve(t, r.Node, 9999, "node-localhost")
 			a1 := r.Attach(pod1, "eth0")
 			a1.Caps = mappings(pm(8080, 80, "tcp", ""))
 			if _, err := r.Add(list, a1); err != nil {
@@ -141,9 +142,9 @@ func TestMartianGuard(t *testing.T) {
 			pod2.MustRun("ip", "route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
 			pod2.MustRun("sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1")
 			pod2.MustRun("ip", "route", "add", "127.0.0.0/8", "via", "10.88.0.1", "dev", "eth0")
-			expect(t, r.Node, "tcp", "127.0.0.1", 8080, "pod1")
-			expectNot(t, pod2, "tcp", "127.0.0.5", 9999, "node-localhost")
-			expectNot(t, pod2, "udp", "127.0.0.5", 9999, "node-localhost")
+			traffic.Expect(t, r.Node, "tcp", "127.0.0.1", 8080, "pod1")
+			traffic.ExpectNot(t, pod2, "tcp", "127.0.0.5", 9999, "node-localhost")
+			traffic.ExpectNot(t, pod2, "udp", "127.0.0.5", 9999, "node-localhost")
 		})
 	}
 }
@@ -163,7 +164,7 @@ func TestReferenceInterop(t *testing.T) {
 	r := w.r
 	list := r.Conflist(bridgeChain("1.0.0", "interop", ""))
 	pod := r.Pod(t)
-	serve(t, pod, 80, "pod")
+	traffic.Serve(t, pod, 80, "pod")
 	ours, ref := r.BinDir+":"+testnet.ReferenceDir(), testnet.ReferenceDir()+":"+r.BinDir
 
 	for _, tc := range []struct{ name, add, del string }{{"reference ADD, cnibox DEL", ref, ours}, {"cnibox ADD, reference DEL", ours, ref}} {
@@ -174,8 +175,8 @@ func TestReferenceInterop(t *testing.T) {
 			if _, err := r.Add(list, a); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
-			expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
-			expect(t, r.Node, "udp", "127.0.0.1", 8080, "pod")
+			traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+			traffic.Expect(t, r.Node, "udp", "127.0.0.1", 8080, "pod")
 			r.SetPath(ours)
 			if err := r.Check(list, a); err != nil {
 				t.Errorf("cnibox CHECK: %v", err)
@@ -187,7 +188,7 @@ func TestReferenceInterop(t *testing.T) {
 			if s := rules(t, r); strings.Contains(s, a.ContainerID) || strings.Contains(s, dnChain(list.Name, a.ContainerID)) {
 				t.Errorf("rules left after DEL:\n%s", s)
 			}
-			expectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
+			traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
 		})
 	}
 }
@@ -201,13 +202,13 @@ func TestVersions(t *testing.T) {
 		testnet.ForEachVersion(t, []string{"0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"}, func(t *testing.T, v string) {
 			list := r.Conflist(bridgeChain(v, "v"+strings.ReplaceAll(v, ".", "")+backend[:3], backendKey(backend)))
 			pod := r.Pod(t)
-			serve(t, pod, 80, "pod")
+			traffic.Serve(t, pod, 80, "pod")
 			a := r.Attach(pod, "eth0")
 			a.Caps = mappings(pm(8080, 80, "tcp", ""))
 			if _, err := r.Add(list, a); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
-			expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+			traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
 			if cni.VersionAtLeast(v, "0.4.0") {
 				if err := r.Check(list, a); err != nil {
 					t.Fatalf("CHECK: %v", err)
@@ -224,19 +225,19 @@ func TestVersions(t *testing.T) {
 	t.Run("cnitool", func(t *testing.T) {
 		list := r.Conflist(bridgeChain("1.0.0", "cnitool", ""))
 		pod := r.Pod(t)
-		serve(t, pod, 80, "pod")
+		traffic.Serve(t, pod, 80, "pod")
 		caps := `CAP_ARGS={"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}`
 		if _, err := r.Cnitool("add", list.Name, pod, caps); err != nil {
 			t.Fatal(err)
 		}
-		expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+		traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
 		if _, err := r.Cnitool("check", list.Name, pod, caps); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := r.Cnitool("del", list.Name, pod, caps); err != nil {
 			t.Fatal(err)
 		}
-		expectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
+		traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
 	})
 }
 
@@ -261,7 +262,7 @@ done`)
           "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
  {"type":"portmap","capabilities":{"portMappings":true},"externalSetMarkChain":"KUBE-MARK-MASQ"}]}`)
 	pod1, pod2 := r.Pod(t), r.Pod(t)
-	serve(t, pod1, 80, "pod1")
+	traffic.Serve(t, pod1, 80, "pod1")
 	a := r.Attach(pod1, "eth0")
 	a.Caps = map[string]any{"portMappings": []any{
 		map[string]any{"HostPort": 8080, "ContainerPort": 80, "Protocol": "TCP", "HostIP": ""},
@@ -274,9 +275,9 @@ done`)
 		t.Fatal(err)
 	}
 	for _, proto := range []string{"tcp", "udp"} {
-		expect(t, w.outside, proto, nodeIP, 8080, "pod1")
-		expect(t, r.Node, proto, "127.0.0.1", 8080, "pod1")
-		expect(t, pod2, proto, nodeIP, 8080, "pod1")
+		traffic.Expect(t, w.outside, proto, nodeIP, 8080, "pod1")
+		traffic.Expect(t, r.Node, proto, "127.0.0.1", 8080, "pod1")
+		traffic.Expect(t, pod2, proto, nodeIP, 8080, "pod1")
 	}
 	if s := rules(t, r); strings.Contains(s, "CNI-HOSTPORT-SETMARK") {
 		t.Errorf("externalSetMarkChain given, yet CNI-HOSTPORT-SETMARK was made:\n%s", s)
@@ -302,8 +303,8 @@ func TestUDPConntrackFlush(t *testing.T) {
 	r := w.r
 	list := r.Conflist(bridgeChain("1.0.0", "ct", ""))
 	pod := r.Pod(t)
-	serve(t, pod, 80, "pod")
-	serve(t, r.Node, 8080, "node")
+	traffic.Serve(t, pod, 80, "pod")
+	traffic.Serve(t, r.Node, 8080, "node")
 	// A nat prerouting hook must exist before the flow starts, or conntrack
 	// sets the flow's NAT up only when the first NAT rule shows up.
 	r.Node.MustRun("nft", "add table ip early; add chain ip early pre { type nat hook prerouting priority -150; }")

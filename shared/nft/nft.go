@@ -111,6 +111,19 @@ func SAddr(p netip.Prefix, negate bool) []expr.Any { return addrMatch(p, true, n
 // DAddr is "ip daddr P" / "ip6 daddr P" ("!=" when negate).
 func DAddr(p netip.Prefix, negate bool) []expr.Any { return addrMatch(p, false, negate) }
 
+// NFProto is "meta nfproto ipv4" (or ipv6): needed before an address match
+// in an inet table, which sees both families.
+func NFProto(v6 bool) []expr.Any {
+	p := byte(unix.NFPROTO_IPV4)
+	if v6 {
+		p = unix.NFPROTO_IPV6
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+	}
+}
+
 // Protocol numbers for L4Proto.
 const (
 	TCP  = unix.IPPROTO_TCP

@@ -1,0 +1,245 @@
+package firewall
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cnibox/cnibox/shared/iptables"
+)
+
+// The reference's chains (filter table) and rules, written as iptables-save
+// prints them so that ADD can tell what exists and CHECK can compare text.
+const (
+	forwardChain = "CNI-FORWARD"
+	stage1       = "CNI-ISOLATION-STAGE-1"
+	stage2       = "CNI-ISOLATION-STAGE-2"
+
+	forwardJump   = `-m comment --comment "CNI firewall plugin rules" -j ` + forwardChain
+	adminJumpFmt  = `-m comment --comment "CNI firewall plugin admin overrides" -j %s`
+	policyComment = `-m comment --comment "CNI firewall plugin rules (ingressPolicy: %s)"`
+	anyPolicy     = `-m comment --comment "CNI firewall plugin rules (ingressPolicy: same-bridge|isolated)"`
+	stage1Jump    = anyPolicy + " -j " + stage1
+	returnRule    = anyPolicy + " -j RETURN"
+)
+
+func podRules(ip netip.Prefix) []string {
+	return []string{
+		fmt.Sprintf("-d %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", ip),
+		fmt.Sprintf("-s %s -j ACCEPT", ip),
+	}
+}
+
+func familyOf(p netip.Prefix) iptables.Family {
+	if p.Addr().Is4() {
+		return iptables.IPv4
+	}
+	return iptables.IPv6
+}
+
+// families returns the families of a's addresses, IPv4 first.
+func (a *attachment) families() []iptables.Family {
+	var out []iptables.Family
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		for _, ip := range a.IPs {
+			if familyOf(ip) == f {
+				out = append(out, f)
+				break
+			}
+		}
+	}
+	return out
+}
+
+type iptBackend struct{}
+
+func (iptBackend) usable() error {
+	if !iptables.Usable(iptables.IPv4) {
+		return fmt.Errorf("iptables is not usable (iptables-restore missing or the filter table cannot be read)")
+	}
+	return nil
+}
+
+// apply runs plan against each family of a's addresses: one iptables-save
+// and at most one iptables-restore per family, under cnibox's lock.
+func apply(a *attachment, plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
+	unlock, err := iptables.Lock("firewall")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, f := range a.families() {
+		if !iptables.Installed(f) {
+			continue
+		}
+		d, err := iptables.Load(f, "filter")
+		if err != nil {
+			return err
+		}
+		b := iptables.NewBatch("filter")
+		plan(d["filter"], f, b)
+		if err := iptables.Apply(f, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (iptBackend) add(a *attachment) error {
+	return apply(a, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
+}
+
+func planAdd(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Batch) {
+	for _, c := range []string{forwardChain, a.Admin} {
+		if !t.HasChain(c) {
+			b.Chain(c)
+		}
+	}
+	if !slices.Contains(t.Rules("FORWARD"), forwardJump) {
+		b.Rule("-I FORWARD 1 %s", forwardJump)
+	}
+	admin := fmt.Sprintf(adminJumpFmt, a.Admin)
+	if !slices.Contains(t.Rules(forwardChain), admin) {
+		b.Rule("-I %s 1 %s", forwardChain, admin)
+	}
+	for _, ip := range a.IPs {
+		if familyOf(ip) != f {
+			continue
+		}
+		for _, r := range podRules(ip) {
+			if !slices.Contains(t.Rules(forwardChain), r) {
+				b.Rule("-A %s %s", forwardChain, r)
+			}
+		}
+	}
+}
+
+func (iptBackend) del(a *attachment) error {
+	return apply(a, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+		for _, ip := range a.IPs {
+			if familyOf(ip) != f {
+				continue
+			}
+			for _, r := range podRules(ip) {
+				for _, have := range t.Rules(forwardChain) {
+					if have == r {
+						b.Rule("-D %s %s", forwardChain, r)
+					}
+				}
+			}
+		}
+	})
+}
+
+func (iptBackend) check(a *attachment) error {
+	for _, f := range a.families() {
+		d, err := iptables.Load(f, "filter")
+		if err != nil {
+			return err
+		}
+		t := d["filter"]
+		want := []struct{ chain, rule string }{{"FORWARD", forwardJump}, {forwardChain, fmt.Sprintf(adminJumpFmt, a.Admin)}}
+		for _, ip := range a.IPs {
+			if familyOf(ip) == f {
+				for _, r := range podRules(ip) {
+					want = append(want, struct{ chain, rule string }{forwardChain, r})
+				}
+			}
+		}
+		if !t.HasChain(a.Admin) {
+			return fmt.Errorf("%s: chain %s is missing", f.Name(), a.Admin)
+		}
+		for _, w := range want {
+			if !slices.Contains(t.Rules(w.chain), w.rule) {
+				return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), w.chain, w.rule)
+			}
+		}
+	}
+	return nil
+}
+
+// isolationRules are the bridge's rules in the two stage chains.
+func isolationRules(bridge, policy string) (s1, s2 []string) {
+	c := fmt.Sprintf(policyComment, policy)
+	s1 = []string{fmt.Sprintf("-i %s ! -o %s %s -j %s", bridge, bridge, c, stage2)}
+	if policy == policyIsolated {
+		s1 = append(s1, fmt.Sprintf("-i %s -o %s %s -j DROP", bridge, bridge, c))
+	}
+	s2 = []string{fmt.Sprintf("-o %s %s -j DROP", bridge, anyPolicy)}
+	return s1, s2
+}
+
+func (iptBackend) isolate(a *attachment) error {
+	return apply(a, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+		for _, c := range []string{stage1, stage2} {
+			if !t.HasChain(c) {
+				b.Chain(c)
+			}
+		}
+		if !slices.Contains(t.Rules("FORWARD"), stage1Jump) {
+			b.Rule("-I FORWARD 1 %s", stage1Jump)
+		}
+		s1, s2 := isolationRules(a.Bridge, a.Policy)
+		for _, x := range []struct {
+			chain string
+			rules []string
+		}{{stage1, s1}, {stage2, s2}} {
+			for _, r := range x.rules {
+				if !slices.Contains(t.Rules(x.chain), r) {
+					b.Rule("-I %s 1 %s", x.chain, r)
+				}
+			}
+			if !slices.Contains(t.Rules(x.chain), returnRule) {
+				b.Rule("-A %s %s", x.chain, returnRule)
+			}
+		}
+	})
+}
+
+// unisolate removes the bridge's rules; the stage chains and their jump
+// stay, as shared base chains.
+func (iptBackend) unisolate(a *attachment) error {
+	all := &attachment{IPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128")}}
+	return apply(all, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+		done := map[string]bool{}
+		for _, policy := range []string{policySameBridge, policyIsolated} {
+			s1, s2 := isolationRules(a.Bridge, policy)
+			for _, x := range []struct {
+				chain string
+				rules []string
+			}{{stage1, s1}, {stage2, s2}} {
+				for _, r := range x.rules {
+					if slices.Contains(t.Rules(x.chain), r) && !done[x.chain+r] {
+						done[x.chain+r] = true
+						b.Rule("-D %s %s", x.chain, r)
+					}
+				}
+			}
+		}
+	})
+}
+
+func (iptBackend) checkIsolation(a *attachment) error {
+	s1, s2 := isolationRules(a.Bridge, a.Policy)
+	for _, f := range a.families() {
+		d, err := iptables.Load(f, "filter")
+		if err != nil {
+			return err
+		}
+		t := d["filter"]
+		if !slices.Contains(t.Rules("FORWARD"), stage1Jump) {
+			return fmt.Errorf("%s: FORWARD does not jump to %s", f.Name(), stage1)
+		}
+		for _, r := range s1 {
+			if !slices.Contains(t.Rules(stage1), r) {
+				return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), stage1, r)
+			}
+		}
+		for _, r := range s2 {
+			if !slices.Contains(t.Rules(stage2), r) {
+				return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), stage2, r)
+			}
+		}
+	}
+	return nil
+}

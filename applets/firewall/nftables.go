@@ -1,0 +1,263 @@
+package firewall
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/nft"
+)
+
+// The native nftables backend: table inet cni_firewall.
+//
+//	forward     filter/forward/filter: jump isolation1; jump admin; jump pods
+//	admin       the admin's own rules; created empty, never touched again
+//	pods        per address: ip daddr X ct state established,related accept;
+//	            ip saddr X accept (comment "net=N id=C if=I")
+//	isolation1  per bridge: iifname B oifname != B jump isolation2;
+//	            isolated: iifname B oifname B drop (comment "bridge=B ...")
+//	isolation2  per bridge: oifname B drop
+//
+// As with any nftables table, an accept here ends the packet's walk only
+// through this table's chain: a drop policy in another table (iptables-nft's
+// FORWARD, say) still applies. The backend is for nodes whose policy lives
+// in nftables; the admin adds it to chain "admin" or to its own table.
+const (
+	fwTable  = "cni_firewall"
+	fwPods   = "pods"
+	fwAdmin  = "admin"
+	fwIso1   = "isolation1"
+	fwIso2   = "isolation2"
+	fwFilter = "forward"
+)
+
+type nftBackend struct{}
+
+func (nftBackend) usable() error { return nft.Usable() }
+
+func podKey(a *attachment) string { return "net=" + a.Net + " id=" + a.ID + " if=" + a.IfName }
+
+func bridgeKey(bridge string) string { return "bridge=" + bridge + " " }
+
+// base adds the table and chains (existing ones are kept) and rewrites the
+// forward hook chain's three jumps.
+func base(c *nftables.Conn) (*nftables.Table, map[string]*nftables.Chain) {
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable})
+	ch := map[string]*nftables.Chain{}
+	for _, name := range []string{fwAdmin, fwPods, fwIso1, fwIso2} {
+		ch[name] = c.AddChain(&nftables.Chain{Table: t, Name: name})
+	}
+	fwd := c.AddChain(&nftables.Chain{Table: t, Name: fwFilter, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
+	c.FlushChain(fwd)
+	for _, to := range []string{fwIso1, fwAdmin, fwPods} {
+		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: nft.Jump(to)})
+	}
+	ch[fwFilter] = fwd
+	return t, ch
+}
+
+func podExprs(a *attachment) [][]expr.Any {
+	var out [][]expr.Any
+	for _, ip := range a.IPs {
+		v6 := ip.Addr().Is6()
+		out = append(out,
+			nft.Concat(nft.NFProto(v6), nft.DAddr(ip, false), nft.CtState(nft.CtStateEstablished|nft.CtStateRelated, true), nft.Accept()),
+			nft.Concat(nft.NFProto(v6), nft.SAddr(ip, false), nft.Accept()))
+	}
+	return out
+}
+
+func (b nftBackend) add(a *attachment) error {
+	c, err := nft.Open()
+	if err != nil {
+		return err
+	}
+	key := podKey(a)
+	if err := deleteRules(c, []string{fwPods}, func(s string) bool { return s == key }); err != nil {
+		return err
+	}
+	t, ch := base(c)
+	for _, ex := range podExprs(a) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwPods], Exprs: ex, UserData: nft.Comment(key)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: inet %s: %w", fwTable, err)
+	}
+	return nil
+}
+
+// deleteRules queues the deletion of the rules of the chains whose comment
+// matches; the caller flushes.
+func deleteRules(c *nftables.Conn, chains []string, match func(string) bool) error {
+	ok, err := nft.TableExists(c, nftables.TableFamilyINet, fwTable)
+	if err != nil || !ok {
+		return err
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable}
+	have, err := nft.Chains(c, t)
+	if err != nil {
+		return err
+	}
+	for _, name := range chains {
+		if have[name] == nil {
+			continue
+		}
+		rules, err := c.GetRules(t, have[name])
+		if err != nil {
+			return fmt.Errorf("nftables: list %s: %w", name, err)
+		}
+		for _, r := range rules {
+			if match(nft.CommentOf(r)) {
+				if err := c.DelRule(r); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func flushDelete(chains []string, match func(string) bool) error {
+	c, err := nft.Open()
+	if err != nil {
+		return err
+	}
+	if err := deleteRules(c, chains, match); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: inet %s: %w", fwTable, err)
+	}
+	return nil
+}
+
+func (nftBackend) del(a *attachment) error {
+	key := podKey(a)
+	return flushDelete([]string{fwPods}, func(s string) bool { return s == key })
+}
+
+// nftGC removes the rules of the network's attachments that are not valid.
+func nftGC(net string, valid map[cni.Attachment]bool) error {
+	return flushDelete([]string{fwPods}, func(s string) bool {
+		rest, ok := strings.CutPrefix(s, "net="+net+" id=")
+		if !ok {
+			return false
+		}
+		id, ifname, ok := strings.Cut(rest, " if=")
+		return ok && !valid[cni.Attachment{ContainerID: id, IfName: ifname}]
+	})
+}
+
+// rulesWith returns the comments of the rules of a chain.
+func rulesWith(chain string) ([]string, error) {
+	c, err := nft.Open()
+	if err != nil {
+		return nil, err
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable}
+	have, err := nft.Chains(c, t)
+	if err != nil {
+		return nil, err
+	}
+	if have[chain] == nil {
+		return nil, fmt.Errorf("nftables: inet %s: chain %s is missing", fwTable, chain)
+	}
+	rules, err := c.GetRules(t, have[chain])
+	if err != nil {
+		return nil, fmt.Errorf("nftables: list %s: %w", chain, err)
+	}
+	out := make([]string, len(rules))
+	for i, r := range rules {
+		out[i] = nft.CommentOf(r)
+	}
+	return out, nil
+}
+
+func (nftBackend) check(a *attachment) error {
+	comments, err := rulesWith(fwPods)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, s := range comments {
+		if s == podKey(a) {
+			n++
+		}
+	}
+	if want := len(podExprs(a)); n != want {
+		return fmt.Errorf("nftables: inet %s: chain %s has %d rules of %s, want %d", fwTable, fwPods, n, podKey(a), want)
+	}
+	jumps, err := rulesWith(fwFilter)
+	if err != nil {
+		return err
+	}
+	if len(jumps) != 3 {
+		return fmt.Errorf("nftables: inet %s: chain %s has %d rules, want its 3 jumps", fwTable, fwFilter, len(jumps))
+	}
+	return nil
+}
+
+func isolationExprs(bridge, policy string) (s1, s2 [][]expr.Any) {
+	s1 = [][]expr.Any{nft.Concat(nft.IIfName(bridge, false), nft.OIfName(bridge, true), nft.Jump(fwIso2))}
+	if policy == policyIsolated {
+		s1 = append(s1, nft.Concat(nft.IIfName(bridge, false), nft.OIfName(bridge, false), nft.Drop()))
+	}
+	s2 = [][]expr.Any{nft.Concat(nft.OIfName(bridge, false), nft.Drop())}
+	return s1, s2
+}
+
+func (nftBackend) isolate(a *attachment) error {
+	c, err := nft.Open()
+	if err != nil {
+		return err
+	}
+	key := bridgeKey(a.Bridge)
+	if err := deleteRules(c, []string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) }); err != nil {
+		return err
+	}
+	t, ch := base(c)
+	s1, s2 := isolationExprs(a.Bridge, a.Policy)
+	comment := nft.Comment(key + "ingressPolicy=" + a.Policy)
+	for _, ex := range s1 {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwIso1], Exprs: ex, UserData: comment})
+	}
+	for _, ex := range s2 {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwIso2], Exprs: ex, UserData: comment})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: inet %s: %w", fwTable, err)
+	}
+	return nil
+}
+
+func (nftBackend) unisolate(a *attachment) error {
+	key := bridgeKey(a.Bridge)
+	return flushDelete([]string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) })
+}
+
+func (nftBackend) checkIsolation(a *attachment) error {
+	s1, s2 := isolationExprs(a.Bridge, a.Policy)
+	for _, x := range []struct {
+		chain string
+		want  int
+	}{{fwIso1, len(s1)}, {fwIso2, len(s2)}} {
+		comments, err := rulesWith(x.chain)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, s := range comments {
+			if s == bridgeKey(a.Bridge)+"ingressPolicy="+a.Policy {
+				n++
+			}
+		}
+		if n != x.want {
+			return fmt.Errorf("nftables: inet %s: chain %s has %d rules for bridge %s, want %d", fwTable, x.chain, n, a.Bridge, x.want)
+		}
+	}
+	return nil
+}
