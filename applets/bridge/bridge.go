@@ -234,7 +234,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 			_ = teardownSpoofCheck(spoofID(req.ContainerID, req.IfName))
 		}
 		if masqDone {
-			_ = ipmasq.Teardown(c.masqAttachment(req))
+			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
 		}
 		if ipamDone {
 			_ = delegate.Del(req, c.IPAM.Type)
@@ -640,7 +640,7 @@ func Del(req *cni.Request) error {
 		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
 	}
 	if c.IPMasq {
-		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req)))
+		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req), prevNets(&c.NetConf)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bridge %q: DEL: %w", c.Bridge, err)
@@ -802,4 +802,19 @@ func netnsError(path string, err error) error {
 		return cni.Errorf(cni.ErrUnknownContainer, "bridge: netns %q: %v", path, err)
 	}
 	return fmt.Errorf("bridge: netns %q: %w", path, err)
+}
+
+// prevNets are the pod addresses of DEL's prevResult, if it has one: they
+// let the masquerade teardown skip reading the firewall.
+func prevNets(conf *cni.NetConf) []*net.IPNet {
+	prev, err := cni.PrevResult(conf)
+	if err != nil || prev == nil {
+		return nil
+	}
+	var out []*net.IPNet
+	for _, ipc := range prev.IPs {
+		a := ipc.Address
+		out = append(out, &a)
+	}
+	return out
 }

@@ -717,3 +717,28 @@ func TestBadConfig(t *testing.T) {
 		t.Errorf("bad configs left veths: %v", v)
 	}
 }
+
+// TestInteropWithReference: a node can switch between the reference
+// bridge and cnibox's in either direction: what one ADDed (veth, address
+// reservation, masquerade chain) the other CHECKs and DELs without a trace.
+func TestInteropWithReference(t *testing.T) {
+	testnet.RequireReference(t, "bridge")
+	e := newEnv(t)
+	ours, ref := e.BinDir, testnet.ReferenceDir()+":"+e.BinDir
+	l := e.net("interop", "1.0.0", `"bridge":"cni-interop","isGateway":true,"ipMasq":true,"ipMasqBackend":"iptables","ipam":`+e.hostLocal("10.88.0.0/24", ""))
+	for _, dir := range []struct{ add, del string }{{ref, ours}, {ours, ref}} {
+		pod := e.Pod(t)
+		a := e.Attach(pod, "eth0")
+		e.SetPath(dir.add)
+		res := e.add(l, a)
+		if nat := e.natRules(); !strings.Contains(nat, "-A POSTROUTING -s "+podIP(t, res, true)+"/32") {
+			t.Errorf("no masquerade rule after ADD:\n%s", nat)
+		}
+		e.SetPath(dir.del)
+		if err := e.Check(l.libcniList, a); err != nil {
+			t.Errorf("CHECK by the other implementation: %v", err)
+		}
+		e.del(l, a)
+		e.assertClean("interop")
+	}
+}

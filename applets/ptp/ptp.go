@@ -99,7 +99,7 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 		}
 		_ = veth.DeleteHost(c.Name, req.ContainerID, req.IfName)
 		if masqDone {
-			_ = ipmasq.Teardown(c.masqAttachment(req))
+			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
 		}
 		_ = delegate.Del(req, c.IPAM.Type)
 	}()
@@ -244,7 +244,7 @@ func Del(req *cni.Request) error {
 	}
 	errs = append(errs, delegate.Del(req, c.IPAM.Type))
 	if c.IPMasq {
-		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req)))
+		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req), prevNets(&c.NetConf)))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("ptp: DEL: %w", err)
@@ -366,4 +366,19 @@ func Status(req *cni.Request) error {
 		return err
 	}
 	return delegate.Status(req, c.IPAM.Type)
+}
+
+// prevNets are the pod addresses of DEL's prevResult, if it has one: they
+// let the masquerade teardown skip reading the firewall.
+func prevNets(conf *cni.NetConf) []*net.IPNet {
+	prev, err := cni.PrevResult(conf)
+	if err != nil || prev == nil {
+		return nil
+	}
+	var out []*net.IPNet
+	for _, ipc := range prev.IPs {
+		a := ipc.Address
+		out = append(out, &a)
+	}
+	return out
 }

@@ -80,9 +80,12 @@ func Check(backend string, a Attachment, ips []*net.IPNet) error {
 }
 
 // Teardown removes the attachment's rules from both backends; rules that
-// are not there are fine.
-func Teardown(a Attachment) error {
-	return errors.Join(teardownIPT(a), teardownNFT(a))
+// are not there are fine. ips, when known (the prevResult of DEL), are the
+// addresses the rules were made for: iptables then deletes them blindly in
+// one iptables-restore per family of ips, and reads the table only when
+// that fails. Without ips both families' tables are read.
+func Teardown(a Attachment, ips []*net.IPNet) error {
+	return errors.Join(teardownIPT(a, ips), teardownNFT(a))
 }
 
 // GC removes the rules of the network's attachments that valid does not

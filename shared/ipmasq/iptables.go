@@ -72,15 +72,12 @@ func setupIPT(a Attachment, ips []*net.IPNet) error {
 		byFamily[family(ipn.IP)] = append(byFamily[family(ipn.IP)], ipn)
 	}
 	for f, ipns := range byFamily {
-		rules, err := saveNAT(f)
-		if err != nil {
-			return fmt.Errorf("ipMasq: %w", err)
-		}
+		// No iptables-save first: a new attachment has no rules, and the
+		// chain is declared (so emptied) anyway. Only the jumps from
+		// POSTROUTING of an earlier ADD of the same attachment would stay
+		// twice; teardown removes every one of them.
 		b := iptables.NewBatch("nat")
-		b.Chain(chain) // created, or emptied when an earlier ADD left it
-		for _, old := range rules.jumps(chain) {
-			b.Rule("-D%s", strings.TrimPrefix(old, "-A"))
-		}
+		b.Chain(chain)
 		for _, ipn := range ipns {
 			b.Rule("-A %s -d %s -m comment --comment %s -j ACCEPT", chain, subnet(ipn), comment)
 		}
@@ -126,12 +123,37 @@ func checkIPT(a Attachment, ips []*net.IPNet) error {
 // teardownIPT removes the attachment's chain and the POSTROUTING rules
 // that jump to it, found in iptables-save's output so that neither the
 // pod's addresses nor its netns are needed.
-func teardownIPT(a Attachment) error {
+func teardownIPT(a Attachment, ips []*net.IPNet) error {
 	chain := ChainName(a.Network, a.ContainerID)
+	comment := strconv.Quote(Comment(a.Network, a.ContainerID))
+	families := []iptables.Family{iptables.IPv4, iptables.IPv6}
+	byFamily := map[iptables.Family][]*net.IPNet{}
+	if len(ips) > 0 {
+		families = nil
+		for _, ipn := range ips {
+			f := family(ipn.IP)
+			if byFamily[f] == nil {
+				families = append(families, f)
+			}
+			byFamily[f] = append(byFamily[f], ipn)
+		}
+	}
 	var errs []error
-	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+	for _, f := range families {
 		if !available(f) {
 			continue
+		}
+		if len(byFamily[f]) > 0 {
+			// The fast path: exactly the rules ADD made, in one restore.
+			b := iptables.NewBatch("nat")
+			for _, ipn := range byFamily[f] {
+				b.Rule("-D POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
+			}
+			b.Chain(chain)
+			b.Rule("-X %s", chain)
+			if iptables.Apply(f, b) == nil {
+				continue
+			}
 		}
 		err := removeChains(f, func(rules natRules) []string {
 			if rules.hasChain(chain) || len(rules.jumps(chain)) > 0 {
