@@ -337,3 +337,42 @@ func ipOut(t *testing.T, n *testnet.NS, args ...string) string {
 	}
 	return string(out)
 }
+
+// TestReferenceInterop: a node can switch between cnibox and the
+// reference in the middle of a pod's life: a device one moved in, the
+// other moves back out under its own name (both keep it in the alias).
+func TestReferenceInterop(t *testing.T) {
+	testnet.RequireReference(t, "host-device")
+	for _, c := range []struct{ name, add, del string }{
+		{"cnibox ADD, reference DEL", "cnibox", "reference"},
+		{"reference ADD, cnibox DEL", "reference", "cnibox"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := node(t)
+			path := map[string]string{
+				"cnibox":    r.BinDir + ":" + testnet.ReferenceDir(),
+				"reference": testnet.ReferenceDir() + ":" + r.BinDir,
+			}
+			l := list(t, r, "1.0.0", `"device":"hd0",`+hostLocal)
+			pod := r.Pod(t)
+			a := r.Attach(pod, "eth0")
+			r.SetPath(path[c.add])
+			if _, err := r.Add(l, a); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if err := pod.Ping("10.40.0.1"); err != nil {
+				t.Fatalf("ping: %v", err)
+			}
+			r.SetPath(path[c.del])
+			if err := r.Del(l, a); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if c.del == "reference" {
+				// Debian's v1.1.1 leaves the alias set (= the name):
+				// harmless, and our next ADD overwrites it.
+				r.Node.MustRun("ip", "link", "set", "hd0", "alias", "")
+			}
+			home(t, r, pod)
+		})
+	}
+}
