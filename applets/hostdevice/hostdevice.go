@@ -479,23 +479,18 @@ func GC(req *cni.Request) error {
 	return delegate.GC(req, c.IPAM.Type)
 }
 
-// Status says whether ADD can work: a device the config names must be in
-// the node's netns (a runtime deviceID is only known at ADD), then IPAM
-// answers.
+// Status checks the config and asks IPAM. It does not require the device
+// to be on the node: while a pod has it, it is not, and runtimes take a
+// failing STATUS as "the node's network is not ready" for every pod — one
+// pod holding its device must not take the node down.
 func Status(req *cni.Request) error {
 	c := &Config{}
 	if err := req.Decode(c); err != nil {
 		return err
 	}
 	if c.RuntimeConfig.DeviceID == "" {
-		sel, err := c.selector(hostSysfs)
-		if err != nil {
+		if _, err := c.selector(hostSysfs); err != nil {
 			return err
-		}
-		if hostSysfs.dpdk(sel) == "" {
-			if _, err := hostSysfs.find(sel); err != nil {
-				return cni.NotAvailable("host-device: %v", err)
-			}
 		}
 	}
 	if c.IPAM.Type == "" {
