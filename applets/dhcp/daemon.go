@@ -35,7 +35,14 @@ type daemon struct {
 	mu     sync.Mutex
 	leases map[string]*lease
 	// busy serializes the calls for one client ID (an ADD racing its DEL).
-	busy map[string]*sync.Mutex
+	busy map[string]*keyLock
+}
+
+// keyLock is a lock for one client ID, dropped when nobody holds or
+// waits for it.
+type keyLock struct {
+	mu    sync.Mutex
+	users int
 }
 
 // Main is the applet's argv mode: "dhcp daemon [flags]".
@@ -84,7 +91,7 @@ func Main(args []string) int {
 		hostPrefix: *hostPrefix, broadcast: *broadcast, timeout: *timeout,
 		resendMax: *resendMax, resendTimeout: *resendTimeout,
 		store: st, log: logger,
-		leases: map[string]*lease{}, busy: map[string]*sync.Mutex{},
+		leases: map[string]*lease{}, busy: map[string]*keyLock{},
 	}
 	if err := d.run(*hostPrefix+*socketPath, *pidfile); err != nil {
 		logger.Print(err)
@@ -129,7 +136,11 @@ func (d *daemon) run(socketPath, pidfile string) error {
 		d.logf("%v: shutting down; leases stay recorded for the next start", s)
 		ln.Close()
 	}()
-	d.logf("serving on %s", socketPath)
+	if created {
+		d.logf("serving on %s", socketPath)
+	} else {
+		d.logf("serving on the socket systemd passed (socket activation)")
+	}
 	handlers := d.handlers()
 	for {
 		conn, err := ln.Accept()
@@ -228,14 +239,22 @@ func (d *daemon) resume() {
 // lock serializes the calls for one client ID.
 func (d *daemon) lock(id string) func() {
 	d.mu.Lock()
-	m := d.busy[id]
-	if m == nil {
-		m = &sync.Mutex{}
-		d.busy[id] = m
+	k := d.busy[id]
+	if k == nil {
+		k = &keyLock{}
+		d.busy[id] = k
 	}
+	k.users++
 	d.mu.Unlock()
-	m.Lock()
-	return m.Unlock
+	k.mu.Lock()
+	return func() {
+		k.mu.Unlock()
+		d.mu.Lock()
+		if k.users--; k.users == 0 {
+			delete(d.busy, id)
+		}
+		d.mu.Unlock()
+	}
 }
 
 func (d *daemon) get(id string) *lease {

@@ -3,7 +3,9 @@ package dhcp_test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -485,4 +487,74 @@ func TestReferencePluginOurDaemon(t *testing.T) {
 func mustJSON(v any) string {
 	data, _ := json.Marshal(v)
 	return string(data)
+}
+
+// TestSocketActivation: started as systemd starts it, with the socket
+// passed as fd 3 (LISTEN_PID, LISTEN_FDS), the daemon serves on it, and
+// leaves the socket file to systemd on exit.
+func TestSocketActivation(t *testing.T) {
+	l := newMacvlanLab(t)
+	if err := os.MkdirAll(filepath.Dir(l.sock), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", l.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	f, err := ln.(*net.UnixListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	defer f.Close()
+	cmd := l.r.Node.Command("sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@"`, testnet.Binary(t),
+		"dhcp", "daemon", "-socketpath", filepath.Join(l.dir, "unused", "dhcp.sock"), "-leasefile", l.leaseFile, "-timeout", "1s")
+	cmd.ExtraFiles = []*os.File{f}
+	l.startDaemonCmd(cmd)
+	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-sa", ""))
+	pod := l.r.Pod(t)
+	a := l.r.Attach(pod, "eth0")
+	if _, err := l.r.Add(list, a); err != nil {
+		t.Fatalf("ADD through the activated socket: %v", err)
+	}
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if !strings.Contains(l.readDaemonLog(), "socket activation") {
+		t.Errorf("the daemon did not say it took the passed socket:\n%s", l.readDaemonLog())
+	}
+	if _, err := os.Stat(filepath.Join(l.dir, "unused")); !os.IsNotExist(err) {
+		t.Errorf("the daemon made its own socket directory: %v", err)
+	}
+	l.stopDaemon()
+	if _, err := os.Stat(l.sock); err != nil {
+		t.Errorf("the daemon removed systemd's socket: %v", err)
+	}
+}
+
+// TestNoServer: with no DHCP server answering, ADD fails after
+// -resendtimeout with an error that says so, macvlan rolls back, and the
+// daemon keeps no lease.
+func TestNoServer(t *testing.T) {
+	l := newMacvlanLab(t)
+	l.server.MustRun("ip", "link", "set", "srv0", "down")
+	l.startDaemon("-resendtimeout", "3s")
+	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-none", ""))
+	pod := l.r.Pod(t)
+	a := l.r.Attach(pod, "eth0")
+	_, err := l.r.Add(list, a)
+	if err == nil || !strings.Contains(err.Error(), "no DHCP lease on eth0") {
+		t.Fatalf("ADD with no server: %v", err)
+	}
+	if out, err := pod.Run("ip", "link", "show", "eth0"); err == nil {
+		t.Errorf("eth0 left behind: %s", out)
+	}
+	data, _ := os.ReadFile(l.leaseFile)
+	if strings.Contains(string(data), a.ContainerID) {
+		t.Errorf("the daemon recorded a lease: %s", data)
+	}
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL after the failed ADD: %v", err)
+	}
 }
