@@ -742,3 +742,36 @@ func TestInteropWithReference(t *testing.T) {
 		e.assertClean("interop")
 	}
 }
+
+// TestGCLibcni: a runtime's GC (libcni: DEL of the forgotten cached
+// attachments, then GC with the valid list) leaves only the valid pod.
+func TestGCLibcni(t *testing.T) {
+	if !slices.Contains(testnet.Applets(t), "host-local") {
+		t.Skip("needs cnibox's host-local (the reference's does not speak 1.1.0)")
+	}
+	e := newEnv(t)
+	l := e.net("gclib", "1.1.0", `"bridge":"cni-gclib","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","macspoofchk":true,"ipam":`+e.hostLocal("10.89.0.0/24", ""))
+	p1, p2 := e.Pod(t), e.Pod(t)
+	a1, a2 := e.Attach(p1, "eth0"), e.Attach(p2, "eth0")
+	e.add(l, a1)
+	e.add(l, a2)
+	if err := e.GC(l.libcniList, a1); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if v := e.hostVeths(); len(v) != 1 {
+		t.Errorf("veths after GC: %v", v)
+	}
+	if r := e.reservations("gclib"); len(r) != 1 {
+		t.Errorf("reservations after GC: %v", r)
+	}
+	if rs := e.nftRuleset(); strings.Contains(rs, a2.ContainerID) {
+		t.Errorf("GC left a2's rules:\n%s", rs)
+	}
+	if err := p1.Ping("10.89.0.1"); err != nil {
+		t.Errorf("valid pod after GC: %v", err)
+	}
+	if err := e.GC(l.libcniList); err != nil {
+		t.Fatalf("GC with nothing valid: %v", err)
+	}
+	e.assertClean("gclib")
+}
