@@ -627,13 +627,14 @@ func TestMeasuredRate(t *testing.T) {
 	}
 }
 
-// TestShapedConflist runs conflists/shaped.conflist (bridge + host-local +
-// tuning + bandwidth) as shipped, with the bandwidth capability, through
-// libcni: ADD shapes and tunes, CHECK passes, DEL leaves no IFB.
-func TestShapedConflist(t *testing.T) {
+// TestDefaultConflist runs conflists/default.conflist (bridge + host-local
+// + loopback + tuning + bandwidth) as shipped, with the bandwidth and mac
+// capabilities, through libcni: ADD shapes and tunes, CHECK passes, DEL
+// leaves no IFB.
+func TestDefaultConflist(t *testing.T) {
 	r := testnet.NewRuntime(t)
 	_, file, _, _ := runtime.Caller(0)
-	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "conflists", "shaped.conflist"))
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "conflists", "default.conflist"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -650,7 +651,8 @@ func TestShapedConflist(t *testing.T) {
 	list := r.Conflist(string(data))
 	pod := r.Pod(t)
 	a := r.Attach(pod, "eth0")
-	a.Caps = map[string]any{"bandwidth": map[string]any{"ingressRate": 10000000, "ingressBurst": 1000000, "egressRate": 10000000, "egressBurst": 1000000}}
+	a.Caps = map[string]any{"mac": "02:00:00:c0:ff:ee",
+		"bandwidth": map[string]any{"ingressRate": 10000000, "ingressBurst": 1000000, "egressRate": 10000000, "egressBurst": 1000000}}
 	res, err := r.Add(list, a)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
@@ -659,8 +661,8 @@ func TestShapedConflist(t *testing.T) {
 	if s.Ingress == nil || s.Ingress.Rate != 1250000 || s.Egress == nil || s.Egress.Rate != 1250000 || !s.Redirect {
 		t.Errorf("shaping: %+v", s)
 	}
-	if out := pod.MustRun("cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"); strings.TrimSpace(out) != "1" {
-		t.Errorf("arp_notify = %q, want 1 (tuning)", out)
+	if out := pod.MustRun("ip", "-br", "link", "show", "eth0"); !strings.Contains(out, "02:00:00:c0:ff:ee") {
+		t.Errorf("pod MAC: %s, want 02:00:00:c0:ff:ee (tuning, mac capability)", out)
 	}
 	if err := r.Check(list, a); err != nil {
 		t.Errorf("CHECK: %v", err)
