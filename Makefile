@@ -23,6 +23,10 @@ TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetwork
              qemu-system-x86 busybox-static dnsmasq-base
 # The runtimes the end-to-end tests drive (shared/runtimetest).
 TEST_DEBS += containerd runc podman conmon busybox-static
+# The firewall applet's firewalld test runs Debian's firewalld in its node
+# netns on a private system bus (a dbus-daemon of its own); the package's
+# service is never started on the machine (no init/policy-rc.d here).
+TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
