@@ -272,6 +272,8 @@ func TestBadInput(t *testing.T) {
 		{name: "bad kernelpath", fields: `"kernelpath":"/proc/1",` + hostLocal, code: 7, want: "kernelpath"},
 		{name: "pciBusID traversal", fields: `"pciBusID":"../../../etc",` + hostLocal, code: 7, want: "pciBusID"},
 		{name: "missing device", fields: `"device":"nope0",` + hostLocal, code: 999, want: `device "nope0": device not found`},
+		{name: "deviceID PCI not here", fields: `"device":"hd0","runtimeConfig":{"deviceID":"0000:99:00.0"},` + hostLocal, code: 999, want: `runtimeConfig.deviceID "0000:99:00.0": device not found`},
+		{name: "deviceID aux not here", fields: `"runtimeConfig":{"deviceID":"mlx5_core.sf.9"},` + hostLocal, code: 999, want: `runtimeConfig.deviceID "mlx5_core.sf.9": device not found`},
 		{name: "kernelpath not in this netns", fields: `"kernelpath":"/sys/devices/virtual/net/hd0",` + hostLocal, code: 999, want: "kernelpath"},
 		{name: "ifname taken in the pod", fields: `"device":"hd0",` + hostLocal, code: 999, want: "eth0",
 			prep: func(pod *testnet.NS) { pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0") }},
