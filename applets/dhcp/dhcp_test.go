@@ -558,3 +558,58 @@ func TestNoServer(t *testing.T) {
 		t.Fatalf("DEL after the failed ADD: %v", err)
 	}
 }
+
+// TestRebind: when the server drops unicast (so renewals at T1 go
+// unanswered), the daemon rebinds at T2 with a broadcast REQUEST.
+func TestRebind(t *testing.T) {
+	l := newMacvlanLab(t, "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
+	l.server.MustRun("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "67",
+		"-m", "pkttype", "--pkt-type", "unicast", "-j", "DROP")
+	l.startDaemon()
+	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-rebind", ""))
+	pod := l.r.Pod(t)
+	a := l.r.Attach(pod, "eth0")
+	if _, err := l.r.Add(list, a); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	waitFor(t, 15*time.Second, "a rebind", func() bool {
+		return strings.Contains(l.readDaemonLog(), "rebind: ")
+	})
+	log := l.readDaemonLog()
+	if !strings.Contains(log, "renew lease on") {
+		t.Errorf("no failed renewal before the rebind:\n%s", log)
+	}
+	if err := l.r.Check(list, a); err != nil {
+		t.Fatalf("CHECK after the rebind: %v", err)
+	}
+}
+
+// TestHostPrefix: a daemon started with -hostprefix (as in a container
+// that mounts the host's root there) puts its socket under the prefix and
+// finds the pod's netns under it.
+func TestHostPrefix(t *testing.T) {
+	l := newLab(t)
+	prefix := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(prefix, "pods"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pod := l.r.Pod(t)
+	l.plug(pod, "eth0")
+	// The netns is reachable only through the prefix.
+	if err := os.Symlink(pod.Path, filepath.Join(prefix, "pods", "web")); err != nil {
+		t.Fatal(err)
+	}
+	l.sock = filepath.Join(prefix, "dhcp.sock")
+	l.startDaemonCmd(l.r.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-hostprefix", prefix,
+		"-socketpath", "/dhcp.sock", "-leasefile", l.leaseFile, "-timeout", "1s"))
+	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-prefix","type":"dhcp",
+		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
+	out, _, code := l.r.Exec("dhcp", env("ADD", "/pods/web", "c-prefix", l.r.BinDir), conf)
+	if code != 0 || !strings.Contains(string(out), "10.99.0.") {
+		t.Fatalf("ADD through -hostprefix: exit %d: %s", code, out)
+	}
+	if out, _, code := l.r.Exec("dhcp", env("DEL", "/pods/web", "c-prefix", l.r.BinDir), conf); code != 0 {
+		t.Fatalf("DEL: exit %d: %s", code, out)
+	}
+	waitFor(t, 5*time.Second, "a DHCPRELEASE", func() bool { return l.count("DHCPRELEASE") == 1 })
+}

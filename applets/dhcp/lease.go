@@ -216,13 +216,7 @@ func (l *lease) rebind() error {
 }
 
 func (l *lease) extend(what string, ack *dhcpv4.DHCPv4, server net.IP) error {
-	xid, err := dhcpv4.GenerateTransactionID()
-	if err != nil {
-		return err
-	}
-	mods := append(modifiers(&l.conf.IPAM, l.rec.Args, l.rec.ClientID, false), dhcpv4.WithTransactionID(xid))
-	req, err := dhcpv4.NewRenewFromAck(ack, dhcpv4.PrependModifiers(mods,
-		dhcpv4.WithOption(dhcpv4.OptMaxMessageSize(nclient4.MaxMessageSize)))...)
+	req, err := renewRequest(ack, &l.conf.IPAM, l.rec.Args, l.rec.ClientID)
 	if err != nil {
 		return fmt.Errorf("%s: build request: %w", what, err)
 	}
@@ -252,6 +246,20 @@ func (l *lease) extend(what string, ack *dhcpv4.DHCPv4, server net.IP) error {
 	l.update(reply, time.Now())
 	l.d.logf("%s: %s: %s is ours for %v more", l.rec.ClientID, what, reply.YourIPAddr, reply.IPAddressLeaseTime(time.Hour))
 	return nil
+}
+
+// renewRequest is the REQUEST of RENEWING and REBINDING (RFC 2131
+// 4.3.6, 4.4.5): ciaddr is the leased address, and it carries neither a
+// requested address nor a server identifier; a fresh transaction ID.
+func renewRequest(ack *dhcpv4.DHCPv4, conf *IPAMConfig, args, id string) (*dhcpv4.DHCPv4, error) {
+	xid, err := dhcpv4.GenerateTransactionID()
+	if err != nil {
+		return nil, err
+	}
+	mods := append(modifiers(conf, args, id, false), dhcpv4.WithTransactionID(xid),
+		dhcpv4.WithoutOption(dhcpv4.OptionRequestedIPAddress), dhcpv4.WithoutOption(dhcpv4.OptionServerIdentifier))
+	return dhcpv4.NewRenewFromAck(ack, dhcpv4.PrependModifiers(mods,
+		dhcpv4.WithOption(dhcpv4.OptMaxMessageSize(nclient4.MaxMessageSize)))...)
 }
 
 // reacquire gets a new lease after expiry, asking for the old address.

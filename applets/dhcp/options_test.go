@@ -110,3 +110,21 @@ func TestTimers(t *testing.T) {
 		t.Errorf("retryWait 30 s before T2 = %v, want at most 30 s", w)
 	}
 }
+
+func TestRenewRequest(t *testing.T) {
+	ack := testACK()
+	ack.ClientHWAddr = net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	req, err := renewRequest(ack, &IPAMConfig{Provide: []ProvideOption{{Option: "50", Value: "x"}}}, "", "c/n/eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if req.MessageType() != dhcpv4.MessageTypeRequest || !req.ClientIPAddr.Equal(ack.YourIPAddr) || req.IsBroadcast() {
+		t.Errorf("renew: type %v ciaddr %v broadcast %v", req.MessageType(), req.ClientIPAddr, req.IsBroadcast())
+	}
+	if req.Options.Has(dhcpv4.OptionRequestedIPAddress) || req.Options.Has(dhcpv4.OptionServerIdentifier) {
+		t.Errorf("renew carries requested-IP or server-ID: %s", req.Summary())
+	}
+	if req.TransactionID == ack.TransactionID || req.ClientHWAddr.String() != "02:00:00:00:00:01" {
+		t.Errorf("renew xid %v (ack %v), chaddr %v", req.TransactionID, ack.TransactionID, req.ClientHWAddr)
+	}
+}

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
 // The wire tests pit our half of the protocol against Go's own net/rpc
