@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/types/create"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/types/create"
 
 	"github.com/cnibox/cnibox/shared/runtimetest"
 	"github.com/cnibox/cnibox/shared/testnet"
