@@ -178,6 +178,21 @@ func (c *Containerd) ImportImage(t testing.TB) {
 	if out, err := c.Ctr("-n", "k8s.io", "images", "import", "--no-unpack", tarball); err != nil {
 		t.Fatalf("import %s: %v\n%s", tarball, err, out)
 	}
+	// The CRI plugin learns of imported images from containerd's events,
+	// asynchronously: until it has, RunPodSandbox would try to pull.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := c.Images.ImageStatus(cx, &cri.ImageStatusRequest{Image: &cri.ImageSpec{Image: PauseImage}})
+		cancel()
+		if err == nil && st.Image != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CRI never saw the imported image %s: %v", PauseImage, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (c *Containerd) stop(t testing.TB) {
