@@ -183,6 +183,9 @@ func Check(req *cni.Request) error {
 	if prev == nil {
 		return cni.ConfigError("prevResult: missing: bandwidth must be chained after the plugin that creates %s (bridge or ptp)", req.IfName)
 	}
+	if p.ingress == nil && p.egress == nil {
+		return nil // ADD passed the result through, whatever the interface
+	}
 	host, err := hostVeth(req)
 	if err != nil {
 		return err

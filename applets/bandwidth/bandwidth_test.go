@@ -674,3 +674,50 @@ func TestDefaultConflist(t *testing.T) {
 		t.Errorf("ifbs left after DEL: %v", names)
 	}
 }
+
+// TestAfterPtp: ptp's veth pods are shaped the same way; a pod whose
+// interface is not a veth passes through when it asks for no limits.
+func TestAfterPtp(t *testing.T) {
+	r := chainRuntime(t)
+	const v, name = "1.1.0", "bwptp"
+	skipUnchainable(t, v)
+	if !slices.Contains(testnet.Applets(t), "ptp") {
+		t.Skip("cniVersion 1.1.0 after ptp needs cnibox's ptp")
+	}
+	list := r.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[
+	  {"type":"ptp","ipam":{"type":"host-local","subnet":"10.79.0.0/24"}},%s]}`, v, name, limits))
+	pod := r.Pod(t)
+	a := r.Attach(pod, "eth0")
+	res, err := r.Add(list, a)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	s := readShaping(t, r, hostVethOf(t, res), ifbName(name, a.ContainerID))
+	inRate, _ := wantTBF(8000000, 400000, 25)
+	outRate, _ := wantTBF(4000000, 200000, 25)
+	if s.Ingress == nil || s.Ingress.Rate != inRate || s.Egress == nil || s.Egress.Rate != outRate || !s.Redirect {
+		t.Errorf("shaping after ptp: %+v", s)
+	}
+	if err := r.Check(list, a); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := r.Del(list, a); err != nil {
+		t.Fatal(err)
+	}
+	if names := ifbLinks(t, r); len(names) != 0 {
+		t.Errorf("ifbs left after DEL: %v", names)
+	}
+
+	// No limits asked for: ADD and CHECK pass whatever the interface is.
+	other := r.Pod(t)
+	other.MustRun("ip", "link", "add", "eth0", "type", "bridge")
+	prev := fmt.Sprintf(`{"cniVersion":%q,"interfaces":[{"name":"eth0","sandbox":%q}],"ips":[]}`, v, other.Path)
+	for _, cmd := range []string{"ADD", "CHECK", "DEL"} {
+		stdin := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"type":"bandwidth","capabilities":{"bandwidth":true},"prevResult":%s}`, v, name, prev)
+		out, _, code := r.Exec("bandwidth", []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=x1", "CNI_IFNAME=eth0",
+			"CNI_NETNS=" + other.Path, "CNI_PATH=" + r.BinDir}, []byte(stdin))
+		if code != 0 {
+			t.Errorf("%s without limits on a non-veth pod: %s", cmd, out)
+		}
+	}
+}
