@@ -379,3 +379,46 @@ func TestReferenceInterop(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentMoves: several devices moved into several pods at once,
+// and back, each through its own temporary netns, all end up home.
+func TestConcurrentMoves(t *testing.T) {
+	r := node(t)
+	const n = 4
+	lists := make([]*libcni.NetworkConfigList, n)
+	atts := make([]*testnet.Attachment, n)
+	for i := 0; i < n; i++ {
+		dev := fmt.Sprintf("cd%d", i)
+		r.Node.MustRun("ip", "link", "add", dev, "type", "veth", "peer", "name", dev+"p")
+		lists[i] = list(t, r, ipamVersion(t), fmt.Sprintf(`"device":%q`, dev))
+		atts[i] = r.Attach(r.Pod(t), "eth0")
+	}
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) { _, err := r.Add(lists[i], atts[i]); errs <- err }(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("ADD: %v", err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		if l, ok := linkMap(t, atts[i].Pod)["eth0"]; !ok || l.Alias != fmt.Sprintf("cd%d", i) {
+			t.Errorf("pod %d: eth0 = %+v", i, l)
+		}
+	}
+	for i := 0; i < n; i++ {
+		go func(i int) { errs <- r.Del(lists[i], atts[i]) }(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	}
+	m := linkMap(t, r.Node)
+	for i := 0; i < n; i++ {
+		if l, ok := m[fmt.Sprintf("cd%d", i)]; !ok || l.Alias != "" {
+			t.Errorf("cd%d not home: %+v", i, l)
+		}
+	}
+}

@@ -582,3 +582,65 @@ func ipOut(t *testing.T, n *testnet.NS, args ...string) string {
 	}
 	return string(out)
 }
+
+// TestConcurrentPods: pods added and deleted at the same time on one
+// master (as a runtime starting a deployment does) all get a link and a
+// distinct address, and leave nothing behind.
+func TestConcurrentPods(t *testing.T) {
+	r := node(t)
+	l := list(t, r, ipamVersion(t), `"master":"up0",`+hostLocal)
+	const n = 8
+	pods := make([]*testnet.NS, n)
+	atts := make([]*testnet.Attachment, n)
+	for i := range pods {
+		pods[i] = r.Pod(t)
+		atts[i] = r.Attach(pods[i], "eth0")
+	}
+	ips := make([]string, n)
+	errs := make(chan error, n)
+	for i := range pods {
+		go func(i int) {
+			res, err := r.Add(l, atts[i])
+			if err == nil {
+				cur, cerr := current.NewResultFromResult(res)
+				if cerr == nil && len(cur.IPs) > 0 {
+					ips[i] = cur.IPs[0].Address.IP.String()
+				}
+			}
+			errs <- err
+		}(i)
+	}
+	for range pods {
+		if err := <-errs; err != nil {
+			t.Errorf("ADD: %v", err)
+		}
+	}
+	seen := map[string]bool{}
+	for i, ip := range ips {
+		if ip == "" || seen[ip] {
+			t.Errorf("pod %d got address %q (seen: %v)", i, ip, seen)
+		}
+		seen[ip] = true
+	}
+	if !t.Failed() {
+		if err := pods[0].Ping(ips[n-1]); err != nil {
+			t.Errorf("first pod cannot reach the last: %v", err)
+		}
+	}
+	for i := range pods {
+		go func(i int) { errs <- r.Del(l, atts[i]) }(i)
+	}
+	for range pods {
+		if err := <-errs; err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+	}
+	for i, pod := range pods {
+		if got := links(t, pod); len(got) != 1 {
+			t.Errorf("pod %d links after DEL: %v", i, got)
+		}
+	}
+	if got := allocations(t, r, l.Name); len(got) != 0 {
+		t.Errorf("addresses left: %v", got)
+	}
+}
