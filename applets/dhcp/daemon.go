@@ -221,8 +221,13 @@ func (d *daemon) resume() {
 		if err == nil {
 			ack, err = dhcpv4.FromBytes(rec.ACK)
 		}
+		if err == nil {
+			if _, serr := os.Stat(d.hostPrefix + rec.Netns); errors.Is(serr, os.ErrNotExist) {
+				err = fmt.Errorf("its netns %s is gone", rec.Netns)
+			}
+		}
 		if err != nil {
-			d.logf("%s: recorded lease unusable, dropping it: %v", rec.ClientID, err)
+			d.logf("%s: dropping the recorded lease: %v", rec.ClientID, err)
 			_ = d.store.remove(rec.ClientID)
 			continue
 		}

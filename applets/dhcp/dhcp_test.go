@@ -214,7 +214,15 @@ func TestRenewAndRestart(t *testing.T) {
 		t.Errorf("socket: %v, mode %v, want 0660", err, st.Mode().Perm())
 	}
 
+	// A second pod, deleted while the daemon is down.
+	gone := l.r.Pod(t)
+	ga := l.r.Attach(gone, "eth0")
+	if _, err := l.r.Add(list, ga); err != nil {
+		t.Fatalf("ADD of the second pod: %v", err)
+	}
+
 	l.stopDaemon()
+	gone.Delete()
 	for _, f := range []string{l.sock, l.pidfile} {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s still exists after SIGTERM (%v)", f, err)
@@ -223,6 +231,10 @@ func TestRenewAndRestart(t *testing.T) {
 	before := l.count("DHCPREQUEST", mac)
 	time.Sleep(4 * time.Second) // past the next T1 with no daemon
 	l.startDaemon()
+	waitFor(t, 2*time.Second, "the restarted daemon to drop the lease of a pod deleted meanwhile", func() bool {
+		data, _ := os.ReadFile(l.leaseFile)
+		return !strings.Contains(string(data), ga.ContainerID)
+	})
 	waitFor(t, 10*time.Second, "a renewal after the restart", func() bool { return l.count("DHCPREQUEST", mac) > before })
 	if err := l.r.Check(list, a); err != nil {
 		t.Fatalf("CHECK after restart: %v", err)
