@@ -721,3 +721,43 @@ func TestAfterPtp(t *testing.T) {
 		}
 	}
 }
+
+// TestGCFullChain: a runtime that lost its state (no cached results, so no
+// DEL) GCs the whole chain at 1.1.0: bridge removes the stale pod's veth
+// (and with it the qdiscs), bandwidth its IFB; the valid pod keeps both.
+func TestGCFullChain(t *testing.T) {
+	r := chainRuntime(t)
+	if !slices.Contains(testnet.Applets(t), "bridge") {
+		t.Skip("GC of the chain needs cnibox's bridge")
+	}
+	const name = "bwgc"
+	list := r.Conflist(bridgeList("1.1.0", name, limits))
+	valid, stale := r.Attach(r.Pod(t), "eth0"), r.Attach(r.Pod(t), "eth0")
+	resValid, err := r.Add(list, valid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resStale, err := r.Add(list, stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostValid, hostStale := hostVethOf(t, resValid), hostVethOf(t, resStale)
+	if err := os.RemoveAll(r.CacheDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.GC(list, valid); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if s := readShaping(t, r, hostValid, ifbName(name, valid.ContainerID)); s.Ingress == nil || s.Egress == nil || !s.Redirect {
+		t.Errorf("GC harmed the valid pod's shaping: %+v", s)
+	}
+	r.Node.Do(func() error {
+		if _, err := netlinksafe.LinkByName(hostStale); err == nil {
+			t.Errorf("stale pod's veth %s (and its qdiscs) still there after GC", hostStale)
+		}
+		return nil
+	})
+	if names := ifbLinks(t, r); !slices.Equal(names, []string{ifbName(name, valid.ContainerID)}) {
+		t.Errorf("ifbs after GC: %v, want only the valid pod's", names)
+	}
+}
