@@ -467,16 +467,25 @@ func Check(req *cni.Request) error {
 	})
 }
 
-// GC passes GC on to the IPAM plugin.
+// GC restores this network's device if the kernel returned it to the node
+// from a pod netns that was destroyed without a DEL (it carries the pod's
+// interface name and its original name in the alias), then passes GC on
+// to the IPAM plugin.
 func GC(req *cni.Request) error {
 	c := &Config{}
 	if err := req.Decode(c); err != nil {
 		return err
 	}
-	if c.IPAM.Type == "" {
-		return nil
+	var devErr error
+	if sel, err := c.selector(hostSysfs); err == nil && hostSysfs.dpdk(sel) == "" {
+		if devErr = restoreReturned(sel); devErr != nil {
+			devErr = fmt.Errorf("host-device: %w", devErr)
+		}
 	}
-	return delegate.GC(req, c.IPAM.Type)
+	if c.IPAM.Type == "" {
+		return devErr
+	}
+	return errors.Join(devErr, delegate.GC(req, c.IPAM.Type))
 }
 
 // Status checks the config and asks IPAM. It does not require the device

@@ -422,3 +422,29 @@ func TestConcurrentMoves(t *testing.T) {
 		}
 	}
 }
+
+// TestGCRestoresReturnedDevice: a device the kernel handed back to the
+// node from a pod netns destroyed without DEL is restored by GC.
+func TestGCRestoresReturnedDevice(t *testing.T) {
+	r := node(t)
+	v := ipamVersion(t)
+	if !cni.VersionAtLeast(v, "1.1.0") {
+		t.Skip("GC needs an IPAM plugin that serves 1.1.0")
+	}
+	l := list(t, r, v, `"device":"hd0",`+hostLocal)
+	pod := r.Pod(t)
+	if _, err := r.Add(l, r.Attach(pod, "eth0")); err != nil {
+		t.Fatal(err)
+	}
+	pod.MustRun("ip", "link", "set", "eth0", "netns", r.Node.Name)
+	pod.Delete()
+	conf := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"type":"host-device","device":"hd0",%s}`, v, l.Name, hostLocal)
+	out, _, code := r.Exec("host-device", []string{"CNI_COMMAND=GC", "CNI_PATH=" + r.Path}, []byte(conf))
+	if code != 0 {
+		t.Fatalf("GC: %s", out)
+	}
+	home(t, r, nil)
+	if got := allocations(t, r, l.Name); len(got) != 0 {
+		t.Errorf("GC left allocations: %v", got)
+	}
+}
