@@ -12,10 +12,11 @@
 //	err = iface.CheckMTU("mtu", conf.MTU, master)
 //	link, err := iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}}, req.IfName, false)
 //	res := iface.NewResult(ipamResult, conf.DNS, link, req.Netns)
-//	err = netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.Notify) })
+//	err = netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) })
 //
-// CHECK: iface.FindInterface(prev, ifName, netns), then inside the netns
-// iface.CheckLink(ifName, iface.Want{...}) and iface.CheckIPs(ifName, prev).
+// CHECK: idx, ifc, err := iface.FindInterface(prev, ifName, netnsPath), then
+// inside the netns iface.CheckLink(ifName, iface.Want{Type: ..., MAC: ifc.Mac, ...})
+// and iface.CheckIPs(ifName, idx, prev).
 // DEL: iface.DeleteLink(req.Netns, ifName) tolerates a missing netns or link.
 //
 // Functions documented as running "inside the netns" use the calling
