@@ -45,17 +45,20 @@
 //     files (one scan, what the reference does on every call) before the
 //     call goes on. A rebuild writes a fresh att/ and swaps it in.
 //   - A call writes the stamp only at its end, after every file and record
-//     change, and removes it when anything failed half-way. A process
+//     change (in place: a torn stamp matches nothing and only costs a
+//     rebuild), and removes it when anything failed half-way. A record that
+//     names a file the files do not give the attachment also triggers a
+//     rebuild. A process
 //     killed in the middle leaves the directories changed and the old stamp
 //     behind: the next call sees the mismatch and rebuilds. An empty
 //     reservation file (a writer killed between creating and filling it)
 //     names nobody; the rebuild removes it.
 //   - Coarse timestamps: on filesystems whose mtime ticks with the kernel's
-//     coarse clock (tmpfs, kernels before multigrain timestamps), a change
-//     in the same tick as ours would leave the mtime unchanged. Before
-//     writing the stamp, with the lock held, a call waits until the coarse
-//     clock has passed both mtimes (at most one tick, usually none), so
-//     every later change gets a different mtime.
+//     coarse clock (tmpfs, kernels without multigrain timestamps), a change
+//     later in the same tick as ours would leave the mtime unchanged. When a
+//     directory's mtime is the current coarse time at commit, the call sets
+//     it one nanosecond back (utimensat, with the lock held): every later
+//     change is stamped with the current time or later, so it shows.
 //
 // All of this happens under the reference's flock on <network>/lock, held
 // for the whole call (the reference holds it per range set). The wait for

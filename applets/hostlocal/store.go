@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -158,39 +157,39 @@ func (s *store) stampValid() bool {
 }
 
 // writeStamp records the directories' current state as the one the index
-// matches. Before it does, it waits until the clock that stamps changes
-// has moved past both directories' mtimes: on a filesystem with coarse
-// timestamps (tmpfs, older kernels) a change made by another process in
-// the same tick would otherwise leave the mtime as it is, and the stamp
-// would hide it. Multigrain filesystems (ext4, xfs on Linux 6.13+) hand out
-// a finer mtime once it has been read, which is already after the coarse
-// clock: no wait. The wait is at most one tick, with the lock held.
+// matches. On a filesystem whose mtimes tick with the kernel's coarse clock
+// (tmpfs, kernels without multigrain timestamps), a change made by another
+// process later in the same tick as our last one would leave the mtime as
+// it is, and the stamp would hide it. So when a directory's mtime is the
+// current coarse time, we set it one nanosecond back: a value no later
+// change can be given (those get the current time or later), at the cost
+// of one syscall instead of waiting out the tick with the lock held.
 func (s *store) writeStamp() error {
-	st, times, err := s.stamp()
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &now); err != nil {
+		return err
+	}
+	_, times, err := s.stamp()
 	if err != nil {
 		return err
 	}
-	for {
-		var now unix.Timespec
-		if err := unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &now); err != nil {
-			return err
+	for i, d := range []string{s.dir, s.attDir} {
+		if times[i].Nano() < now.Nano() {
+			continue
 		}
-		later := true
-		for _, t := range times {
-			if t.Nano() == now.Nano() {
-				later = false
-			}
+		back := unix.NsecToTimespec(times[i].Nano() - 1)
+		ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, back}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, d, ts, 0); err != nil {
+			return &fs.PathError{Op: "utimensat", Path: d, Err: err}
 		}
-		if later {
-			break
-		}
-		time.Sleep(200 * time.Microsecond)
 	}
-	tmp := filepath.Join(s.idxDir, "stamp.tmp")
-	if err := os.WriteFile(tmp, []byte(st), 0o600); err != nil {
+	st, _, err := s.stamp()
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(s.idxDir, "stamp"))
+	// Written in place: no directory operation, and a stamp torn by a
+	// crash matches no state of the directories, so it only costs a rebuild.
+	return os.WriteFile(filepath.Join(s.idxDir, "stamp"), []byte(st), 0o600)
 }
 
 // entry is one reservation file.
