@@ -125,7 +125,7 @@ func readShaping(t *testing.T, r *testnet.Runtime, hostVeth, ifb string) shaping
 }
 
 // hostVethOf returns the host-side interface in a result.
-func hostVethOf(t *testing.T, res types.Result) string {
+func hostVethOf(t testing.TB, res types.Result) string {
 	t.Helper()
 	cur, err := current.NewResultFromResult(res)
 	if err != nil {
