@@ -114,7 +114,7 @@ func shape(req *cni.Request, host netlink.Link, p *plan) (netlink.Link, error) {
 		return nil, nil
 	}
 	warnSmallBurst(req, "egress", p.egress, host.Attrs().MTU)
-	ifb, _, err := ensureIFB(ifbName(req.Name, req.ContainerID), ifbAlias(req.Name, req.ContainerID), host.Attrs().MTU)
+	ifb, err := ensureIFB(ifbName(req.Name, req.ContainerID), ifbAlias(req.Name, req.ContainerID), host.Attrs().MTU)
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}

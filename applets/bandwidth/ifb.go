@@ -47,43 +47,43 @@ func truncate(s string, n int) string {
 
 // ensureIFB creates the attachment's IFB (up, txqlen 0 as the reference
 // makes it, the host veth's MTU) or takes over the one an earlier attempt
-// left. It reports whether it created the device.
-func ensureIFB(name, alias string, mtu int) (netlink.Link, bool, error) {
+// left.
+func ensureIFB(name, alias string, mtu int) (netlink.Link, error) {
 	link, err := netlinksafe.LinkByName(name)
 	if err == nil {
 		if link.Type() != "ifb" {
-			return nil, false, fmt.Errorf("%s exists and is a %s, not an ifb", name, link.Type())
+			return nil, fmt.Errorf("%s exists and is a %s, not an ifb", name, link.Type())
 		}
 		if err := netlink.LinkSetMTU(link, mtu); err != nil {
-			return nil, false, fmt.Errorf("set MTU of %s: %w", name, err)
+			return nil, fmt.Errorf("set MTU of %s: %w", name, err)
 		}
 		if err := netlink.LinkSetAlias(link, alias); err != nil {
-			return nil, false, fmt.Errorf("set alias of %s: %w", name, err)
+			return nil, fmt.Errorf("set alias of %s: %w", name, err)
 		}
 		if err := netlink.LinkSetUp(link); err != nil {
-			return nil, false, fmt.Errorf("set %s up: %w", name, err)
+			return nil, fmt.Errorf("set %s up: %w", name, err)
 		}
-		return link, false, nil
+		return link, nil
 	}
 	var nf netlink.LinkNotFoundError
 	if !errors.As(err, &nf) {
-		return nil, false, fmt.Errorf("look up %s: %w", name, err)
+		return nil, fmt.Errorf("look up %s: %w", name, err)
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU, attrs.TxQLen, attrs.Flags = name, mtu, 0, net.FlagUp
 	if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: attrs}); err != nil {
-		return nil, false, fmt.Errorf("create %s: %w", name, err)
+		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
 	link, err = netlinksafe.LinkByName(name)
 	if err != nil {
-		return nil, true, fmt.Errorf("look up new %s: %w", name, err)
+		return nil, fmt.Errorf("look up new %s: %w", name, err)
 	}
 	// The kernel ignores IFLA_IFALIAS when it creates a link.
 	if err := netlink.LinkSetAlias(link, alias); err != nil {
-		return nil, true, fmt.Errorf("set alias of %s: %w", name, err)
+		return nil, fmt.Errorf("set alias of %s: %w", name, err)
 	}
 	link.Attrs().Alias = alias
-	return link, true, nil
+	return link, nil
 }
 
 // deleteIFB removes an IFB by name; one that does not exist is fine, and a
