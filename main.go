@@ -17,12 +17,14 @@ import (
 	"github.com/cnibox/cnibox/applets/firewall"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
+	"github.com/cnibox/cnibox/applets/ipvlan"
 	"github.com/cnibox/cnibox/applets/loopback"
 	"github.com/cnibox/cnibox/applets/macvlan"
 	"github.com/cnibox/cnibox/applets/portmap"
 	"github.com/cnibox/cnibox/applets/ptp"
 	"github.com/cnibox/cnibox/applets/static"
 	"github.com/cnibox/cnibox/applets/tuning"
+	"github.com/cnibox/cnibox/applets/vlan"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/cnirun"
 	"github.com/cnibox/cnibox/shared/install"
@@ -37,12 +39,14 @@ var applets = []*cni.Applet{
 	firewall.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
+	ipvlan.Applet,
 	loopback.Applet,
 	macvlan.Applet,
 	portmap.Applet,
 	ptp.Applet,
 	static.Applet,
 	tuning.Applet,
+	vlan.Applet,
 }
 
 func lookup(name string) *cni.Applet {

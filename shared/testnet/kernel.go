@@ -147,7 +147,7 @@ func makeLink(feature string) error {
 		return fmt.Errorf("%w %q (known: %s)", errUnknownFeature, feature, strings.Join(KernelFeatures, ", "))
 	}
 	if err := netlink.LinkAdd(link); err != nil {
-		return fmt.Errorf("make a %s link: %w", feature, err)
+		return fmt.Errorf("create a link of kind %s: %w", feature, err)
 	}
 	return nil
 }
