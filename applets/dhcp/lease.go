@@ -92,13 +92,13 @@ func (l *lease) ip() net.IP {
 
 // maintain keeps the lease alive until it is stopped or its interface
 // disappears: renew (unicast) from T1, rebind (broadcast) from T2, and
-// after expiry the link goes down, as an address we no longer hold must
-// not be used, while a new lease is sought.
+// after expiry the link is down, as an address we no longer hold must
+// not be used, except while a new lease is asked for (RFC 2131 4.4.5).
 func (l *lease) maintain() {
 	defer close(l.done)
 	id := l.rec.ClientID
 	failures := 0
-	linkDown := false
+	expired := false
 	for {
 		t1, t2, exp := l.times()
 		now := time.Now()
@@ -111,15 +111,20 @@ func (l *lease) maintain() {
 			case now.Before(exp):
 				err = l.rebind()
 			default:
-				if !linkDown {
-					l.d.logf("%s: lease on %s expired; setting the link down until a new lease", id, l.ip())
-					_ = l.d.setLink(l.rec.Netns, l.rec.IfName, false)
-					linkDown = true
+				// The address is no longer ours: the link stays down
+				// except while asking for a new lease.
+				if !expired {
+					l.d.logf("%s: lease on %s expired; the link stays down until a new lease", id, l.ip())
+					expired = true
 				}
 				err = l.reacquire()
 				if err == nil {
-					_ = l.d.setLink(l.rec.Netns, l.rec.IfName, true)
-					linkDown = false
+					expired = false
+					if rerr := l.restore(); rerr != nil {
+						l.d.logf("%s: %v", id, rerr)
+					}
+				} else {
+					_ = l.d.setLink(l.rec.Netns, l.rec.IfName, false)
 				}
 			}
 			switch {
@@ -262,17 +267,23 @@ func renewRequest(ack *dhcpv4.DHCPv4, conf *IPAMConfig, args, id string) (*dhcpv
 		dhcpv4.WithOption(dhcpv4.OptMaxMessageSize(nclient4.MaxMessageSize)))...)
 }
 
-// reacquire gets a new lease after expiry, asking for the old address.
+// reacquire makes one attempt at a new lease after expiry, asking for
+// the old address; maintain paces the attempts.
 func (l *lease) reacquire() error {
 	old := l.ip()
-	ack, err := l.d.acquire(l.ctx, l.rec, l.conf, old)
+	ack, err := l.d.acquireOnce(l.ctx, l.rec, l.conf, old)
+	var nak *nclient4.ErrNak
+	if errors.As(err, &nak) {
+		ack, err = l.d.acquireOnce(l.ctx, l.rec, l.conf, nil)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("new lease after expiry: %w", err)
 	}
 	if !ack.YourIPAddr.Equal(old) {
 		l.d.logf("%s: new lease is for %s, not %s: the pod keeps the old address until it is re-added", l.rec.ClientID, ack.YourIPAddr, old)
 	}
 	l.update(ack, time.Now())
+	l.d.logf("%s: new lease on %s after expiry", l.rec.ClientID, ack.YourIPAddr)
 	return nil
 }
 
@@ -315,32 +326,11 @@ func (l *lease) release() error {
 // acquire runs DISCOVER/OFFER/REQUEST/ACK on the interface until it gets
 // a lease, backing off with jitter, for at most resendTimeout.
 func (d *daemon) acquire(ctx context.Context, rec record, conf *Config, want net.IP) (*dhcpv4.DHCPv4, error) {
-	mods := modifiers(&conf.IPAM, rec.Args, rec.ClientID, d.broadcast)
 	deadline := time.Now().Add(d.resendTimeout)
 	var last error
 	for attempt := 1; ; attempt++ {
-		var ack *dhcpv4.DHCPv4
-		err := d.withClient(rec.Netns, rec.IfName, nil, nil, func(c *nclient4.Client) error {
-			discover := mods
-			if want != nil {
-				discover = append(append([]dhcpv4.Modifier(nil), mods...),
-					dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(want)))
-			}
-			offer, err := c.DiscoverOffer(ctx, discover...)
-			if err != nil {
-				return fmt.Errorf("no offer: %w", err)
-			}
-			l, err := c.RequestFromOffer(ctx, offer, mods...)
-			if err != nil {
-				return err
-			}
-			ack = l.ACK
-			return nil
-		})
+		ack, err := d.acquireOnce(ctx, rec, conf, want)
 		if err == nil {
-			if _, rerr := resultFromACK(ack, 0); rerr != nil {
-				return nil, rerr
-			}
 			return ack, nil
 		}
 		if errors.Is(err, errGone) || ctx.Err() != nil {
@@ -362,6 +352,37 @@ func (d *daemon) acquire(ctx context.Context, rec record, conf *Config, want net
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// acquireOnce runs one DISCOVER/OFFER/REQUEST/ACK, asking for want when
+// it is set.
+func (d *daemon) acquireOnce(ctx context.Context, rec record, conf *Config, want net.IP) (*dhcpv4.DHCPv4, error) {
+	mods := modifiers(&conf.IPAM, rec.Args, rec.ClientID, d.broadcast)
+	var ack *dhcpv4.DHCPv4
+	err := d.withClient(rec.Netns, rec.IfName, nil, nil, func(c *nclient4.Client) error {
+		discover := mods
+		if want != nil {
+			discover = append(append([]dhcpv4.Modifier(nil), mods...),
+				dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(want)))
+		}
+		offer, err := c.DiscoverOffer(ctx, discover...)
+		if err != nil {
+			return fmt.Errorf("no offer: %w", err)
+		}
+		l, err := c.RequestFromOffer(ctx, offer, mods...)
+		if err != nil {
+			return err
+		}
+		ack = l.ACK
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := resultFromACK(ack, 0); err != nil {
+		return nil, err
+	}
+	return ack, nil
 }
 
 // withClient opens a DHCP client on the interface inside the netns and
@@ -463,6 +484,40 @@ func waitOperUp(link netlink.Link) {
 		}
 		link = l
 	}
+}
+
+// restore sets the link up again after a new lease and puts back what
+// taking it down removed: the address (when it is the same) and the
+// routes of the IPAM result.
+func (l *lease) restore() error {
+	res, err := l.result()
+	if err != nil {
+		return err
+	}
+	return ns.WithNetNSPath(l.d.hostPrefix+l.rec.Netns, func(ns.NetNS) error {
+		link, err := netlink.LinkByName(l.rec.IfName)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", l.rec.IfName, err)
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("restore %s: set up: %w", l.rec.IfName, err)
+		}
+		addr := &netlink.Addr{IPNet: &res.IPs[0].Address}
+		if err := netlink.AddrReplace(link, addr); err != nil {
+			return fmt.Errorf("restore %s: address %s: %w", l.rec.IfName, addr.IPNet, err)
+		}
+		for _, r := range res.Routes {
+			dst := r.Dst
+			route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &dst, Gw: r.GW, Priority: r.Priority}
+			if r.Scope != nil {
+				route.Scope = netlink.Scope(*r.Scope)
+			}
+			if err := netlink.RouteReplace(route); err != nil {
+				return fmt.Errorf("restore %s: route %s: %w", l.rec.IfName, dst.String(), err)
+			}
+		}
+		return nil
+	})
 }
 
 // setLink sets the interface up or down (after expiry), best effort.
