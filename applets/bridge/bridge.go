@@ -509,7 +509,8 @@ func ensureVlanGateway(c *Config, br *netlink.Bridge) (netlink.Link, error) {
 	if l, err := netlinksafe.LinkByName(name); err == nil {
 		return l, nil
 	}
-	peer := veth.HostName(c.Bridge, name)
+	// "vgw" + hash: not "veth…", which are the pods' ports.
+	peer := "vgw" + veth.HostName(c.Bridge, name)[len("veth"):]
 	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: c.MTU}, PeerName: peer}
 	if c.MTU > 0 {
 		v.PeerMTU = uint32(c.MTU)
@@ -786,6 +787,11 @@ func Status(req *cni.Request) error {
 	if l, err := netlinksafe.LinkByName(c.Bridge); err == nil {
 		if _, ok := l.(*netlink.Bridge); !ok {
 			return cni.NotAvailable("bridge %q: the name is taken by a %s", c.Bridge, l.Type())
+		}
+	}
+	if c.IPMasq {
+		if err := ipmasq.Usable(c.IPMasqBackend); err != nil {
+			return cni.NotAvailable("bridge %q: ipMasq (%s): %v", c.Bridge, c.IPMasqBackend, err)
 		}
 	}
 	if c.IPAM.Type != "" {

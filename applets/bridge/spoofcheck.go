@@ -8,8 +8,9 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/cnibox/cnibox/shared/nft"
 )
 
 // macspoofchk: the reference's nftables layout, spoken over netlink. In
@@ -31,13 +32,11 @@ func spoofChains(id string) (iface, mac string) {
 	return iface, iface + "-mac"
 }
 
-func spoofComment(id string) []byte {
-	return userdata.AppendString(nil, userdata.TypeComment, "macspoofchk-"+id)
-}
+func spoofComment(id string) []byte { return nft.Comment("macspoofchk-" + id) }
 
 // setupSpoofCheck lets only frames with source MAC mac in from hostVeth.
 func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr) error {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
@@ -54,13 +53,8 @@ func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr) error {
 	c.FlushChain(iface)
 	c.FlushChain(macc)
 	ud := spoofComment(id)
-	name := make([]byte, unix.IFNAMSIZ)
-	copy(name, hostVeth)
-	c.AddRule(&nftables.Rule{Table: natTable, Chain: pre, UserData: ud, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
-		&expr.Verdict{Kind: expr.VerdictJump, Chain: ifaceName},
-	}})
+	c.AddRule(&nftables.Rule{Table: natTable, Chain: pre, UserData: ud, Exprs: nft.Concat(
+		nft.IIfName(hostVeth, false), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ifaceName}})})
 	c.AddRule(&nftables.Rule{Table: natTable, Chain: iface, UserData: ud, Exprs: []expr.Any{
 		&expr.Verdict{Kind: expr.VerdictJump, Chain: macName},
 	}})
@@ -85,18 +79,13 @@ func deleteSpoofJumps(c *nftables.Conn, id string) error {
 		return err
 	}
 	for _, r := range rules {
-		if commentOf(r) == "macspoofchk-"+id {
+		if nft.CommentOf(r) == "macspoofchk-"+id {
 			if err := c.DelRule(r); err != nil {
 				return fmt.Errorf("macspoofchk: %w", err)
 			}
 		}
 	}
 	return nil
-}
-
-func commentOf(r *nftables.Rule) string {
-	s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-	return s
 }
 
 // preroutingRules lists bridge nat PREROUTING; a missing table or chain
@@ -114,7 +103,7 @@ func preroutingRules(c *nftables.Conn) ([]*nftables.Rule, error) {
 
 // teardownSpoofCheck removes the rules and chains of id, if any.
 func teardownSpoofCheck(id string) error {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
@@ -145,7 +134,7 @@ func teardownSpoofCheck(id string) error {
 // checkSpoofCheck verifies that frames from hostVeth still go through
 // the checks of id.
 func checkSpoofCheck(id string) error {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
@@ -154,7 +143,7 @@ func checkSpoofCheck(id string) error {
 		return err
 	}
 	for _, r := range rules {
-		if commentOf(r) == "macspoofchk-"+id {
+		if nft.CommentOf(r) == "macspoofchk-"+id {
 			_, macName := spoofChains(id)
 			mr, err := c.GetRules(natTable, &nftables.Chain{Name: macName, Table: natTable})
 			if err != nil || len(mr) != 2 {
@@ -169,7 +158,7 @@ func checkSpoofCheck(id string) error {
 // danglingSpoofChecks returns the ids of spoof checks whose PREROUTING
 // rule matches an interface that no longer exists: GC removes them.
 func danglingSpoofChecks(exists func(ifName string) bool) ([]string, error) {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
 		return nil, fmt.Errorf("macspoofchk: %w", err)
 	}
@@ -179,7 +168,7 @@ func danglingSpoofChecks(exists func(ifName string) bool) ([]string, error) {
 	}
 	var ids []string
 	for _, r := range rules {
-		id, ok := strings.CutPrefix(commentOf(r), "macspoofchk-")
+		id, ok := strings.CutPrefix(nft.CommentOf(r), "macspoofchk-")
 		if !ok || len(r.Exprs) < 2 {
 			continue
 		}

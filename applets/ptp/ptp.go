@@ -359,11 +359,16 @@ func GC(req *cni.Request) error {
 	return nil
 }
 
-// Status is IPAM's status.
+// Status is IPAM's status, and whether the masquerade backend works.
 func Status(req *cni.Request) error {
 	c, err := load(req)
 	if err != nil {
 		return err
+	}
+	if c.IPMasq {
+		if err := ipmasq.Usable(c.IPMasqBackend); err != nil {
+			return cni.NotAvailable("ptp: ipMasq (%s): %v", c.IPMasqBackend, err)
+		}
 	}
 	return delegate.Status(req, c.IPAM.Type)
 }

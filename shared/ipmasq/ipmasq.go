@@ -25,6 +25,8 @@ import (
 	"os/exec"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/iptables"
+	"github.com/cnibox/cnibox/shared/nft"
 )
 
 // The backends.
@@ -53,6 +55,18 @@ func Backend(requested string) (string, error) {
 		return NFTables, nil
 	}
 	return "", cni.ConfigError("ipMasqBackend: %q is neither \"iptables\" nor \"nftables\"", requested)
+}
+
+// Usable says whether the backend can work here, for STATUS: iptables
+// needs its tools installed, nftables a kernel that answers.
+func Usable(backend string) error {
+	if backend == NFTables {
+		return nft.Usable()
+	}
+	if !iptables.Installed(iptables.IPv4) {
+		return errors.New("iptables-restore is not installed")
+	}
+	return nil
 }
 
 // Setup masquerades traffic from ips (the pod's addresses with their

@@ -4,14 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/nft"
 )
 
 // The reference's table and chains, so that either implementation finds
@@ -43,24 +44,19 @@ func nftComment(a Attachment) string {
 	return c
 }
 
-func ruleComment(r *nftables.Rule) string {
-	c, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-	return c
-}
-
 // rulesWithPrefix lists the masq_checks rules whose comment starts with
 // prefix. A missing table or chain holds no rules.
 func rulesWithPrefix(c *nftables.Conn, prefix string) ([]*nftables.Rule, error) {
 	rules, err := c.GetRules(table, &nftables.Chain{Name: nftChain, Table: table})
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EPROTONOSUPPORT) {
+		return nil, nil // no table yet, or no nf_tables in this kernel
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ipMasq: list nftables chain %s: %w", nftChain, err)
 	}
 	var out []*nftables.Rule
 	for _, r := range rules {
-		if strings.HasPrefix(ruleComment(r), prefix) {
+		if strings.HasPrefix(nft.CommentOf(r), prefix) {
 			out = append(out, r)
 		}
 	}
@@ -68,9 +64,9 @@ func rulesWithPrefix(c *nftables.Conn, prefix string) ([]*nftables.Rule, error) 
 }
 
 func setupNFT(a Attachment, ips []*net.IPNet) error {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
-		return fmt.Errorf("ipMasq: nftables: %w", err)
+		return fmt.Errorf("ipMasq: %w", err)
 	}
 	stale, err := rulesWithPrefix(c, hashForInstance(a))
 	if err != nil {
@@ -86,10 +82,11 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 	// The reference rewrites this chain on every setup; so do we, with the
 	// same three rules: multicast is left alone, the rest goes to the checks.
 	c.FlushChain(post)
-	c.AddRule(&nftables.Rule{Table: table, Chain: post,
-		Exprs: append(matchNet(unix.NFPROTO_IPV4, 16, mustCIDR("224.0.0.0/4"), expr.CmpOpEq), &expr.Verdict{Kind: expr.VerdictReturn})})
-	c.AddRule(&nftables.Rule{Table: table, Chain: post,
-		Exprs: append(matchNet(unix.NFPROTO_IPV6, 24, mustCIDR("ff00::/8"), expr.CmpOpEq), &expr.Verdict{Kind: expr.VerdictReturn})})
+	for _, mcast := range []string{"224.0.0.0/4", "ff00::/8"} {
+		p := netip.MustParsePrefix(mcast)
+		c.AddRule(&nftables.Rule{Table: table, Chain: post,
+			Exprs: nft.Concat(nfproto(p.Addr()), nft.DAddr(p, false), []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}})})
+	}
 	c.AddRule(&nftables.Rule{Table: table, Chain: post,
 		Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: nftChain}}})
 	for _, r := range stale {
@@ -97,7 +94,7 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 			return fmt.Errorf("ipMasq: delete stale rule: %w", err)
 		}
 	}
-	ud := userdata.AppendString(nil, userdata.TypeComment, nftComment(a))
+	ud := nft.Comment(nftComment(a))
 	for _, ipn := range ips {
 		c.AddRule(&nftables.Rule{Table: table, Chain: checks, Exprs: masqExprs(ipn), UserData: ud})
 	}
@@ -107,54 +104,32 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 	return nil
 }
 
-// masqExprs is "ip saddr == <ip> ip daddr != <subnet> masquerade".
+// masqExprs is "ip saddr <ip> ip daddr != <subnet> masquerade".
 func masqExprs(ipn *net.IPNet) []expr.Any {
-	proto, src, dst := byte(unix.NFPROTO_IPV4), uint32(12), uint32(16)
-	ip := ipn.IP.To4()
-	if ip == nil {
-		proto, src, dst, ip = unix.NFPROTO_IPV6, 8, 24, ipn.IP.To16()
-	}
-	e := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: src, Len: uint32(len(ip))},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(ip)},
-	}
-	e = append(e, matchNet(proto, dst, subnet(ipn), expr.CmpOpNeq)[2:]...)
-	return append(e, &expr.Masq{})
+	ip, _ := netip.AddrFromSlice(ipn.IP)
+	ip = ip.Unmap()
+	ones, _ := ipn.Mask.Size()
+	return nft.Concat(nfproto(ip), nft.SAddr(netip.PrefixFrom(ip, ip.BitLen()), false),
+		nft.DAddr(netip.PrefixFrom(ip, ones), true), []expr.Any{&expr.Masq{}})
 }
 
-// matchNet is "<family> daddr <op> <net>", with daddr at offset off.
-func matchNet(proto byte, off uint32, n *net.IPNet, op expr.CmpOp) []expr.Any {
-	ip := n.IP.To4()
-	mask := []byte(n.Mask)
-	if proto == unix.NFPROTO_IPV6 {
-		ip = n.IP.To16()
-	}
-	if len(mask) != len(ip) {
-		mask = mask[len(mask)-len(ip):]
+// nfproto is the "meta nfproto ipv4|ipv6" that an address match needs in
+// an inet table (nft(8) adds it implicitly and hides it when listing).
+func nfproto(a netip.Addr) []expr.Any {
+	p := byte(unix.NFPROTO_IPV4)
+	if a.Is6() {
+		p = unix.NFPROTO_IPV6
 	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: uint32(len(ip))},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: uint32(len(ip)), Mask: mask, Xor: make([]byte, len(ip))},
-		&expr.Cmp{Op: op, Register: 1, Data: []byte(ip.Mask(n.Mask))},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
 	}
-}
-
-func mustCIDR(s string) *net.IPNet {
-	_, n, err := net.ParseCIDR(s)
-	if err != nil {
-		panic(err)
-	}
-	return n
 }
 
 func checkNFT(a Attachment, ips []*net.IPNet) error {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
-		return fmt.Errorf("ipMasq: nftables: %w", err)
+		return fmt.Errorf("ipMasq: %w", err)
 	}
 	rules, err := rulesWithPrefix(c, hashForInstance(a))
 	if err != nil {
@@ -180,9 +155,9 @@ func gcNFT(network string, valid map[cni.Attachment]bool) error {
 }
 
 func deleteNFT(match func(comment string) bool) error {
-	c, err := nftables.New()
+	c, err := nft.Open()
 	if err != nil {
-		return fmt.Errorf("ipMasq: nftables: %w", err)
+		return fmt.Errorf("ipMasq: %w", err)
 	}
 	rules, err := rulesWithPrefix(c, "")
 	if err != nil {
@@ -190,7 +165,7 @@ func deleteNFT(match func(comment string) bool) error {
 	}
 	n := 0
 	for _, r := range rules {
-		if match(ruleComment(r)) {
+		if match(nft.CommentOf(r)) {
 			if err := c.DelRule(r); err != nil {
 				return fmt.Errorf("ipMasq: delete nftables rule: %w", err)
 			}

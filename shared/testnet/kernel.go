@@ -19,7 +19,7 @@ func InVM() bool { return os.Getenv("CNIBOX_IN_VM") == "1" }
 
 // KernelFeatures are the features RequireKernel knows: link kinds it can
 // make in a throwaway namespace.
-var KernelFeatures = []string{"veth", "dummy", "bridge", "ifb", "vrf", "vxlan", "macvlan", "ipvlan", "vlan", "vlan-802.1ad"}
+var KernelFeatures = []string{"veth", "dummy", "bridge", "bridge-vlan", "ifb", "vrf", "vxlan", "macvlan", "ipvlan", "vlan", "vlan-802.1ad"}
 
 var errUnknownFeature = errors.New("testnet: unknown kernel feature")
 
@@ -120,6 +120,9 @@ func makeLink(feature string) error {
 		link = &netlink.Dummy{LinkAttrs: attrs("probe")}
 	case "bridge":
 		link = &netlink.Bridge{LinkAttrs: attrs("probe")}
+	case "bridge-vlan": // a bridge with VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING)
+		on := true
+		link = &netlink.Bridge{LinkAttrs: attrs("probe"), VlanFiltering: &on}
 	case "ifb":
 		link = &netlink.Ifb{LinkAttrs: attrs("probe")}
 	case "vrf":
