@@ -374,10 +374,12 @@ func TestStatus(t *testing.T) {
 	}
 }
 
-// TestConcurrentAdds: pods racing to create the same bridge all succeed.
+// TestConcurrentAdds: pods racing to create the same bridge all succeed,
+// and so do their concurrent DELs; the masquerade rules come out exact.
 func TestConcurrentAdds(t *testing.T) {
 	e := newEnv(t)
-	l := e.net("race", "1.0.0", `"bridge":"cni-race","isGateway":true,"ipam":`+e.hostLocal("10.81.0.0/24", ""))
+	l := e.net("race", "1.0.0", `"bridge":"cni-race","isGateway":true,"ipMasq":true,"macspoofchk":true,"ipam":`+e.hostLocal("10.81.0.0/24", `,"rangeStart":"10.81.0.10","rangeEnd":"10.81.0.49"`))
+	ln := e.net("racenft", "1.0.0", `"bridge":"cni-race","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","ipam":`+e.hostLocal("10.81.0.0/24", `,"rangeStart":"10.81.0.50","rangeEnd":"10.81.0.99"`))
 	const n = 8
 	atts := make([]*testnet.Attachment, n)
 	for i := range atts {
@@ -385,11 +387,20 @@ func TestConcurrentAdds(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, n)
+	// Half on an iptables network, half on an nftables one, on one bridge
+	// (and one subnet, with disjoint ranges): ADDs and DELs race on the
+	// bridge, the nat table and the nftables chains.
+	list := func(i int) *netList {
+		if i%2 == 0 {
+			return l
+		}
+		return ln
+	}
 	for i := range atts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = e.Add(l.libcniList, atts[i])
+			_, errs[i] = e.Add(list(i).libcniList, atts[i])
 		}()
 	}
 	wg.Wait()
@@ -401,10 +412,27 @@ func TestConcurrentAdds(t *testing.T) {
 	if err := atts[0].Pod.Ping("10.81.0.1"); err != nil {
 		t.Error(err)
 	}
-	for _, a := range atts {
-		e.del(l, a)
+	if nat := e.natRules(); strings.Count(nat, "-A POSTROUTING") != n/2 {
+		t.Errorf("want %d POSTROUTING jumps:\n%s", n/2, nat)
+	}
+	if rs := e.nftRuleset(); strings.Count(rs, " masquerade comment") != n/2 || strings.Count(rs, "goto masq_checks") != 1 {
+		t.Errorf("want %d nftables masquerade rules and one goto:\n%s", n/2, rs)
+	}
+	for i := range atts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = e.Del(list(i).libcniList, atts[i])
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("DEL %d: %v", i, err)
+		}
 	}
 	e.assertClean("race")
+	e.assertClean("racenft")
 }
 
 // outside makes a netns beyond the node: node 172.30.0.1/24 <-> outside
