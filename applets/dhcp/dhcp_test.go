@@ -625,3 +625,32 @@ func TestHostPrefix(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "a DHCPRELEASE", func() bool { return l.count("DHCPRELEASE") == 1 })
 }
+
+// BenchmarkAddDel: one ADD and one DEL of the dhcp plugin (exec'd as a
+// runtime does) against dnsmasq, with our daemon and with the reference
+// daemon: the RPC, the DORA in the pod's netns and the release.
+func BenchmarkAddDel(b *testing.B) {
+	for _, daemon := range []string{"cnibox", "reference"} {
+		b.Run("daemon="+daemon, func(b *testing.B) {
+			l := newLab(b)
+			if daemon == "cnibox" {
+				l.startDaemon()
+			} else {
+				l.startReferenceDaemon()
+			}
+			pod := l.r.Pod(b)
+			l.plug(pod, "eth0")
+			conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-bench","type":"dhcp",
+				"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if out, _, code := l.r.Exec("dhcp", env("ADD", pod.Path, "c-bench", l.r.BinDir), conf); code != 0 {
+					b.Fatalf("ADD: %s", out)
+				}
+				if out, _, code := l.r.Exec("dhcp", env("DEL", pod.Path, "c-bench", l.r.BinDir), conf); code != 0 {
+					b.Fatalf("DEL: %s", out)
+				}
+			}
+		})
+	}
+}

@@ -22,7 +22,7 @@ import (
 // node. Every path (sockets, pidfiles, lease files, logs) is in the
 // test's temporary directory.
 type lab struct {
-	t      *testing.T
+	t      testing.TB
 	r      *testnet.Runtime
 	server *testnet.NS
 	dir    string
@@ -46,16 +46,16 @@ const (
 // newLab builds the network and starts dnsmasq with the given extra
 // options (it always serves 10.99.0.100-200 for 2 minutes, the shortest
 // lease dnsmasq gives, with router 10.99.0.1).
-func newLab(t *testing.T, dnsmasqOpts ...string) *lab {
+func newLab(t testing.TB, dnsmasqOpts ...string) *lab {
 	return buildLab(t, true, dnsmasqOpts...)
 }
 
 // newMacvlanLab is a lab without the bridge, for macvlan pods.
-func newMacvlanLab(t *testing.T, dnsmasqOpts ...string) *lab {
+func newMacvlanLab(t testing.TB, dnsmasqOpts ...string) *lab {
 	return buildLab(t, false, dnsmasqOpts...)
 }
 
-func buildLab(t *testing.T, bridge bool, dnsmasqOpts ...string) *lab {
+func buildLab(t testing.TB, bridge bool, dnsmasqOpts ...string) *lab {
 	t.Helper()
 	if _, err := exec.LookPath("dnsmasq"); err != nil {
 		t.Skip("dnsmasq not installed (Debian package dnsmasq-base; make test-deps installs it)")
@@ -242,7 +242,7 @@ func (l *lab) plug(pod *testnet.NS, ifName string) string {
 	return macOf(l.t, pod, ifName)
 }
 
-func macOf(t *testing.T, pod *testnet.NS, ifName string) string {
+func macOf(t testing.TB, pod *testnet.NS, ifName string) string {
 	t.Helper()
 	f := strings.Fields(pod.MustRun("ip", "-o", "link", "show", ifName))
 	for i, w := range f {
@@ -269,7 +269,7 @@ func (l *lab) count(words ...string) int {
 	return n
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
