@@ -819,3 +819,31 @@ func TestGCLibcni(t *testing.T) {
 	}
 	e.assertClean("gclib")
 }
+
+// TestHairpin: with hairpinMode the bridge sends a frame back out of the
+// port it came in on. The pod sends pings to an address it maps to its own
+// MAC; they come back to it only through a hairpin port, which a counter
+// in the pod (nftables, prerouting) sees.
+func TestHairpin(t *testing.T) {
+	e := newEnv(t)
+	for i, hairpin := range []bool{true, false} {
+		name := fmt.Sprintf("hp%d", i)
+		l := e.net(name, "1.0.0", fmt.Sprintf(`"bridge":"cni-%s","hairpinMode":%v,"ipam":%s`, name, hairpin,
+			e.hostLocal(fmt.Sprintf("10.95.%d.0/24", i), "")))
+		pod := e.Pod(t)
+		a := e.Attach(pod, "eth0")
+		res := e.add(l, a)
+		target := fmt.Sprintf("10.95.%d.250", i)
+		pod.MustRun("ip", "neigh", "replace", target, "lladdr", res.Interfaces[2].Mac, "dev", "eth0", "nud", "permanent")
+		pod.MustRun("nft", "add", "table", "ip", "hp")
+		pod.MustRun("nft", "add", "chain", "ip", "hp", "pre", "{ type filter hook prerouting priority -400; }")
+		pod.MustRun("nft", "add", "rule", "ip", "hp", "pre", "ip", "daddr", target, "counter")
+		pod.Run("ping", "-c", "3", "-i", "0.2", "-W", "1", target) // no answer either way
+		out := pod.MustRun("nft", "list", "chain", "ip", "hp", "pre")
+		back := !strings.Contains(out, "packets 0 ")
+		if back != hairpin {
+			t.Errorf("hairpinMode=%v: frames came back = %v:\n%s", hairpin, back, out)
+		}
+		e.del(l, a)
+	}
+}
