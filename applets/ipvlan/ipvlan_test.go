@@ -149,6 +149,69 @@ func TestTwoPodsL2(t *testing.T) {
 	}
 }
 
+// TestPrivate: with the private flag, two pods on the same master do not
+// reach each other.
+func TestPrivate(t *testing.T) {
+	r := node(t)
+	l := list(t, r, "1.1.0", `"master":"dum0","flag":"private",`+hostLocal)
+	podA, podB := r.Pod(t), r.Pod(t)
+	a, b := r.Attach(podA, "eth0"), r.Attach(podB, "eth0")
+	if _, err := r.Add(l, a); err != nil {
+		t.Fatalf("ADD a: %v", err)
+	}
+	resB, err := r.Add(l, b)
+	if err != nil {
+		t.Fatalf("ADD b: %v", err)
+	}
+	if err := podA.Ping(result(t, resB).IPs[0].Address.IP.String()); err == nil {
+		t.Error("a reached b through a private ipvlan")
+	}
+	for _, att := range []*testnet.Attachment{a, b} {
+		if err := r.Del(l, att); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReference: a node can switch between the reference ipvlan and
+// cnibox's either way: what one ADDs, the other CHECKs and DELs.
+func TestReference(t *testing.T) {
+	r := node(t)
+	ref := t.TempDir()
+	if err := os.Symlink(testnet.RequireReference(t, "ipvlan"), filepath.Join(ref, "ipvlan")); err != nil {
+		t.Fatal(err)
+	}
+	const v = "1.0.0" // the newest the reference (Debian's v1.1.1) takes
+	for _, tc := range []struct{ name, add, rest string }{
+		{"reference ADD, cnibox CHECK and DEL", ref + ":" + r.BinDir, r.BinDir},
+		{"cnibox ADD, reference CHECK and DEL", r.BinDir, ref + ":" + r.BinDir},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := list(t, r, v, `"master":"dum0","mode":"l2",`+hostLocal)
+			pod := r.Pod(t)
+			a := r.Attach(pod, "eth0")
+			r.SetPath(tc.add)
+			if _, err := r.Add(l, a); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			r.SetPath(tc.rest)
+			if err := r.Check(l, a); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := r.Del(l, a); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if got := links(t, pod); len(got) != 1 {
+				t.Errorf("links left after DEL: %v", got)
+			}
+			if got := allocations(r, l.Name); len(got) != 0 {
+				t.Errorf("addresses still allocated: %v", got)
+			}
+		})
+	}
+	r.SetPath(r.BinDir)
+}
+
 // TestVersions drives ADD, CHECK, DEL, STATUS and GC through libcni at
 // every spec version, and checks the result's shape and merged DNS.
 func TestVersions(t *testing.T) {

@@ -143,6 +143,45 @@ func TestIsolation(t *testing.T) {
 	}
 }
 
+// TestReference: a node can switch between the reference vlan and
+// cnibox's either way: what one ADDs, the other CHECKs and DELs.
+func TestReference(t *testing.T) {
+	r, _ := node(t)
+	ref := t.TempDir()
+	if err := os.Symlink(testnet.RequireReference(t, "vlan"), filepath.Join(ref, "vlan")); err != nil {
+		t.Fatal(err)
+	}
+	const v = "1.0.0" // the newest the reference (Debian's v1.1.1) takes
+	for _, tc := range []struct{ name, add, rest string }{
+		{"reference ADD, cnibox CHECK and DEL", ref + ":" + r.BinDir, r.BinDir},
+		{"cnibox ADD, reference CHECK and DEL", r.BinDir, ref + ":" + r.BinDir},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := list(t, r, v, `"master":"trunk0","vlanId":33,"mtu":1400,`+hostLocal)
+			pod := r.Pod(t)
+			a := r.Attach(pod, "eth0")
+			r.SetPath(tc.add)
+			if _, err := r.Add(l, a); err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			r.SetPath(tc.rest)
+			if err := r.Check(l, a); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := r.Del(l, a); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if got := links(t, pod); len(got) != 1 {
+				t.Errorf("links left after DEL: %v", got)
+			}
+			if got := allocations(r, l.Name); len(got) != 0 {
+				t.Errorf("addresses still allocated: %v", got)
+			}
+		})
+	}
+	r.SetPath(r.BinDir)
+}
+
 // TestVersions drives ADD, CHECK, DEL, STATUS and GC through libcni at
 // every spec version, and checks the link and the result's shape.
 func TestVersions(t *testing.T) {
