@@ -60,9 +60,10 @@ func (iptBackend) usable() error {
 	return nil
 }
 
-// apply runs plan against each family of a's addresses: one iptables-save
-// and at most one iptables-restore per family, under cnibox's lock.
-func apply(a *attachment, plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
+// apply runs plan against each family of a's addresses, with the chains it
+// looks at listed (concurrently, never the whole table), then at most one
+// iptables-restore per family, under cnibox's lock.
+func apply(a *attachment, chains []string, plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
 	unlock, err := iptables.Lock("firewall")
 	if err != nil {
 		return err
@@ -72,12 +73,12 @@ func apply(a *attachment, plan func(t *iptables.Table, f iptables.Family, b *ipt
 		if !iptables.Installed(f) {
 			continue
 		}
-		d, err := iptables.Load(f, "filter")
+		t, err := iptables.LoadChains(f, "filter", chains...)
 		if err != nil {
 			return err
 		}
 		b := iptables.NewBatch("filter")
-		plan(d["filter"], f, b)
+		plan(t, f, b)
 		if err := iptables.Apply(f, b); err != nil {
 			return err
 		}
@@ -86,7 +87,7 @@ func apply(a *attachment, plan func(t *iptables.Table, f iptables.Family, b *ipt
 }
 
 func (iptBackend) add(a *attachment) error {
-	return apply(a, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
+	return apply(a, []string{"FORWARD", forwardChain, a.Admin}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
 }
 
 func planAdd(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Batch) {
@@ -115,7 +116,7 @@ func planAdd(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Ba
 }
 
 func (iptBackend) del(a *attachment) error {
-	return apply(a, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(a, []string{forwardChain}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		for _, ip := range a.IPs {
 			if familyOf(ip) != f {
 				continue
@@ -133,11 +134,10 @@ func (iptBackend) del(a *attachment) error {
 
 func (iptBackend) check(a *attachment) error {
 	for _, f := range a.families() {
-		d, err := iptables.Load(f, "filter")
+		t, err := iptables.LoadChains(f, "filter", "FORWARD", forwardChain, a.Admin)
 		if err != nil {
 			return err
 		}
-		t := d["filter"]
 		want := []struct{ chain, rule string }{{"FORWARD", forwardJump}, {forwardChain, fmt.Sprintf(adminJumpFmt, a.Admin)}}
 		for _, ip := range a.IPs {
 			if familyOf(ip) == f {
@@ -170,7 +170,7 @@ func isolationRules(bridge, policy string) (s1, s2 []string) {
 }
 
 func (iptBackend) isolate(a *attachment) error {
-	return apply(a, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(a, []string{"FORWARD", stage1, stage2}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		for _, c := range []string{stage1, stage2} {
 			if !t.HasChain(c) {
 				b.Chain(c)
@@ -200,7 +200,7 @@ func (iptBackend) isolate(a *attachment) error {
 // stay, as shared base chains.
 func (iptBackend) unisolate(a *attachment) error {
 	all := &attachment{IPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128")}}
-	return apply(all, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(all, []string{stage1, stage2}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		done := map[string]bool{}
 		for _, policy := range []string{policySameBridge, policyIsolated} {
 			s1, s2 := isolationRules(a.Bridge, policy)
@@ -222,11 +222,10 @@ func (iptBackend) unisolate(a *attachment) error {
 func (iptBackend) checkIsolation(a *attachment) error {
 	s1, s2 := isolationRules(a.Bridge, a.Policy)
 	for _, f := range a.families() {
-		d, err := iptables.Load(f, "filter")
+		t, err := iptables.LoadChains(f, "filter", "FORWARD", stage1, stage2)
 		if err != nil {
 			return err
 		}
-		t := d["filter"]
 		if !slices.Contains(t.Rules("FORWARD"), stage1Jump) {
 			return fmt.Errorf("%s: FORWARD does not jump to %s", f.Name(), stage1)
 		}

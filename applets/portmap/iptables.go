@@ -92,7 +92,7 @@ func (iptBackend) add(a *attachment) error {
 	}
 	defer unlock()
 	for _, f := range a.families() {
-		d, err := iptables.Load(f)
+		d, err := loadForAdd(a, f)
 		if err != nil {
 			return err
 		}
@@ -102,6 +102,22 @@ func (iptBackend) add(a *attachment) error {
 		}
 	}
 	return nil
+}
+
+// loadForAdd reads the chains ADD looks at (never the whole table: on a
+// node with kube-proxy's rules iptables-save takes seconds).
+func loadForAdd(a *attachment, f iptables.Family) (iptables.Dump, error) {
+	nt, err := iptables.LoadChains(f, "nat", "PREROUTING", "OUTPUT", "POSTROUTING", dnatChain, setMarkChain, masqChain)
+	if err != nil {
+		return nil, err
+	}
+	d := iptables.Dump{"nat": nt}
+	if f == iptables.IPv4 && a.snat {
+		if d["filter"], err = iptables.LoadChains(f, "filter", "INPUT", guardChain); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
 }
 
 // planAdd computes the nat (and for IPv4 with snat, filter) batch that
@@ -244,12 +260,11 @@ func dnRules(a *attachment, f iptables.Family) []string {
 
 func (iptBackend) check(a *attachment) error {
 	for _, f := range a.families() {
-		d, err := iptables.Load(f, "nat")
+		chain := dnChain(a.net, a.id)
+		nt, err := iptables.LoadChains(f, "nat", "PREROUTING", "OUTPUT", "POSTROUTING", dnatChain, setMarkChain, masqChain, chain)
 		if err != nil {
 			return err
 		}
-		nt := d["nat"]
-		chain := dnChain(a.net, a.id)
 		if !nt.HasChain(chain) {
 			return fmt.Errorf("%s: chain %s is missing", f.Name(), chain)
 		}
@@ -324,8 +339,9 @@ func (b iptBackend) gc(net string, keep map[string]bool) error {
 }
 
 // remove deletes chains (every rule that jumps to them, then the chains)
-// from the nat table of both families: one iptables-save and at most one
-// iptables-restore per family.
+// from the nat table of both families: the entry chains and the chains to
+// remove are listed (a few "iptables -S CHAIN", concurrently), then at most
+// one iptables-restore runs per family.
 func (iptBackend) remove(pick func(iptables.Family, *iptables.Table) []string) error {
 	unlock, err := iptables.Lock("portmap")
 	if err != nil {
@@ -338,15 +354,21 @@ func (iptBackend) remove(pick func(iptables.Family, *iptables.Table) []string) e
 		if !iptables.Installed(f) {
 			continue
 		}
-		d, err := iptables.Load(f, "nat")
+		entries, err := iptables.LoadChains(f, "nat", dnatChain, oldSNATChain)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue
 		}
 		usable++
-		nt := d["nat"]
-		b := planRemove(nt, pick(f, nt))
-		if err := iptables.Apply(f, b); err != nil {
+		chains := pick(f, entries)
+		if len(chains) == 0 {
+			continue
+		}
+		nt, err := iptables.LoadChains(f, "nat", append([]string{dnatChain, oldSNATChain}, chains...)...)
+		if err != nil {
+			return err
+		}
+		if err := iptables.Apply(f, planRemove(nt, chains)); err != nil {
 			return err
 		}
 	}
@@ -356,12 +378,11 @@ func (iptBackend) remove(pick func(iptables.Family, *iptables.Table) []string) e
 	return nil
 }
 
+// planRemove deletes the rules of the loaded chains that jump to chains,
+// then flushes and deletes those of chains that exist.
 func planRemove(nt *iptables.Table, chains []string) *iptables.Batch {
 	b := iptables.NewBatch("nat")
 	for _, chain := range chains {
-		if !nt.HasChain(chain) {
-			continue
-		}
 		for _, c := range nt.Chains() {
 			for _, r := range nt.Rules(c) {
 				if iptables.Jumps(r, chain) {
@@ -369,8 +390,10 @@ func planRemove(nt *iptables.Table, chains []string) *iptables.Batch {
 				}
 			}
 		}
-		b.Rule("-F %s", chain)
-		b.Rule("-X %s", chain)
+		if nt.HasChain(chain) {
+			b.Rule("-F %s", chain)
+			b.Rule("-X %s", chain)
+		}
 	}
 	return b
 }

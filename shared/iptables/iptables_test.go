@@ -63,3 +63,48 @@ func TestApply(t *testing.T) {
 		}
 	}
 }
+
+// TestLoad: LoadChains and Load read what Apply wrote, in iptables-save's
+// canonical form; chains that do not exist are absent, not errors.
+func TestLoad(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	err := node.Do(func() error {
+		if !Usable(IPv4) {
+			t.Skip("iptables not usable here")
+		}
+		nat := NewBatch("nat")
+		nat.Chain("CNIBOX-A")
+		nat.Rule("-A CNIBOX-A -p tcp --dport 80 -s 10.0.0.2 -j DNAT --to-destination 10.0.0.3:80")
+		nat.Rule("-A PREROUTING -j CNIBOX-A")
+		filter := NewBatch("filter")
+		filter.Chain("CNIBOX-B")
+		if err := Apply(IPv4, nat, filter); err != nil {
+			return err
+		}
+		tb, err := LoadChains(IPv4, "nat", "PREROUTING", "CNIBOX-A", "CNIBOX-MISSING")
+		if err != nil {
+			return err
+		}
+		want := "-s 10.0.0.2/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.3:80"
+		if got := tb.Rules("CNIBOX-A"); len(got) != 1 || got[0] != want {
+			t.Errorf("CNIBOX-A = %q, want %q", got, want)
+		}
+		if !tb.HasChain("PREROUTING") || !tb.HasChain("CNIBOX-A") || tb.HasChain("CNIBOX-MISSING") {
+			t.Errorf("chains = %q", tb.Chains())
+		}
+		if r := tb.Rules("PREROUTING"); len(r) != 1 || !Jumps(r[0], "CNIBOX-A") {
+			t.Errorf("PREROUTING = %q", r)
+		}
+		d, err := Load(IPv4)
+		if err != nil {
+			return err
+		}
+		if !d["filter"].HasChain("CNIBOX-B") || d["nat"].Rules("CNIBOX-A")[0] != want {
+			t.Errorf("Load: filter chains %q, nat CNIBOX-A %q", d["filter"].Chains(), d["nat"].Rules("CNIBOX-A"))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
