@@ -316,6 +316,10 @@ func (d *daemon) allocate(a *callArgs) (*current.Result, error) {
 		Netns: a.Netns, Args: a.Args, Config: a.StdinData,
 	}
 	ack, err := d.acquire(context.Background(), rec, conf, nil)
+	if errors.Is(err, errGone) {
+		return nil, fmt.Errorf("dhcp: %s: no interface %s in netns %s to ask a DHCP server on (the main plugin must create it before it calls IPAM ADD)",
+			id, a.IfName, a.Netns)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dhcp: %s: %w", id, err)
 	}
