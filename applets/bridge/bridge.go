@@ -224,7 +224,8 @@ func Add(req *cni.Request) (res types.Result, err error) {
 
 	// Anything that fails from here on undoes what was done, so that a
 	// failed ADD leaves neither a veth, an address nor a rule behind.
-	var ipamDone, masqDone, spoofDone bool
+	var ipamDone, spoofDone bool
+	var masqDone func() error
 	defer func() {
 		if err == nil {
 			return
@@ -233,7 +234,8 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		if spoofDone {
 			_ = teardownSpoofCheck(spoofID(req.ContainerID, req.IfName))
 		}
-		if masqDone {
+		if masqDone != nil {
+			_ = masqDone()
 			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
 		}
 		if ipamDone {
@@ -249,6 +251,14 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		ipamDone = true
 		if len(ipamRes.IPs) == 0 {
 			return nil, fmt.Errorf("bridge: IPAM plugin %q returned no addresses", c.IPAM.Type)
+		}
+		if c.IPMasq {
+			// The masquerade rules need only the addresses: make them
+			// while the links are made.
+			nets := podNets(ipamRes)
+			masqDone = ipmasq.InBackground(func() error {
+				return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets)
+			})
 		}
 	}
 
@@ -327,9 +337,8 @@ func Add(req *cni.Request) (res types.Result, err error) {
 			return nil, err
 		}
 	}
-	if c.IPMasq && len(result.IPs) > 0 {
-		masqDone = true
-		if err := ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), podNets(result)); err != nil {
+	if masqDone != nil {
+		if err := masqDone(); err != nil {
 			return nil, err
 		}
 	}
@@ -625,6 +634,12 @@ func Del(req *cni.Request) error {
 		return err
 	}
 	var errs []error
+	masqDone := func() error { return nil }
+	if c.IPMasq {
+		// Independent of the links: let it run while they are deleted.
+		nets := prevNets(&c.NetConf)
+		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
+	}
 	gone := true
 	if req.Netns != "" {
 		if gone, err = veth.DeleteInPod(req.Netns, req.IfName); err != nil {
@@ -640,9 +655,7 @@ func Del(req *cni.Request) error {
 	if c.MacSpoofChk {
 		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
 	}
-	if c.IPMasq {
-		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req), prevNets(&c.NetConf)))
-	}
+	errs = append(errs, masqDone())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bridge %q: DEL: %w", c.Bridge, err)
 	}

@@ -92,13 +92,14 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	masqDone := false
+	var masqDone func() error
 	defer func() {
 		if err == nil {
 			return
 		}
 		_ = veth.DeleteHost(c.Name, req.ContainerID, req.IfName)
-		if masqDone {
+		if masqDone != nil {
+			_ = masqDone()
 			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
 		}
 		_ = delegate.Del(req, c.IPAM.Type)
@@ -110,6 +111,16 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 		if ipc.Gateway == nil {
 			return nil, cni.ConfigError("ipam: address %s has no gateway; ptp routes everything via it", ipc.Address.String())
 		}
+	}
+	if c.IPMasq {
+		// The masquerade rules need only the addresses: make them while
+		// the links are made.
+		var nets []*net.IPNet
+		for _, ipc := range ipamRes.IPs {
+			a := ipc.Address
+			nets = append(nets, &a)
+		}
+		masqDone = ipmasq.InBackground(func() error { return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets) })
 	}
 
 	pair, err := veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})
@@ -138,14 +149,8 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	if err := configureHost(host, result); err != nil {
 		return nil, fmt.Errorf("ptp: configure %s: %w", host.Attrs().Name, err)
 	}
-	if c.IPMasq {
-		masqDone = true
-		var nets []*net.IPNet
-		for _, ipc := range result.IPs {
-			a := ipc.Address
-			nets = append(nets, &a)
-		}
-		if err := ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets); err != nil {
+	if masqDone != nil {
+		if err := masqDone(); err != nil {
 			return nil, err
 		}
 	}
@@ -233,6 +238,11 @@ func Del(req *cni.Request) error {
 		return err
 	}
 	var errs []error
+	masqDone := func() error { return nil }
+	if c.IPMasq {
+		nets := prevNets(&c.NetConf)
+		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
+	}
 	gone := true
 	if req.Netns != "" {
 		if gone, err = veth.DeleteInPod(req.Netns, req.IfName); err != nil {
@@ -242,10 +252,7 @@ func Del(req *cni.Request) error {
 	if gone {
 		errs = append(errs, veth.DeleteHost(c.Name, req.ContainerID, req.IfName))
 	}
-	errs = append(errs, delegate.Del(req, c.IPAM.Type))
-	if c.IPMasq {
-		errs = append(errs, ipmasq.Teardown(c.masqAttachment(req), prevNets(&c.NetConf)))
-	}
+	errs = append(errs, delegate.Del(req, c.IPAM.Type), masqDone())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("ptp: DEL: %w", err)
 	}

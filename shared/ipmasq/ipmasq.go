@@ -108,6 +108,26 @@ func GC(network string, valid map[cni.Attachment]bool) error {
 	return errors.Join(gcIPT(network, valid), gcNFT(network, valid))
 }
 
+// InBackground runs f (a Setup or Teardown) on another goroutine and
+// returns a function that waits for it and returns its error; waiting
+// again returns the same error. The iptables backend spends its time in an
+// iptables-restore process, and bridge and ptp overlap that with the
+// kernel's link work instead of adding the two up. The goroutine works in
+// the process's own netns (the node's): only ns.Do moves a thread, and it
+// keeps that thread locked to itself.
+func InBackground(f func() error) (wait func() error) {
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		err = f()
+	}()
+	return func() error {
+		<-done
+		return err
+	}
+}
+
 // hashHex is the reference's hash: hex of sha512, cut to n characters.
 func hashHex(s string, n int) string {
 	sum := sha512.Sum512([]byte(s))
