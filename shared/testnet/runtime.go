@@ -36,6 +36,9 @@ type Runtime struct {
 	// (to put a reference plugin first, for one).
 	Path string
 	CNI  *libcni.CNIConfig
+	// ExecHook, when set, is called with every plugin process libcni
+	// starts, right after it started (crash-injection tests kill it).
+	ExecHook func(plugin string, p *os.Process)
 }
 
 // NewRuntime makes a node and a runtime around it.
@@ -63,7 +66,7 @@ func NewRuntime(t testing.TB) *Runtime {
 // SetPath changes CNI_PATH (a ':'-separated list).
 func (r *Runtime) SetPath(path string) {
 	r.Path = path
-	r.CNI = libcni.NewCNIConfigWithCacheDir(filepath.SplitList(path), r.CacheDir, &isolatedExec{state: r.StateDir})
+	r.CNI = libcni.NewCNIConfigWithCacheDir(filepath.SplitList(path), r.CacheDir, &isolatedExec{state: r.StateDir, r: r})
 }
 
 // Pod makes a pod netns.
@@ -234,6 +237,7 @@ func isolate(cmd *exec.Cmd, state string) {
 // isolatedExec is libcni's plugin exec, run through isolate.
 type isolatedExec struct {
 	state string
+	r     *Runtime
 }
 
 func (e *isolatedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
@@ -243,7 +247,14 @@ func (e *isolatedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin 
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	err := cmd.Start()
+	if err == nil {
+		if e.r != nil && e.r.ExecHook != nil {
+			e.r.ExecHook(pluginPath, cmd.Process)
+		}
+		err = cmd.Wait()
+	}
+	if err != nil {
 		return nil, pluginErr(err, stdout.Bytes(), stderr.Bytes())
 	}
 	if stderr.Len() > 0 && os.Getenv("CNIBOX_TEST_STDERR") != "" {
