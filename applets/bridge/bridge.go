@@ -730,6 +730,15 @@ func Check(req *cni.Request) error {
 	if host.Attrs().MasterIndex != br.Index {
 		return fmt.Errorf("bridge %q: %s is not a port of the bridge", c.Bridge, host.Attrs().Name)
 	}
+	if c.HairpinMode || c.PortIsolation {
+		pi, err := netlinksafe.LinkGetProtinfo(host)
+		if err != nil {
+			return fmt.Errorf("bridge %q: port settings of %s: %w", c.Bridge, host.Attrs().Name, err)
+		}
+		if c.HairpinMode && !pi.Hairpin || c.PortIsolation && !pi.Isolated {
+			return fmt.Errorf("bridge %q: port %s lost hairpin or isolation (%s)", c.Bridge, host.Attrs().Name, pi.String())
+		}
+	}
 	if c.MacSpoofChk {
 		if err := checkSpoofCheck(spoofID(req.ContainerID, req.IfName)); err != nil {
 			return err

@@ -631,6 +631,13 @@ func TestPortOptions(t *testing.T) {
 			t.Errorf("host veth lacks %q: %s", want, port)
 		}
 	}
+	if err := e.Check(l.libcniList, a); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	e.Node.MustRun("ip", "link", "set", res.Interfaces[1].Name, "type", "bridge_slave", "hairpin", "off")
+	if err := e.Check(l.libcniList, a); err == nil {
+		t.Error("CHECK passed with hairpin turned off")
+	}
 	e.del(l, a)
 
 	// args.cni.mac beats CNI_ARGS.
@@ -663,6 +670,13 @@ func TestPortOptions(t *testing.T) {
 	a = e.Attach(pod, "eth0")
 	if _, err := e.Add(l3.libcniList, a); err == nil || !strings.Contains(err.Error(), "forceAddress") {
 		t.Errorf("conflicting address: err = %v", err)
+	}
+	// The failed ADD undid itself: no veth, no reservation.
+	if v := e.hostVeths(); len(v) > 0 {
+		t.Errorf("failed ADD left veths: %v", v)
+	}
+	if r := e.reservations("force"); len(r) > 0 {
+		t.Errorf("failed ADD left reservations: %v", r)
 	}
 	e.del(l3, a)
 	l4 := e.net("force2", "1.0.0", `"bridge":"cni-force","isGateway":true,"forceAddress":true,"ipam":`+e.hostLocal("10.86.0.0/24", ""))
@@ -760,6 +774,38 @@ func TestBadConfig(t *testing.T) {
 	if v := e.hostVeths(); len(v) > 0 {
 		t.Errorf("bad configs left veths: %v", v)
 	}
+	// A pod netns that does not exist is "unknown container" (3).
+	conf := []byte(`{"cniVersion":"1.0.0","name":"gone","type":"bridge","ipam":` + e.hostLocal("10.96.0.0/24", "") + `}`)
+	out, _, code := e.Exec("bridge", []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0",
+		"CNI_NETNS=/run/netns/cnibox-does-not-exist", "CNI_PATH=" + e.Path}, conf)
+	if er := testnet.ParseError(t, out); code == 0 || er.Code != types.ErrUnknownContainer {
+		t.Errorf("missing netns: exit %d, %+v", code, er)
+	}
+	if r := e.reservations("gone"); len(r) > 0 {
+		t.Errorf("missing netns: addresses reserved: %v", r)
+	}
+}
+
+// TestIPAMExhausted: when IPAM has no address left the ADD fails and
+// leaves no veth; the pod that has the address keeps working.
+func TestIPAMExhausted(t *testing.T) {
+	e := newEnv(t)
+	l := e.net("full", "1.0.0", `"bridge":"cni-full","isGateway":true,"ipMasq":true,"ipam":`+e.hostLocal("10.97.0.0/24", `,"rangeStart":"10.97.0.2","rangeEnd":"10.97.0.2"`))
+	p1, p2 := e.Pod(t), e.Pod(t)
+	a1, a2 := e.Attach(p1, "eth0"), e.Attach(p2, "eth0")
+	e.add(l, a1)
+	if _, err := e.Add(l.libcniList, a2); err == nil {
+		t.Fatal("ADD with the range exhausted succeeded")
+	}
+	if v := e.hostVeths(); len(v) != 1 {
+		t.Errorf("veths after the failed ADD: %v", v)
+	}
+	if err := p1.Ping("10.97.0.1"); err != nil {
+		t.Errorf("first pod after the failed ADD: %v", err)
+	}
+	e.del(l, a2)
+	e.del(l, a1)
+	e.assertClean("full")
 }
 
 // TestInteropWithReference: a node can switch between the reference
