@@ -9,6 +9,7 @@ package dhcp
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -40,6 +41,9 @@ func Add(req *cni.Request) (types.Result, error) {
 	conf, err := parseConfig(req.Config)
 	if err != nil {
 		return nil, err
+	}
+	if _, err := os.Stat(req.Netns); errors.Is(err, os.ErrNotExist) {
+		return nil, cni.Errorf(cni.ErrUnknownContainer, "dhcp: netns %q does not exist", req.Netns)
 	}
 	res := &current.Result{}
 	if err := call(req, conf, "DHCP.Allocate", res); err != nil {

@@ -420,6 +420,11 @@ func TestErrors(t *testing.T) {
 			t.Errorf("%s %s: error %d %q, want %d containing %q", tc.cmd, tc.ipam, e.Code, e.Msg, tc.code, tc.msg)
 		}
 	}
+	// ADD into a netns that does not exist is "unknown container".
+	out, _, code := r.Exec("dhcp", env("ADD", "/run/netns/cnibox-no-such-pod", "c-err", r.BinDir), conf(""))
+	if e := testnet.ParseError(t, out); code == 0 || e.Code != 3 {
+		t.Errorf("ADD into a missing netns: exit %d, error %+v, want code 3", code, e)
+	}
 	// DEL has nothing to release when no daemon holds a lease.
 	if out, _, code := r.Exec("dhcp", env("DEL", pod.Path, "c-err", r.BinDir), conf("")); code != 0 {
 		t.Errorf("DEL without a daemon: exit %d: %s", code, out)
@@ -619,17 +624,18 @@ func TestRebind(t *testing.T) {
 
 // TestHostPrefix: a daemon started with -hostprefix (as in a container
 // that mounts the host's root there) puts its socket under the prefix and
-// finds the pod's netns under it.
+// opens CNI_NETNS under it. Here the netns path under the prefix leads to
+// another pod than the same path outside it: only the one under the
+// prefix has the interface.
 func TestHostPrefix(t *testing.T) {
 	l := newLab(t)
 	prefix := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(prefix, "pods"), 0o755); err != nil {
+	outside, inside := l.r.Pod(t), l.r.Pod(t)
+	l.plug(inside, "eth0")
+	if err := os.MkdirAll(filepath.Join(prefix, filepath.Dir(outside.Path)), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pod := l.r.Pod(t)
-	l.plug(pod, "eth0")
-	// The netns is reachable only through the prefix.
-	if err := os.Symlink(pod.Path, filepath.Join(prefix, "pods", "web")); err != nil {
+	if err := os.Symlink(inside.Path, filepath.Join(prefix, outside.Path)); err != nil {
 		t.Fatal(err)
 	}
 	l.sock = filepath.Join(prefix, "dhcp.sock")
@@ -637,11 +643,11 @@ func TestHostPrefix(t *testing.T) {
 		"-socketpath", "/dhcp.sock", "-leasefile", l.leaseFile, "-timeout", "1s"))
 	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-prefix","type":"dhcp",
 		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
-	out, _, code := l.r.Exec("dhcp", env("ADD", "/pods/web", "c-prefix", l.r.BinDir), conf)
+	out, _, code := l.r.Exec("dhcp", env("ADD", outside.Path, "c-prefix", l.r.BinDir), conf)
 	if code != 0 || !strings.Contains(string(out), "10.99.0.") {
 		t.Fatalf("ADD through -hostprefix: exit %d: %s", code, out)
 	}
-	if out, _, code := l.r.Exec("dhcp", env("DEL", "/pods/web", "c-prefix", l.r.BinDir), conf); code != 0 {
+	if out, _, code := l.r.Exec("dhcp", env("DEL", outside.Path, "c-prefix", l.r.BinDir), conf); code != 0 {
 		t.Fatalf("DEL: exit %d: %s", code, out)
 	}
 	waitFor(t, 5*time.Second, "a DHCPRELEASE", func() bool { return l.count("DHCPRELEASE") == 1 })
