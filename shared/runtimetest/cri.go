@@ -176,6 +176,12 @@ func (c *Containerd) killLeftovers() {
 			runcDelete(root, id.Name())
 		}
 	}
+	killUnder(c.Dir)
+}
+
+// killUnder kills (by pid) every process with dir on its command line:
+// the shims and conmons a runtime of this test started.
+func killUnder(dir string) {
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(p.Name())
@@ -183,7 +189,7 @@ func (c *Containerd) killLeftovers() {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), c.Dir) {
+		if err == nil && strings.Contains(string(cmdline), dir) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

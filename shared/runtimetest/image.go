@@ -55,8 +55,7 @@ func BuildImage(t testing.TB, dir string) string {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
 	cf.Config = v1.Config{
-		Entrypoint: []string{"/bin/sleep"},
-		Cmd:        []string{"2147483647"},
+		Cmd:        []string{"/bin/sleep", "2147483647"},
 		Env:        []string{"PATH=/bin"},
 		WorkingDir: "/",
 	}
