@@ -242,6 +242,11 @@ func TestCnitool(t *testing.T) {
 				t.Error(err)
 			}
 		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			if _, err := e.Cnitool("status", name, nil); err != nil {
+				t.Error(err)
+			}
+		}
 		if _, err := e.Cnitool("del", name, pod); err != nil {
 			t.Fatal(err)
 		}

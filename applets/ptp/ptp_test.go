@@ -147,22 +147,36 @@ func TestVersions(t *testing.T) {
 	})
 }
 
-// TestCnitool drives ptp through the reference cnitool.
+// TestCnitool drives ptp through the reference cnitool at every version.
 func TestCnitool(t *testing.T) {
 	e := newEnv(t)
-	e.list(t, "ptpct", "1.0.0", ``, `[[{"subnet":"10.91.0.0/24"}]]`)
-	pod := e.Pod(t)
-	out, err := e.Cnitool("add", "ptpct", pod)
-	if err != nil || !strings.Contains(out, "10.91.0.2/24") {
-		t.Fatalf("ADD: %v %s", err, out)
-	}
-	if _, err := e.Cnitool("check", "ptpct", pod); err != nil {
-		t.Error(err)
-	}
-	if _, err := e.Cnitool("del", "ptpct", pod); err != nil {
-		t.Fatal(err)
-	}
-	e.assertClean(t, "ptpct")
+	testnet.ForEachVersion(t, versions(t), func(t *testing.T, v string) {
+		name := "ptpct" + strings.ReplaceAll(v, ".", "")
+		sub := fmt.Sprintf("10.91.%d", slices.Index(cni.AllVersions, v))
+		e.list(t, name, v, ``, `[[{"subnet":"`+sub+`.0/24"}]]`)
+		pod := e.Pod(t)
+		out, err := e.Cnitool("add", name, pod)
+		if err != nil || !strings.Contains(out, sub+".2/24") {
+			t.Fatalf("ADD: %v %s", err, out)
+		}
+		if err := pod.Ping(sub + ".1"); err != nil {
+			t.Error(err)
+		}
+		if cni.VersionAtLeast(v, "0.4.0") {
+			if _, err := e.Cnitool("check", name, pod); err != nil {
+				t.Error(err)
+			}
+		}
+		if cni.VersionAtLeast(v, "1.1.0") {
+			if _, err := e.Cnitool("status", name, nil); err != nil {
+				t.Error(err)
+			}
+		}
+		if _, err := e.Cnitool("del", name, pod); err != nil {
+			t.Fatal(err)
+		}
+		e.assertClean(t, name)
+	})
 }
 
 // TestIPMasq: with ipMasq the outside sees the node's address, on both
