@@ -7,6 +7,7 @@ SHELL := /bin/bash
 #   make demo     install into a temp dir and run the default network on a throwaway pod
 #   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
 #   make bench    side-by-side benchmark against the reference plugins
+#   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
 
 GO          ?= go
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -30,7 +31,7 @@ TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet vmtest demo clean bench
+.PHONY: build install test test-deps vet vmtest demo clean bench soak
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
@@ -76,3 +77,11 @@ clean:
 BENCH_FLAGS ?=
 bench: build test-deps
 	$(GO) run ./scripts/bench -bin bin/cnibox $(BENCH_FLAGS)
+
+# The soak of the default chain (shared/reliability TestSoak): 4 workers x 3
+# rounds x SOAK transient pods, lost DELs and GCs, leak-checked every round.
+SOAK ?= 100
+soak: build test-deps
+	@[ "$$(id -u)" = 0 ] || { echo "make soak needs root"; exit 1; }
+	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_SOAK=$(SOAK) \
+	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSoak$$' ./shared/reliability

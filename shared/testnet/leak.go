@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Snapshot is what a node netns holds that a plugin can leave behind:
@@ -58,6 +59,7 @@ func (r *Runtime) Snapshot(t testing.TB) *Snapshot {
 func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 	t.Helper()
 	snap := &Snapshot{Sections: map[string][]string{}}
+	s.settle()
 	run := func(name string, args ...string) string {
 		out, err := s.Node.Run(name, args...)
 		if err != nil {
@@ -88,6 +90,19 @@ func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 		snap.Sections[sec] = kept
 	}
 	return snap
+}
+
+// settle waits (up to 5 s) until no IPv6 address is tentative: a
+// link-local address gets its local route only when DAD is done, and a
+// snapshot taken in between would differ from a later one for nothing.
+func (s *Snapshotter) settle() {
+	for i := 0; i < 50; i++ {
+		out, err := s.Node.Run("ip", "-6", "-o", "addr", "show", "tentative")
+		if err != nil || strings.TrimSpace(out) == "" {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func (s *Snapshotter) ignored(line string) bool {
