@@ -1,0 +1,167 @@
+package runtimetest_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cnibox/cnibox/shared/testnet"
+)
+
+// copyReference fills dir with copies of the reference plugins, as a node
+// that installed containernetworking-plugins has them in /opt/cni/bin.
+func copyReference(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(testnet.ReferenceDir())
+	if err != nil || len(entries) == 0 {
+		t.Skipf("no reference plugins in %s: %v", testnet.ReferenceDir(), err)
+	}
+	os.MkdirAll(dir, 0o755)
+	var names []string
+	for _, e := range entries {
+		in, err := os.Open(filepath.Join(testnet.ReferenceDir(), e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := os.OpenFile(filepath.Join(dir, e.Name()), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(out, in)
+		in.Close()
+		out.Close()
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// version runs plugin's VERSION as a runtime would and reports a failure
+// unless it answered with a valid VERSION result.
+func version(plugin string) error {
+	cmd := exec.Command(plugin)
+	cmd.Env = []string{"CNI_COMMAND=VERSION", "CNI_PATH=" + filepath.Dir(plugin)}
+	cmd.Stdin = bytes.NewReader([]byte(`{"cniVersion":"1.0.0"}`))
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("%s VERSION: %w: %s", plugin, err, out)
+	}
+	var info struct {
+		SupportedVersions []string `json:"supportedVersions"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil || len(info.SupportedVersions) == 0 {
+		return fmt.Errorf("%s VERSION: bad answer %q", plugin, out)
+	}
+	return nil
+}
+
+// TestInstallOverReferenceWhileCalled installs cnibox over a directory of
+// reference plugins, and then re-installs it again and again, while
+// callers exec every plugin name of the directory in a loop and a runtime
+// runs ADD/DEL of a network from it: no call may ever find a missing,
+// half-written or non-executable plugin. Names cnibox does not have stay
+// the reference plugins.
+func TestInstallOverReferenceWhileCalled(t *testing.T) {
+	r := testnet.NewRuntime(t)
+	dir := filepath.Join(t.TempDir(), "opt-cni-bin")
+	names := copyReference(t, dir)
+	ours := map[string]bool{}
+	for _, a := range testnet.Applets(t) {
+		ours[a] = true
+	}
+	r.SetPath(dir)
+	list := r.Conflist(`{"cniVersion":"1.0.0","name":"install-loop","plugins":[{"type":"loopback"}]}`)
+
+	stop := make(chan struct{})
+	var calls, failures atomic.Int64
+	var mu sync.Mutex
+	var firstErrs []string
+	fail := func(err error) {
+		failures.Add(1)
+		mu.Lock()
+		if len(firstErrs) < 5 {
+			firstErrs = append(firstErrs, err.Error())
+		}
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := version(filepath.Join(dir, names[i%len(names)])); err != nil {
+					fail(err)
+				}
+				calls.Add(1)
+			}
+		}(w)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pod := r.Pod(t)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			a := r.Attach(pod, "lo")
+			if _, err := r.Add(list, a); err != nil {
+				fail(fmt.Errorf("ADD: %w", err))
+			}
+			if err := r.Del(list, a); err != nil {
+				fail(fmt.Errorf("DEL: %w", err))
+			}
+			calls.Add(2)
+		}
+	}()
+
+	bin := testnet.Binary(t)
+	const installs = 15
+	start := time.Now()
+	for i := 0; i < installs; i++ {
+		if out, err := exec.Command(bin, "install", "--dir", dir).CombinedOutput(); err != nil {
+			t.Errorf("install %d: %v: %s", i, err, out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d installs in %v while %d plugin calls ran; %d failed", installs, time.Since(start).Round(time.Millisecond), calls.Load(), failures.Load())
+	if failures.Load() > 0 {
+		t.Errorf("%d calls failed during install, first: %v", failures.Load(), firstErrs)
+	}
+
+	// After: every applet name is a link to cnibox, every other name is
+	// still the reference plugin, and all of them answer.
+	for _, n := range names {
+		link, err := os.Readlink(filepath.Join(dir, n))
+		switch {
+		case ours[n] && (err != nil || link != "cnibox"):
+			t.Errorf("%s is not a link to cnibox after install: %q %v", n, link, err)
+		case !ours[n] && err == nil:
+			t.Errorf("%s (not a cnibox applet) was replaced by a link to %s", n, link)
+		}
+		if err := version(filepath.Join(dir, n)); err != nil {
+			t.Error(err)
+		}
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*"))
+	if len(leftovers) > 0 {
+		t.Errorf("install left temporary files: %v", leftovers)
+	}
+}
