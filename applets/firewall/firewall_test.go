@@ -271,6 +271,18 @@ func TestVersions(t *testing.T) {
 			if err := r.Status(list); err != nil {
 				t.Fatalf("STATUS: %v", err)
 			}
+			if err := r.GC(list, a); err != nil {
+				t.Fatalf("GC keeping the pod: %v", err)
+			}
+			if !strings.Contains(rules(t, r), "-A CNI-FORWARD -s 10.10.3.") {
+				t.Fatal("GC removed a valid pod's rules")
+			}
+			if err := r.GC(list); err != nil {
+				t.Fatalf("GC: %v", err)
+			}
+			if s := rules(t, r); strings.Contains(s, "10.10.3.") {
+				t.Fatalf("rules left after GC:\n%s", s)
+			}
 		}
 		if err := r.Del(list, a); err != nil {
 			t.Fatalf("DEL: %v", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
 )
 
@@ -72,6 +73,11 @@ func podExprs(a *attachment) [][]expr.Any {
 }
 
 func (b nftBackend) add(a *attachment) error {
+	unlock, err := iptables.Lock("firewall-nft")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := nft.Open()
 	if err != nil {
 		return err
@@ -122,6 +128,11 @@ func deleteRules(c *nftables.Conn, chains []string, match func(string) bool) err
 }
 
 func flushDelete(chains []string, match func(string) bool) error {
+	unlock, err := iptables.Lock("firewall-nft")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := nft.Open()
 	if err != nil {
 		return err
@@ -152,8 +163,8 @@ func nftGC(net string, valid map[cni.Attachment]bool) error {
 	})
 }
 
-// rulesWith returns the comments of the rules of a chain.
-func rulesWith(chain string) ([]string, error) {
+// rulesOf returns the rules of a chain.
+func rulesOf(chain string) ([]*nftables.Rule, error) {
 	c, err := nft.Open()
 	if err != nil {
 		return nil, err
@@ -170,33 +181,44 @@ func rulesWith(chain string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: list %s: %w", chain, err)
 	}
-	out := make([]string, len(rules))
-	for i, r := range rules {
-		out[i] = nft.CommentOf(r)
+	return rules, nil
+}
+
+// checkRules verifies that the rules of chain commented key are exactly want.
+func checkRules(chain, key string, want [][]expr.Any) error {
+	rules, err := rulesOf(chain)
+	if err != nil {
+		return err
 	}
-	return out, nil
+	var have []*nftables.Rule
+	for _, r := range rules {
+		if nft.CommentOf(r) == key {
+			have = append(have, r)
+		}
+	}
+	if len(have) != len(want) {
+		return fmt.Errorf("nftables: inet %s: chain %s has %d rules of %s, want %d", fwTable, chain, len(have), key, len(want))
+	}
+	for i, r := range have {
+		if !nft.SameExprs(nftables.TableFamilyINet, r.Exprs, want[i]) {
+			return fmt.Errorf("nftables: inet %s: chain %s: rule %d of %s (handle %d) is not what ADD wrote", fwTable, chain, i, key, r.Handle)
+		}
+	}
+	return nil
 }
 
 func (nftBackend) check(a *attachment) error {
-	comments, err := rulesWith(fwPods)
+	if err := checkRules(fwPods, podKey(a), podExprs(a)); err != nil {
+		return err
+	}
+	jumps, err := rulesOf(fwFilter)
 	if err != nil {
 		return err
 	}
-	n := 0
-	for _, s := range comments {
-		if s == podKey(a) {
-			n++
+	for i, to := range []string{fwIso1, fwAdmin, fwPods} {
+		if len(jumps) != 3 || !nft.SameExprs(nftables.TableFamilyINet, jumps[i].Exprs, nft.Jump(to)) {
+			return fmt.Errorf("nftables: inet %s: chain %s is not the 3 jumps ADD wrote", fwTable, fwFilter)
 		}
-	}
-	if want := len(podExprs(a)); n != want {
-		return fmt.Errorf("nftables: inet %s: chain %s has %d rules of %s, want %d", fwTable, fwPods, n, podKey(a), want)
-	}
-	jumps, err := rulesWith(fwFilter)
-	if err != nil {
-		return err
-	}
-	if len(jumps) != 3 {
-		return fmt.Errorf("nftables: inet %s: chain %s has %d rules, want its 3 jumps", fwTable, fwFilter, len(jumps))
 	}
 	return nil
 }
@@ -211,6 +233,11 @@ func isolationExprs(bridge, policy string) (s1, s2 [][]expr.Any) {
 }
 
 func (nftBackend) isolate(a *attachment) error {
+	unlock, err := iptables.Lock("firewall-nft")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := nft.Open()
 	if err != nil {
 		return err
@@ -241,23 +268,9 @@ func (nftBackend) unisolate(a *attachment) error {
 
 func (nftBackend) checkIsolation(a *attachment) error {
 	s1, s2 := isolationExprs(a.Bridge, a.Policy)
-	for _, x := range []struct {
-		chain string
-		want  int
-	}{{fwIso1, len(s1)}, {fwIso2, len(s2)}} {
-		comments, err := rulesWith(x.chain)
-		if err != nil {
-			return err
-		}
-		n := 0
-		for _, s := range comments {
-			if s == bridgeKey(a.Bridge)+"ingressPolicy="+a.Policy {
-				n++
-			}
-		}
-		if n != x.want {
-			return fmt.Errorf("nftables: inet %s: chain %s has %d rules for bridge %s, want %d", fwTable, x.chain, n, a.Bridge, x.want)
-		}
+	key := bridgeKey(a.Bridge) + "ingressPolicy=" + a.Policy
+	if err := checkRules(fwIso1, key, s1); err != nil {
+		return err
 	}
-	return nil
+	return checkRules(fwIso2, key, s2)
 }

@@ -3,11 +3,13 @@ package portmap
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
+	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
 )
 
@@ -146,6 +148,11 @@ func nftBase(c *nftables.Conn, fam nftables.TableFamily, guard bool) (*nftables.
 }
 
 func (b nftBackend) add(a *attachment) error {
+	unlock, err := iptables.Lock("portmap-nft")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := nft.Open()
 	if err != nil {
 		return err
@@ -212,20 +219,42 @@ func (nftBackend) queueDelete(c *nftables.Conn, fam nftables.TableFamily, match 
 	return nil
 }
 
+// remove deletes the matching rules of both families. cnibox's own writers
+// are serialized by a lock, and the listing is repeated after the delete:
+// a rule dump interrupted by another writer can come back short.
 func (b nftBackend) remove(match func(string) bool) error {
-	c, err := nft.Open()
+	unlock, err := iptables.Lock("portmap-nft")
 	if err != nil {
 		return err
 	}
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-		if err := b.queueDelete(c, fam, match); err != nil {
+	defer unlock()
+	for try := 0; ; try++ {
+		c, err := nft.Open()
+		if err != nil {
 			return err
 		}
+		left := false
+		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+			if err := b.queueDelete(c, fam, func(s string) bool {
+				if match(s) {
+					left = true
+					return true
+				}
+				return false
+			}); err != nil {
+				return err
+			}
+		}
+		if !left {
+			return nil
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("nftables: delete rules: %w", err)
+		}
+		if try == 3 {
+			return nil
+		}
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: delete rules: %w", err)
-	}
-	return nil
 }
 
 func (b nftBackend) del(net, id string) error {
@@ -270,22 +299,25 @@ func (nftBackend) check(a *attachment) error {
 			if err != nil {
 				return fmt.Errorf("nftables: list %s: %w", name, err)
 			}
-			n := 0
-			for _, r := range rules {
-				if name == "prerouting" || name == "output" {
-					if ruleJumpsTo(r, nftHostports) {
-						n++
-					}
-				} else if nft.CommentOf(r) == key {
-					n++
-				}
-			}
 			if name == "prerouting" || name == "output" {
-				if n == 0 {
+				if !slices.ContainsFunc(rules, func(r *nftables.Rule) bool { return ruleJumpsTo(r, nftHostports) }) {
 					return fmt.Errorf("nftables: %s %s: chain %s does not jump to %s", famName(f.fam), nftTable, name, nftHostports)
 				}
-			} else if n != len(want[name]) {
-				return fmt.Errorf("nftables: %s %s: chain %s has %d rules of %s, want %d", famName(f.fam), nftTable, name, n, key, len(want[name]))
+				continue
+			}
+			var have []*nftables.Rule
+			for _, r := range rules {
+				if nft.CommentOf(r) == key {
+					have = append(have, r)
+				}
+			}
+			if len(have) != len(want[name]) {
+				return fmt.Errorf("nftables: %s %s: chain %s has %d rules of %s, want %d", famName(f.fam), nftTable, name, len(have), key, len(want[name]))
+			}
+			for i, r := range have {
+				if !nft.SameExprs(f.fam, r.Exprs, want[name][i]) {
+					return fmt.Errorf("nftables: %s %s: chain %s: rule %d of %s (handle %d) is not what ADD wrote", famName(f.fam), nftTable, name, i, key, r.Handle)
+				}
 			}
 		}
 	}

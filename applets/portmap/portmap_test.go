@@ -199,7 +199,7 @@ func TestVersions(t *testing.T) {
 	w := newWorld(t)
 	r := w.r
 	for _, backend := range []string{"iptables", "nftables"} {
-		testnet.ForEachVersion(t, []string{"0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"}, func(t *testing.T, v string) {
+		testnet.ForEachVersion(t, []string{"0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}, func(t *testing.T, v string) {
 			list := r.Conflist(bridgeChain(v, "v"+strings.ReplaceAll(v, ".", "")+backend[:3], backendKey(backend)))
 			pod := r.Pod(t)
 			traffic.Serve(t, pod, 80, "pod")
@@ -213,6 +213,22 @@ func TestVersions(t *testing.T) {
 				if err := r.Check(list, a); err != nil {
 					t.Fatalf("CHECK: %v", err)
 				}
+			}
+			if cni.VersionAtLeast(v, "1.1.0") {
+				if err := r.Status(list); err != nil {
+					t.Fatalf("STATUS: %v", err)
+				}
+				if err := r.GC(list, a); err != nil {
+					t.Fatalf("GC keeping the pod: %v", err)
+				}
+				traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+				if err := r.GC(list); err != nil {
+					t.Fatalf("GC: %v", err)
+				}
+				if s := rules(t, r); strings.Contains(s, a.ContainerID) || strings.Contains(s, dnChain(list.Name, a.ContainerID)) {
+					t.Errorf("rules left after GC:\n%s", s)
+				}
+				traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
 			}
 			if err := r.Del(list, a); err != nil {
 				t.Fatalf("DEL: %v", err)

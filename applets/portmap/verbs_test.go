@@ -3,6 +3,7 @@ package portmap_test
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/testnet"
@@ -80,6 +81,11 @@ func TestDelGCStatus(t *testing.T) {
 			if out, _, code := r.Exec("portmap", env("CHECK", "pod-a"), rawConf("1.1.0", "net1", keys, maps)); code != 0 {
 				t.Fatalf("CHECK: %s", out)
 			}
+			// A rule changed behind our back (DNAT to another address): CHECK fails.
+			tamper(t, r, backend, "net2", "pod-c")
+			if out, _, code := r.Exec("portmap", env("CHECK", "pod-c"), rawConf("1.1.0", "net2", keys, maps)); code == 0 {
+				t.Fatalf("CHECK passed with a changed rule: %s", out)
+			}
 			// DEL without portMappings: the rules are found all the same,
 			// and only net1's.
 			if out, _, code := r.Exec("portmap", env("DEL", "pod-a"), rawConf("1.1.0", "net1", keys, "")); code != 0 {
@@ -139,4 +145,84 @@ func has(dump, backend, net, id string) bool {
 		return strings.Contains(dump, fmt.Sprintf(`"net=%s id=%s"`, net, id))
 	}
 	return strings.Contains(dump, dnChain(net, id))
+}
+
+// tamper points the first DNAT rule of net/id at 10.88.0.99.
+func tamper(t *testing.T, r *testnet.Runtime, backend, net, id string) {
+	t.Helper()
+	if backend == "iptables" {
+		chain := dnChain(net, id)
+		out := r.Node.MustRun("iptables", "-t", "nat", "-S", chain)
+		for i, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "-j DNAT") {
+				spec := strings.Fields(strings.Replace(line, "10.88.0.2:", "10.88.0.99:", 1))[2:]
+				r.Node.MustRun("iptables", append([]string{"-t", "nat", "-R", chain, fmt.Sprint(i)}, spec...)...)
+				return
+			}
+		}
+		t.Fatalf("no DNAT rule in %s:\n%s", chain, out)
+	}
+	out := r.Node.MustRun("nft", "-a", "list", "chain", "ip", "cni_hostport", "hostports")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, fmt.Sprintf(`"net=%s id=%s"`, net, id)) && strings.Contains(line, "dnat") {
+			handle := line[strings.LastIndex(line, "# handle ")+len("# handle "):]
+			r.Node.MustRun("nft", "replace", "rule", "ip", "cni_hostport", "hostports", "handle", strings.TrimSpace(handle),
+				"tcp", "dport", "8080", "dnat", "to", "10.88.0.99:80", "comment", fmt.Sprintf(`"net=%s id=%s"`, net, id))
+			return
+		}
+	}
+	t.Fatalf("no rule of %s/%s:\n%s", net, id, out)
+}
+
+// TestConcurrent: many ADDs and then DELs at once (different pods, one
+// network) on both backends: every one succeeds, the shared jumps exist
+// once, and the DELs leave only the shared base chains.
+func TestConcurrent(t *testing.T) {
+	for _, backend := range []string{"iptables", "nftables"} {
+		t.Run(backend, func(t *testing.T) {
+			r := testnet.NewRuntime(t)
+			keys := backendKey(backend)
+			const n = 12
+			run := func(cmd string) {
+				var wg sync.WaitGroup
+				errs := make(chan string, n)
+				for i := 0; i < n; i++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						maps := fmt.Sprintf(`[{"hostPort":%d,"containerPort":80,"protocol":"tcp"}]`, 9000+i)
+						if out, errb, code := r.Exec("portmap", env(cmd, fmt.Sprintf("pod-%d", i)), rawConf("1.0.0", "conc", keys, maps)); code != 0 {
+							errs <- fmt.Sprintf("%s pod-%d: %s %s", cmd, i, out, errb)
+						}
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for e := range errs {
+					t.Error(e)
+				}
+			}
+			run("ADD")
+			s := rules(t, r)
+			for i := 0; i < n; i++ {
+				if !has(s, backend, "conc", fmt.Sprintf("pod-%d", i)) {
+					t.Errorf("rules of pod-%d missing", i)
+				}
+			}
+			if backend == "iptables" {
+				s := r.Node.MustRun("iptables-save")
+				for _, jump := range []string{"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT", "-A INPUT -j CNI-HOSTPORT-GUARD",
+					`-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ`} {
+					if c := strings.Count(s, jump+"\n"); c != 1 {
+						t.Errorf("%q %d times", jump, c)
+					}
+				}
+			}
+			run("DEL")
+			s = rules(t, r)
+			if strings.Contains(s, "pod-") || strings.Contains(s, "CNI-DN-") {
+				t.Errorf("left after DEL:\n%s", s)
+			}
+		})
+	}
 }

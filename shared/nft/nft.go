@@ -7,6 +7,7 @@
 package nft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -213,7 +214,7 @@ func DNAT(a netip.Addr, port uint16) []expr.Any {
 	return []expr.Any{
 		&expr.Immediate{Register: 1, Data: a.AsSlice()},
 		&expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, port)},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 2, RegProtoMax: 2, Specified: true},
 	}
 }
 
@@ -261,4 +262,20 @@ func Chains(c *nftables.Conn, t *nftables.Table) (map[string]*nftables.Chain, er
 		}
 	}
 	return out, nil
+}
+
+// SameExprs reports whether a rule read back from the kernel has exactly
+// the expressions want, compared in their netlink encoding.
+func SameExprs(fam nftables.TableFamily, have, want []expr.Any) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range want {
+		a, errA := expr.Marshal(byte(fam), have[i])
+		b, errB := expr.Marshal(byte(fam), want[i])
+		if errA != nil || errB != nil || !bytes.Equal(a, b) {
+			return false
+		}
+	}
+	return true
 }
