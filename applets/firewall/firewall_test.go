@@ -187,10 +187,16 @@ func TestDelGCStatus(t *testing.T) {
 	for _, backend := range []string{"iptables", "nftables"} {
 		t.Run(backend, func(t *testing.T) {
 			r := testnet.NewRuntime(t)
-			keys := fmt.Sprintf(`,"backend":%q,"ingressPolicy":"isolated"`, backend)
+			keys := fmt.Sprintf(`,"backend":%q,"ingressPolicy":"isolated","iptablesAdminChainName":"MY-ADMIN"`, backend)
 			for i, id := range []string{"pod-a", "pod-b", "pod-c"} {
 				if out, errb, code := r.Exec("firewall", env("ADD", id), raw("1.1.0", "fw", keys, i+2, true)); code != 0 {
 					t.Fatalf("ADD %s: %s %s", id, out, errb)
+				}
+			}
+			if backend == "iptables" {
+				s := rules(t, r)
+				if !strings.Contains(s, `-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j MY-ADMIN`) || strings.Contains(s, "CNI-ADMIN") {
+					t.Fatalf("iptablesAdminChainName not used:\n%s", s)
 				}
 			}
 			if out, _, code := r.Exec("firewall", env("CHECK", "pod-a"), raw("1.1.0", "fw", keys, 2, true)); code != 0 {

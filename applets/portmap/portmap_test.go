@@ -355,3 +355,33 @@ func TestUDPConntrackFlush(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestConditions: conditionsV4 limits who the mapping applies to, in either
+// backend's syntax; masqAll masquerades every source.
+func TestConditions(t *testing.T) {
+	for _, tc := range []struct{ backend, keys string }{
+		{"iptables", `,"conditionsV4":["-s","192.168.77.0/24"],"masqAll":true`},
+		{"nftables", `,"conditionsV4":["ip saddr 192.168.77.0/24"],"masqAll":true`},
+	} {
+		t.Run(tc.backend, func(t *testing.T) {
+			w := newWorld(t)
+			r := w.r
+			list := r.Conflist(bridgeChain("1.0.0", "cond-"+tc.backend, tc.keys))
+			pod := r.Pod(t)
+			traffic.Serve(t, pod, 80, "pod")
+			a := r.Attach(pod, "eth0")
+			a.Caps = mappings(pm(8080, 80, "tcp", ""))
+			if _, err := r.Add(list, a); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Check(list, a); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+			traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+			traffic.ExpectNot(t, r.Node, "tcp", "127.0.0.1", 8080, "pod")
+			if err := r.Del(list, a); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
