@@ -144,12 +144,13 @@ func Add(req *cni.Request) (types.Result, error) {
 	if len(a.maps) == 0 || (a.v4 == nil && a.v6 == nil) {
 		return prev, nil
 	}
+	// Recorded first: a DEL after a failed ADD finds what was half made.
+	if err := remember(req.Name, req.ContainerID, *conf.Backend); err != nil {
+		req.Log.Warnf("portmap: %v (DEL without portMappings will not find the rules)", err)
+	}
 	be := backendFor(*conf.Backend)
 	if err := be.add(a); err != nil {
 		return nil, fmt.Errorf("portmap: %s: %w", *conf.Backend, err)
-	}
-	if err := remember(req.Name, req.ContainerID, *conf.Backend); err != nil {
-		req.Log.Warnf("portmap: %v (DEL without portMappings will not find the rules)", err)
 	}
 	for _, ip := range []*net.IPNet{a.v4, a.v6} {
 		if ip != nil {

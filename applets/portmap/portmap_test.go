@@ -65,9 +65,10 @@ func TestTraffic(t *testing.T) {
 			traffic.Serve(t, w.far, 8080, "far")
 			traffic.Serve(t, w.far, 9090, "far")
 
+			traffic.ServePeer(t, pod1, 81)
 			a1 := r.Attach(pod1, "eth0")
 			a1.Caps = mappings(pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", ""),
-				pm(9090, 80, "tcp", farIP), pm(8081, 80, "tcp", nodeIP6))
+				pm(9090, 80, "tcp", farIP), pm(8081, 80, "tcp", nodeIP6), pm(8082, 81, "tcp", ""))
 			if _, err := r.Add(list, a1); err != nil {
 				t.Fatalf("ADD pod1: %v", err)
 			}
@@ -90,6 +91,10 @@ func TestTraffic(t *testing.T) {
 				traffic.Expect(t, pod2, proto, nodeIP, 8080, "pod1")
 				traffic.Expect(t, pod2, proto, nodeIP6, 8080, "pod1")
 			}
+			// Who the pod sees: other machines as themselves, a hairpin
+			// connection masqueraded to the bridge's address.
+			traffic.Expect(t, w.outside, "tcp", nodeIP, 8082, "192.168.77.2")
+			traffic.Expect(t, pod2, "tcp", nodeIP, 8082, "10.88.0.1")
 			// Not addressed to the node: routed to far, untouched.
 			traffic.Expect(t, w.outside, "tcp", farIP, 8080, "far")
 			traffic.Expect(t, w.outside, "tcp", farIP, 9090, "far")
@@ -369,8 +374,9 @@ func TestConditions(t *testing.T) {
 			list := r.Conflist(bridgeChain("1.0.0", "cond-"+tc.backend, tc.keys))
 			pod := r.Pod(t)
 			traffic.Serve(t, pod, 80, "pod")
+			traffic.ServePeer(t, pod, 81)
 			a := r.Attach(pod, "eth0")
-			a.Caps = mappings(pm(8080, 80, "tcp", ""))
+			a.Caps = mappings(pm(8080, 80, "tcp", ""), pm(8081, 81, "tcp", ""))
 			if _, err := r.Add(list, a); err != nil {
 				t.Fatal(err)
 			}
@@ -378,6 +384,8 @@ func TestConditions(t *testing.T) {
 				t.Fatalf("CHECK: %v", err)
 			}
 			traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+			// masqAll: even another machine's connection is masqueraded.
+			traffic.Expect(t, w.outside, "tcp", nodeIP, 8081, "10.88.0.1")
 			traffic.ExpectNot(t, r.Node, "tcp", "127.0.0.1", 8080, "pod")
 			if err := r.Del(list, a); err != nil {
 				t.Fatal(err)

@@ -19,6 +19,19 @@ import (
 // Serve runs a TCP and a UDP server on port in ns that answer every
 // connection or datagram with name, until the test ends.
 func Serve(t testing.TB, ns *testnet.NS, port int, name string) {
+	serve(t, ns, port, func(net.Addr) string { return name })
+}
+
+// ServePeer is Serve whose servers answer with the client's address as
+// they see it (to tell whether a connection was masqueraded).
+func ServePeer(t testing.TB, ns *testnet.NS, port int) {
+	serve(t, ns, port, func(a net.Addr) string {
+		host, _, _ := net.SplitHostPort(a.String())
+		return host
+	})
+}
+
+func serve(t testing.TB, ns *testnet.NS, port int, answer func(net.Addr) string) {
 	t.Helper()
 	var tcp []net.Listener
 	var udp []net.PacketConn
@@ -52,7 +65,7 @@ func Serve(t testing.TB, ns *testnet.NS, port int, name string) {
 				if err != nil {
 					return
 				}
-				c.Write([]byte(name))
+				c.Write([]byte(answer(c.RemoteAddr())))
 				c.Close()
 			}
 		}()
@@ -67,7 +80,7 @@ func Serve(t testing.TB, ns *testnet.NS, port int, name string) {
 				if err != nil {
 					return
 				}
-				c.WriteTo([]byte(name), from)
+				c.WriteTo([]byte(answer(from)), from)
 			}
 		}()
 	}
