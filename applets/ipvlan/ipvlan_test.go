@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -101,12 +102,28 @@ func result(t *testing.T, res types.Result) *current.Result {
 	return cur
 }
 
-// TestTwoPodsL2: two pods on the same master in l2 mode reach each other;
-// CHECK passes; DEL removes the links and releases the addresses, and a
-// second DEL succeeds.
+// dualStack is host-local with an IPv4 and an IPv6 range.
+const dualStack = `"ipam":{"type":"host-local","ranges":[[{"subnet":"10.10.0.0/24"}],[{"subnet":"fd00:10::/64"}]]}`
+
+// ping pings addr from pod, retrying for a few seconds: an IPv6 address
+// without a gateway is usable only once duplicate address detection ends.
+func ping(pod *testnet.NS, addr string) error {
+	var err error
+	for i := 0; i < 10; i++ {
+		if err = pod.Ping(addr); err == nil {
+			return nil
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return err
+}
+
+// TestTwoPodsL2: two dual-stack pods on the same master in l2 mode reach
+// each other over IPv4 and IPv6; CHECK passes; DEL removes the links and
+// releases the addresses, and a second DEL succeeds.
 func TestTwoPodsL2(t *testing.T) {
 	r := node(t)
-	l := list(t, r, "1.1.0", `"master":"dum0","mode":"l2",`+hostLocal)
+	l := list(t, r, "1.1.0", `"master":"dum0","mode":"l2",`+dualStack)
 	podA, podB := r.Pod(t), r.Pod(t)
 	a, b := r.Attach(podA, "eth0"), r.Attach(podB, "eth0")
 	resA, err := r.Add(l, a)
@@ -117,20 +134,25 @@ func TestTwoPodsL2(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ADD b: %v", err)
 	}
-	ipA, ipB := result(t, resA).IPs[0].Address.IP.String(), result(t, resB).IPs[0].Address.IP.String()
-	if err := podA.Ping(ipB); err != nil {
-		t.Fatalf("a cannot reach b: %v", err)
+	curA, curB := result(t, resA), result(t, resB)
+	if len(curA.IPs) != 2 || len(curB.IPs) != 2 {
+		t.Fatalf("want an IPv4 and an IPv6 address each: %v, %v", curA.IPs, curB.IPs)
 	}
-	if err := podB.Ping(ipA); err != nil {
-		t.Fatalf("b cannot reach a: %v", err)
+	for i := range curA.IPs {
+		if err := ping(podA, curB.IPs[i].Address.IP.String()); err != nil {
+			t.Errorf("a cannot reach b: %v", err)
+		}
+		if err := ping(podB, curA.IPs[i].Address.IP.String()); err != nil {
+			t.Errorf("b cannot reach a: %v", err)
+		}
 	}
 	for _, att := range []*testnet.Attachment{a, b} {
 		if err := r.Check(l, att); err != nil {
 			t.Fatalf("CHECK: %v", err)
 		}
 	}
-	if got := len(allocations(r, l.Name)); got != 2 {
-		t.Fatalf("host-local holds %d addresses, want 2", got)
+	if got := len(allocations(r, l.Name)); got != 4 {
+		t.Fatalf("host-local holds %d addresses, want 4", got)
 	}
 	for _, att := range []*testnet.Attachment{a, b} {
 		for i := 0; i < 2; i++ {
@@ -251,13 +273,15 @@ func TestVersions(t *testing.T) {
 		if !strings.Contains(out, "via 10.20.0.1 dev net1") {
 			t.Errorf("default route: %q", out)
 		}
-		var arpNotify string
-		if err := pod.Do(func() error {
-			b, err := os.ReadFile("/proc/sys/net/ipv4/conf/net1/arp_notify")
-			arpNotify = strings.TrimSpace(string(b))
-			return err
-		}); err != nil || arpNotify != "1" {
-			t.Errorf("arp_notify = %q (%v), want 1", arpNotify, err)
+		for _, knob := range []string{"ipv4/conf/net1/arp_notify", "ipv6/conf/net1/ndisc_notify"} {
+			var val string
+			if err := pod.Do(func() error {
+				b, err := os.ReadFile("/proc/sys/net/" + knob)
+				val = strings.TrimSpace(string(b))
+				return err
+			}); err != nil || val != "1" {
+				t.Errorf("%s = %q (%v), want 1", knob, val, err)
+			}
 		}
 		if cni.VersionAtLeast(v, "0.4.0") {
 			if err := r.Check(l, a); err != nil {
