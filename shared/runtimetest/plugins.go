@@ -33,10 +33,23 @@ func InstallPluginsInto(t testing.TB, dir string) *Plugins {
 	if out, err := exec.Command(testnet.Binary(t), "install", "--dir", dir).CombinedOutput(); err != nil {
 		t.Fatalf("cnibox install --dir %s: %v: %s", dir, err, out)
 	}
-	p := &Plugins{Dir: dir, Ours: testnet.Applets(t)}
+	// RUNTIMETEST_REFERENCE=bridge,portmap makes those names the
+	// reference plugins even where cnibox has them: to compare, or to
+	// tell a cnibox bug from a test's.
+	forced := map[string]bool{}
+	for _, n := range strings.Split(os.Getenv("RUNTIMETEST_REFERENCE"), ",") {
+		if n != "" {
+			forced[n] = true
+			os.Remove(filepath.Join(dir, n))
+		}
+	}
+	p := &Plugins{Dir: dir}
 	ours := map[string]bool{}
-	for _, a := range p.Ours {
-		ours[a] = true
+	for _, a := range testnet.Applets(t) {
+		if !forced[a] {
+			ours[a] = true
+			p.Ours = append(p.Ours, a)
+		}
 	}
 	refs, _ := os.ReadDir(testnet.ReferenceDir())
 	for _, e := range refs {

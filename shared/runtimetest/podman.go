@@ -142,8 +142,15 @@ func StartPodman(t testing.TB, node *testnet.NS, bin string) *Podman {
 // Command returns a podman command in the node and the shared mount
 // namespace.
 func (p *Podman) Command(args ...string) *exec.Cmd {
+	return p.InNode("podman", args...)
+}
+
+// InNode returns a command that runs in podman's node netns and mount
+// namespace (for a daemon podman's plugins talk to, such as "dhcp
+// daemon" on /run/cni/dhcp.sock). nsenter execs it: the pid is its own.
+func (p *Podman) InNode(name string, args ...string) *exec.Cmd {
 	pid := strconv.Itoa(p.holder.Process.Pid)
-	cmd := exec.Command("nsenter", append([]string{"--target", pid, "--mount", "--net", "--", "podman"}, args...)...)
+	cmd := exec.Command("nsenter", append([]string{"--target", pid, "--mount", "--net", "--", name}, args...)...)
 	cmd.Env = p.Env
 	return cmd
 }
