@@ -130,3 +130,22 @@ func BenchmarkDel(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAdopt measures the one-time cost of a call that finds the index
+// out of date (after the reference, or anything else, changed the store):
+// a DEL that has to rebuild the index from N reservation files first.
+func BenchmarkAdopt(b *testing.B) {
+	testnet.RequireRoot(b)
+	for _, size := range benchSizes {
+		s := newBenchStore(b, size.n)
+		b.Run("existing="+size.name, func(b *testing.B) {
+			stamp := filepath.Join(s.dataDir, ".cnibox", "bench", "stamp")
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				os.Remove(stamp)
+				b.StartTimer()
+				s.inProcess(b, "DEL", "adopt")
+			}
+		})
+	}
+}

@@ -234,3 +234,51 @@ func TestCrashSafety(t *testing.T) {
 		})
 	}
 }
+
+// TestCrashAtRandom kills ADDs of the production binary at random moments
+// while other ADDs run; afterwards GC with the survivors valid and DELs of
+// everyone leave an empty store and an index that agrees with it.
+func TestCrashAtRandom(t *testing.T) {
+	our := filepath.Join(testnet.BinDir(t), "host-local")
+	netns := testnet.NewNS(t, "pod").Path
+	nw := newNetwork(t, "1.1.0")
+	conf := nw.conf(`"ranges":[[{"subnet":"10.103.0.0/24"}],[{"subnet":"fd00:103::/64"}]]`)
+	env := func(cmd, id string) []string {
+		return []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + id, "CNI_IFNAME=eth0", "CNI_NETNS=" + netns, "CNI_PATH=" + filepath.Dir(our)}
+	}
+	var valid []string
+	for i := 0; i < 30; i++ {
+		victim := exec.Command(our)
+		victim.Env = env("ADD", fmt.Sprintf("victim%d", i))
+		victim.Stdin = strings.NewReader(string(conf))
+		if err := victim.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(i%6) * 500 * time.Microsecond)
+		victim.Process.Signal(syscall.SIGKILL)
+		victim.Wait()
+		id := fmt.Sprintf("ok%d", i)
+		if out, err := execPlugin(t, our, env("ADD", id), conf); err != nil {
+			t.Fatal(out, err)
+		}
+		valid = append(valid, fmt.Sprintf(`{"containerID":%q,"ifname":"eth0"}`, id))
+	}
+	for ip, owner := range nw.files(t) {
+		if owner == "" {
+			t.Errorf("empty reservation %s survived later ADDs", ip)
+		}
+	}
+	gc := strings.Replace(string(conf), `"type":"host-local","ipam"`, `"type":"host-local","cni.dev/valid-attachments":[`+strings.Join(valid, ",")+`],"ipam"`, 1)
+	if out, err := execPlugin(t, our, []string{"CNI_COMMAND=GC", "CNI_PATH=" + filepath.Dir(our)}, []byte(gc)); err != nil {
+		t.Fatal(out, err)
+	}
+	if got := len(nw.files(t)); got != 2*len(valid) {
+		t.Fatalf("after GC %d reservations, want %d", got, 2*len(valid))
+	}
+	for i := range valid {
+		if out, err := execPlugin(t, our, env("DEL", fmt.Sprintf("ok%d", i)), conf); err != nil {
+			t.Fatal(out, err)
+		}
+	}
+	wantFiles(t, nw, nil)
+}
