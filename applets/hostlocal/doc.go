@@ -21,43 +21,45 @@
 // cnibox keeps an index beside the network's directory, where the
 // reference never looks (network names start with a letter or digit):
 //
-//	<dataDir>/.cnibox/<network>/att/<key>     one record per attachment: a symlink
-//	                                          whose target lists its addresses
-//	<dataDir>/.cnibox/<network>/stamp         the state of both directories the
-//	                                          index was last known to match
+//	<dataDir>/.cnibox/<network>/index   an on-disk open-addressing hash table
+//	                                    (table.go): attachment → its addresses
+//	<dataDir>/.cnibox/<network>/stamp   the state of the network directory and
+//	                                    of the index file the index was last
+//	                                    known to match
 //
-// key is a hash of (containerID, ifname), or of the containerID alone for
-// old id-only files. A symlink is created or read in one syscall, so a
-// record is never half written. ADD's duplicate check and DEL read one
-// record and then only the files it names: O(1) in the number of
-// reservations.
+// The key is a hash of (containerID, ifname), or of the containerID alone for
+// old id-only files. ADD's duplicate check and DEL read one or two 128-byte
+// slots (pread) and then only the reservation files they name; updates are
+// pwrites of a slot and the header. No directory is listed and no file is
+// created in the index per attachment, so ADD and DEL cost the same at 250
+// or 65k reservations, and a rebuild writes one (sparse) file.
 //
 // The index is never trusted blindly:
 //
 //   - Every file a record names is read and compared with the attachment
-//     before it is used or removed; a record that names a file now held by
-//     someone else is ignored.
-//   - The stamp holds device, inode and mtime of the network directory and
-//     of att/. Any change to either — a reservation made or released by the
-//     reference plugin, by an operator, a directory wiped and recreated, a
-//     record lost — changes one of them. When the stamp does not match
-//     (or is missing) at the start of a call, the index is rebuilt from the
-//     files (one scan, what the reference does on every call) before the
-//     call goes on. A rebuild writes a fresh att/ and swaps it in.
-//   - A call writes the stamp only at its end, after every file and record
+//     before it is used or removed. A record naming a file the files do not
+//     give the attachment, or a slot that does not decode, means the index
+//     is wrong: it is rebuilt and the lookup repeated.
+//   - The stamp holds device, inode (and for the index, size) and mtime of
+//     the network directory and of the index file. Any change to either — a
+//     reservation made or released by the reference plugin, by an operator,
+//     a directory wiped and recreated, an index file replaced or written to
+//     — changes one of them. When the stamp does not match (or is missing)
+//     at the start of a call, the index is rebuilt from the files (one scan,
+//     what the reference does on every call) before the call goes on. A
+//     rebuild writes a fresh index file and renames it into place.
+//   - A call writes the stamp only at its end, after every file and index
 //     change (in place: a torn stamp matches nothing and only costs a
-//     rebuild), and removes it when anything failed half-way. A record that
-//     names a file the files do not give the attachment also triggers a
-//     rebuild. A process
-//     killed in the middle leaves the directories changed and the old stamp
-//     behind: the next call sees the mismatch and rebuilds. An empty
-//     reservation file (a writer killed between creating and filling it)
-//     names nobody; the rebuild removes it.
+//     rebuild), and removes it when anything failed half-way. A process
+//     killed in the middle leaves the directory or the index changed and the
+//     old stamp behind: the next call sees the mismatch and rebuilds. An
+//     empty reservation file (a writer killed between creating and filling
+//     it) names nobody; the rebuild removes it.
 //   - Coarse timestamps: on filesystems whose mtime ticks with the kernel's
 //     coarse clock (tmpfs, kernels without multigrain timestamps), a change
-//     later in the same tick as ours would leave the mtime unchanged. When a
-//     directory's mtime is the current coarse time at commit, the call sets
-//     it one nanosecond back (utimensat, with the lock held): every later
+//     later in the same tick as ours would leave the mtime unchanged. When the
+//     directory's or the index's mtime is the current coarse time at commit,
+//     the call sets it one nanosecond back (utimensat, with the lock held): every later
 //     change is stamped with the current time or later, so it shows.
 //
 // All of this happens under the reference's flock on <network>/lock, held

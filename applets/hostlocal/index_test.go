@@ -129,16 +129,15 @@ func TestIndexNeverTrustedBlindly(t *testing.T) {
 		t.Fatalf("DEL of a released b's address: %q", got)
 	}
 
-	// b's record is garbage, the stamp matches: DEL rebuilds and releases.
+	// The index file is garbage, the stamp matches: DEL rebuilds and releases.
 	s = openTest(t, data)
-	path := filepath.Join(s.attDir, attachmentKey("b", "eth0"))
-	os.Remove(path)
-	os.Symlink("garbage", path)
+	st, _ := s.tab.f.Stat()
+	s.tab.f.WriteAt(bytes.Repeat([]byte{0xff}, int(st.Size())-headerSize), headerSize)
 	s.dirty = true
 	s.close()
 	mustCall(t, conf, "DEL", "b")
 	if _, err := os.Stat(filepath.Join(dir, "10.120.0.3")); err == nil {
-		t.Fatal("DEL with a corrupt record did not release")
+		t.Fatal("DEL with a corrupt index did not release")
 	}
 
 	// The stamp gone, the index dir gone: rebuilt, still right.

@@ -1,8 +1,6 @@
 package hostlocal
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -29,52 +27,27 @@ const (
 const indexDirName = ".cnibox"
 
 // stampVersion heads the stamp file; a stamp of another version is stale.
-const stampVersion = "cnibox-host-local-index 1"
+const stampVersion = "cnibox-host-local-index 2"
 
 // owner is what a reservation file holds: "<id>\r\n<ifname>", or, in the
 // files of old reference versions, only "<id>".
 func owner(id, ifname string) string { return strings.TrimSpace(id) + lineBreak + ifname }
-
-// attachmentKey and legacyKey name an attachment's index record.
-func attachmentKey(id, ifname string) string {
-	return hashKey("a\x00" + strings.TrimSpace(id) + "\x00" + ifname)
-}
-func legacyKey(id string) string { return hashKey("l\x00" + strings.TrimSpace(id)) }
-
-func hashKey(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:16])
-}
-
-// keyOf returns the index key of a reservation file's content, or "" for
-// content that names no attachment (empty, or more than two lines).
-func keyOf(content string) string {
-	c := strings.TrimSpace(content)
-	if c == "" {
-		return ""
-	}
-	parts := strings.Split(c, lineBreak)
-	switch len(parts) {
-	case 1:
-		return legacyKey(parts[0])
-	case 2:
-		return attachmentKey(parts[0], parts[1])
-	}
-	return ""
-}
 
 // store is one network's reservations, locked for the life of the value.
 // See the package documentation for the layout and the index protocol.
 type store struct {
 	dir     string // <dataDir>/<network>: the reservations (the truth)
 	idxDir  string // <dataDir>/.cnibox/<network>
-	attDir  string // idxDir/att: one record per attachment
+	tab     *table // idxDir/index
 	lock    *os.File
 	log     *logging.Logger
-	dirty   bool // dir or attDir changed: commit writes a new stamp
+	dirty   bool // dir or index changed: commit writes a new stamp
 	broken  bool // the index may disagree with the files: drop the stamp
 	rebuilt bool // this open rebuilt the index (for tests and logs)
 }
+
+func (s *store) tablePath() string { return filepath.Join(s.idxDir, "index") }
+func (s *store) stampPath() string { return filepath.Join(s.idxDir, "stamp") }
 
 // openStore creates the network's directory if needed, takes its lock
 // (bounded), and makes sure the index agrees with the files, rebuilding it
@@ -85,7 +58,6 @@ func openStore(dataDir, network string, log *logging.Logger) (*store, error) {
 		idxDir: filepath.Join(dataDir, indexDirName, network),
 		log:    log,
 	}
-	s.attDir = filepath.Join(s.idxDir, "att")
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
@@ -94,11 +66,16 @@ func openStore(dataDir, network string, log *logging.Logger) (*store, error) {
 		return nil, err
 	}
 	s.lock = lock
-	if err := os.MkdirAll(s.attDir, 0o700); err != nil {
+	if err := os.MkdirAll(s.idxDir, 0o700); err != nil {
 		s.unlock()
 		return nil, fmt.Errorf("create index dir: %w", err)
 	}
-	if !s.stampValid() {
+	if s.stampValid() {
+		if s.tab, err = openTable(s.tablePath()); err != nil {
+			s.log.Warnf("host-local: %v; rebuilding the index of %s", err, s.dir)
+		}
+	}
+	if s.tab == nil {
 		if err := s.rebuild(nil); err != nil {
 			s.broken = true
 			s.close()
@@ -114,15 +91,19 @@ func (s *store) close() {
 	if s.lock == nil {
 		return
 	}
+	if s.tab != nil && s.tab.broken {
+		s.broken = true
+	}
 	switch {
 	case s.broken:
-		os.Remove(filepath.Join(s.idxDir, "stamp"))
+		os.Remove(s.stampPath())
 	case s.dirty:
 		if err := s.writeStamp(); err != nil {
 			s.log.Warnf("host-local: write index stamp (the next call rebuilds the index): %v", err)
-			os.Remove(filepath.Join(s.idxDir, "stamp"))
+			os.Remove(s.stampPath())
 		}
 	}
+	s.tab.close()
 	s.unlock()
 }
 
@@ -131,24 +112,25 @@ func (s *store) unlock() {
 	s.lock = nil
 }
 
-// stamp describes the two directories' identity and last change.
+// stamp describes the identity and last change of the network directory
+// and of the index file.
 func (s *store) stamp() (string, []unix.Timespec, error) {
 	var b strings.Builder
 	var times []unix.Timespec
 	b.WriteString(stampVersion + "\n")
-	for _, d := range []string{s.dir, s.attDir} {
+	for _, d := range []string{s.dir, s.tablePath()} {
 		var st unix.Stat_t
 		if err := unix.Stat(d, &st); err != nil {
 			return "", nil, &fs.PathError{Op: "stat", Path: d, Err: err}
 		}
-		fmt.Fprintf(&b, "%d %d %d.%09d\n", st.Dev, st.Ino, st.Mtim.Sec, st.Mtim.Nsec)
+		fmt.Fprintf(&b, "%d %d %d %d.%09d\n", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
 		times = append(times, st.Mtim)
 	}
 	return b.String(), times, nil
 }
 
 func (s *store) stampValid() bool {
-	want, err := os.ReadFile(filepath.Join(s.idxDir, "stamp"))
+	want, err := os.ReadFile(s.stampPath())
 	if err != nil {
 		return false
 	}
@@ -173,7 +155,7 @@ func (s *store) writeStamp() error {
 	if err != nil {
 		return err
 	}
-	for i, d := range []string{s.dir, s.attDir} {
+	for i, d := range []string{s.dir, s.tablePath()} {
 		if times[i].Nano() < now.Nano() {
 			continue
 		}
@@ -189,7 +171,7 @@ func (s *store) writeStamp() error {
 	}
 	// Written in place: no directory operation, and a stamp torn by a
 	// crash matches no state of the directories, so it only costs a rebuild.
-	return os.WriteFile(filepath.Join(s.idxDir, "stamp"), []byte(st), 0o600)
+	return os.WriteFile(s.stampPath(), []byte(st), 0o600)
 }
 
 // entry is one reservation file.
@@ -251,7 +233,7 @@ func (s *store) rebuild(entries []entry) error {
 			return err
 		}
 	}
-	records := map[string][]netip.Addr{}
+	records := map[key][]netip.Addr{}
 	for _, e := range entries {
 		if e.content == "" {
 			s.log.Warnf("host-local: removing empty reservation %s left by an interrupted ADD", filepath.Join(s.dir, e.ip.String()))
@@ -260,112 +242,63 @@ func (s *store) rebuild(entries []entry) error {
 			}
 			continue
 		}
-		if k := keyOf(e.content); k != "" {
+		if k, ok := keyOf(e.content); ok {
 			records[k] = append(records[k], e.ip)
 		}
 	}
-	fresh := s.attDir + ".new"
-	old := s.attDir + ".old"
-	if err := os.RemoveAll(fresh); err != nil {
+	return s.replaceTable(records, len(entries))
+}
+
+// replaceTable swaps in a new index file holding records.
+func (s *store) replaceTable(records map[key][]netip.Addr, scanned int) error {
+	os.RemoveAll(filepath.Join(s.idxDir, "att")) // the previous layout
+	t, err := createTable(s.tablePath(), records)
+	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(old); err != nil {
-		return err
-	}
-	if err := os.Mkdir(fresh, 0o700); err != nil {
-		return err
-	}
-	for k, ips := range records {
-		if err := os.Symlink(recordText(ips), filepath.Join(fresh, k)); err != nil {
-			return err
-		}
-	}
-	if err := os.Rename(s.attDir, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if err := os.Rename(fresh, s.attDir); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(old); err != nil {
-		return err
-	}
+	s.tab.close()
+	s.tab = t
 	s.dirty, s.rebuilt = true, true
-	s.log.Debugf("host-local: rebuilt the index of %s from %d reservations", s.dir, len(entries))
+	s.log.Debugf("host-local: rebuilt the index of %s: %d records from %d reservations", s.dir, len(records), scanned)
 	return nil
 }
 
-// A record is a symlink whose target lists the attachment's addresses:
-// creating one is a single atomic syscall, and so is reading it.
-func recordText(ips []netip.Addr) string {
-	parts := make([]string, len(ips))
-	for i, ip := range ips {
-		parts[i] = ip.String()
-	}
-	return "ips:" + strings.Join(parts, ",")
-}
-
-func parseRecord(text string) ([]netip.Addr, bool) {
-	rest, ok := strings.CutPrefix(text, "ips:")
-	if !ok {
-		return nil, false
-	}
-	var out []netip.Addr
-	for _, f := range strings.Split(rest, ",") {
-		if f == "" {
-			continue
-		}
-		ip, err := netip.ParseAddr(f)
-		if err != nil {
-			return nil, false
-		}
-		out = append(out, ip)
-	}
-	return out, true
-}
-
-// record returns the addresses the index lists under key. A record that
-// cannot be read is an index that disagrees with itself: the error makes
-// the caller fail this call and the next one rebuild.
-func (s *store) record(key string) ([]netip.Addr, error) {
-	text, err := os.Readlink(filepath.Join(s.attDir, key))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+// record returns the addresses the index lists under k; complete is false
+// when the attachment holds more than the index keeps for one record.
+func (s *store) record(k key) ([]netip.Addr, bool, error) {
+	ips, complete, err := s.tab.get(k)
 	if err != nil {
 		s.broken = true
-		return nil, err
 	}
-	ips, ok := parseRecord(text)
-	if !ok {
-		s.broken = true
-		return nil, fmt.Errorf("index record %s is corrupt (%q); it will be rebuilt", key, text)
-	}
-	return ips, nil
+	return ips, complete, err
 }
 
-// setRecord replaces the record under key; no addresses removes it.
-func (s *store) setRecord(key string, ips []netip.Addr) error {
-	path := filepath.Join(s.attDir, key)
+// setRecord replaces the record under k; no addresses removes it. The
+// index file doubles (from its own records) when it gets half full.
+func (s *store) setRecord(k key, ips []netip.Addr) error {
 	s.dirty = true
-	if len(ips) == 0 {
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if len(ips) > 0 && s.tab.needsGrowth() {
+		records, err := s.tab.all()
+		if err != nil {
+			s.log.Warnf("host-local: %v; rebuilding the index of %s from the files", err, s.dir)
+			if err := s.rebuild(nil); err != nil {
+				s.broken = true
+				return err
+			}
+		} else if err := s.replaceTable(records, 0); err != nil {
 			s.broken = true
 			return err
 		}
-		return nil
 	}
-	err := os.Symlink(recordText(ips), path)
-	if errors.Is(err, fs.ErrExist) {
-		tmp := path + ".tmp"
-		os.Remove(tmp)
-		if err = os.Symlink(recordText(ips), tmp); err == nil {
-			err = os.Rename(tmp, path)
-		}
-	}
-	if err != nil {
+	if err := s.tab.put(k, ips); err != nil {
 		s.broken = true
+		return err
 	}
-	return err
+	if err := s.tab.writeHeader(); err != nil {
+		s.broken = true
+		return err
+	}
+	return nil
 }
 
 // holds returns ips if every one of their reservation files names want
@@ -402,19 +335,39 @@ func (s *store) owned(id, ifname string) (ips []netip.Addr, legacy bool, err err
 }
 
 func (s *store) lookup(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
-	rec, err := s.record(attachmentKey(id, ifname))
-	if err != nil {
-		return nil, false, err
-	}
-	if ips, err = s.holds(rec, owner(id, ifname)); err != nil || len(ips) > 0 {
+	ips, err = s.lookupKey(attachmentKey(id, ifname), owner(id, ifname))
+	if err != nil || len(ips) > 0 {
 		return ips, false, err
 	}
-	rec, err = s.record(legacyKey(id))
-	if err != nil {
-		return nil, false, err
-	}
-	ips, err = s.holds(rec, strings.TrimSpace(id))
+	ips, err = s.lookupKey(legacyKey(id), strings.TrimSpace(id))
 	return ips, true, err
+}
+
+func (s *store) lookupKey(k key, want string) ([]netip.Addr, error) {
+	rec, complete, err := s.record(k)
+	if err != nil {
+		return nil, err
+	}
+	if !complete {
+		return s.scanOwned(want)
+	}
+	return s.holds(rec, want)
+}
+
+// scanOwned finds want's reservations the slow way, for the rare owner of
+// more addresses than an index record keeps.
+func (s *store) scanOwned(want string) ([]netip.Addr, error) {
+	entries, err := s.scan()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, e := range entries {
+		if e.content == want {
+			out = append(out, e.ip)
+		}
+	}
+	return out, nil
 }
 
 // reserve creates ip's reservation file for the attachment; false when
