@@ -198,16 +198,17 @@ func killUnder(dir string) {
 // Ports lists port mappings for RunPod.
 func Ports(m ...*cri.PortMapping) []*cri.PortMapping { return m }
 
-// Retry calls f until it succeeds, up to 10 times 300ms apart: the first
-// packets after a pod starts may race its server's listen.
+// Retry calls f until it succeeds, up to 20 times 500ms apart: the first
+// packets after a pod starts may race its server's listen (slow on a
+// loaded CI machine).
 func Retry(f func() (string, error)) (string, error) {
 	var out string
 	var err error
-	for i := 0; i < 10; i++ {
+	for i := 0; i < 20; i++ {
 		if out, err = f(); err == nil {
 			return out, nil
 		}
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(500 * time.Millisecond)
 	}
 	return out, err
 }
