@@ -186,3 +186,37 @@ func TestCtrRunCNI(t *testing.T) {
 		t.Errorf("after ctr run --rm the node still has %q:\n%s", leak, after)
 	}
 }
+
+// TestContainerdCRIDualStack: a pod on the shipped dual-stack list gets an
+// address of each family, CRI reports both (kubelet's pod IPs), and the
+// node reaches the pod's server over IPv4 and IPv6.
+func TestContainerdCRIDualStack(t *testing.T) {
+	runtimetest.RequireContainerd(t)
+	node := testnet.NewNS(t, "node")
+	plugins := runtimetest.InstallPlugins(t)
+	t.Logf("who runs what: %s", plugins.Describe("bridge", "host-local", "portmap", "bandwidth"))
+	c := runtimetest.StartContainerd(t, node, plugins.Dir)
+	c.ImportImage(t)
+	if err := os.WriteFile(filepath.Join(c.ConfDir, "10-dual-stack.conflist"), shipped(t, "dual-stack.conflist"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitNetworkReady(t)
+	pod := c.RunPod(t, "dual", nil, nil)
+	t.Logf("pod IPs: %v", pod.IPs)
+	if len(pod.IPs) != 2 || !strings.HasPrefix(pod.IPs[0], "10.66.") || !strings.HasPrefix(pod.IPs[1], "fd00:10:66::") {
+		t.Fatalf("pod IPs %v, want one from 10.66.0.0/16 and one from fd00:10:66::/64", pod.IPs)
+	}
+	pod.Run(t, "httpd", "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+	for _, addr := range []string{pod.IPs[0] + ":80", "[" + pod.IPs[1] + "]:80"} {
+		if out, err := runtimetest.Retry(func() (string, error) { return runtimetest.HTTPGetIn(node, addr) }); err != nil || !strings.Contains(out, "cnibox") {
+			t.Errorf("node -> pod %s: %q %v", addr, out, err)
+		}
+	}
+	pod.Stop(t)
+	after := snapshot(t, node, c)
+	for _, leak := range append([]string{"veth", pod.ID}, pod.IPs...) {
+		if strings.Contains(after, leak) {
+			t.Errorf("after stopp/rmp the node still has %q:\n%s", leak, after)
+		}
+	}
+}

@@ -51,6 +51,7 @@ type Pod struct {
 	ID    string
 	Name  string
 	IP    string
+	IPs   []string // IP, then the additional ones (dual stack)
 	PID   int    // the pause process, to enter the pod's netns
 	NetNS string // the netns path containerd gave the plugins
 	c     *Containerd
@@ -80,6 +81,10 @@ func (c *Containerd) RunPod(t testing.TB, name string, ports []*cri.PortMapping,
 	}
 	if st.Status.Network != nil {
 		p.IP = st.Status.Network.Ip
+		p.IPs = append(p.IPs, p.IP)
+		for _, ip := range st.Status.Network.AdditionalIps {
+			p.IPs = append(p.IPs, ip.Ip)
+		}
 	}
 	var info struct {
 		Pid         int `json:"pid"`
