@@ -52,8 +52,8 @@ type Pod struct {
 	Name  string
 	IP    string
 	IPs   []string // IP, then the additional ones (dual stack)
-	PID   int    // the pause process, to enter the pod's netns
-	NetNS string // the netns path containerd gave the plugins
+	PID   int      // the pause process, to enter the pod's netns
+	NetNS string   // the netns path containerd gave the plugins
 	c     *Containerd
 }
 
