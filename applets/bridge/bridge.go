@@ -223,12 +223,17 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	defer podNS.Close()
 
 	// Anything that fails from here on undoes what was done, so that a
-	// failed ADD leaves neither a veth, an address nor a rule behind.
+	// failed ADD leaves neither a veth, an address nor a rule behind. IPAM
+	// is released first, while the pod's interface still exists (dhcp
+	// sends its DHCPRELEASE from it).
 	var ipamDone, spoofDone bool
 	var masqDone func() error
 	defer func() {
 		if err == nil {
 			return
+		}
+		if ipamDone {
+			_ = delegate.Del(req, c.IPAM.Type)
 		}
 		_ = veth.DeleteHost(c.Name, req.ContainerID, req.IfName)
 		if spoofDone {
@@ -238,30 +243,10 @@ func Add(req *cni.Request) (res types.Result, err error) {
 			_ = masqDone()
 			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
 		}
-		if ipamDone {
-			_ = delegate.Del(req, c.IPAM.Type)
-		}
 	}()
 
-	var ipamRes *current.Result
-	if c.IPAM.Type != "" {
-		if ipamRes, err = delegate.Add(req, c.IPAM.Type); err != nil {
-			return nil, err
-		}
-		ipamDone = true
-		if len(ipamRes.IPs) == 0 {
-			return nil, fmt.Errorf("bridge: IPAM plugin %q returned no addresses", c.IPAM.Type)
-		}
-		if c.IPMasq {
-			// The masquerade rules need only the addresses: make them
-			// while the links are made.
-			nets := podNets(ipamRes)
-			masqDone = ipmasq.InBackground(func() error {
-				return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets)
-			})
-		}
-	}
-
+	// The pod's interface exists, on the bridge, before IPAM runs: dhcp
+	// asks for a lease from it.
 	br, err := ensureBridge(c)
 	if err != nil {
 		return nil, err
@@ -275,6 +260,26 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	if err := setupPort(c, br, pair.Host); err != nil {
 		return nil, err
 	}
+
+	var ipamRes *current.Result
+	if c.IPAM.Type != "" {
+		if ipamRes, err = delegate.Add(req, c.IPAM.Type); err != nil {
+			return nil, err
+		}
+		ipamDone = true
+		if len(ipamRes.IPs) == 0 {
+			return nil, fmt.Errorf("bridge: IPAM plugin %q returned no addresses", c.IPAM.Type)
+		}
+		if c.IPMasq {
+			// The masquerade rules need only the addresses: make them
+			// while the pod is configured.
+			nets := podNets(ipamRes)
+			masqDone = ipmasq.InBackground(func() error {
+				return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets)
+			})
+		}
+	}
+
 	hostName := pair.Host.Attrs().Name
 	contMAC := pair.Container.Attrs().HardwareAddr
 	if c.MacSpoofChk {
@@ -640,6 +645,11 @@ func Del(req *cni.Request) error {
 		nets := prevNets(&c.NetConf)
 		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
 	}
+	// IPAM first, while the pod's interface exists: dhcp releases the
+	// lease from it.
+	if c.IPAM.Type != "" {
+		errs = append(errs, delegate.Del(req, c.IPAM.Type))
+	}
 	gone := true
 	if req.Netns != "" {
 		if gone, err = veth.DeleteInPod(req.Netns, req.IfName); err != nil {
@@ -648,9 +658,6 @@ func Del(req *cni.Request) error {
 	}
 	if gone {
 		errs = append(errs, veth.DeleteHost(c.Name, req.ContainerID, req.IfName))
-	}
-	if c.IPAM.Type != "" {
-		errs = append(errs, delegate.Del(req, c.IPAM.Type))
 	}
 	if c.MacSpoofChk {
 		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
