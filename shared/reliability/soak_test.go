@@ -72,6 +72,7 @@ func caps(a *testnet.Attachment, n int) {
 func TestSoak(t *testing.T) {
 	perRound := soakSize(t, 4)
 	const workers, rounds, live = 4, 3, 3
+	t.Parallel()
 	r := testnet.NewRuntime(t)
 	list := defaultList(t, r)
 
