@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -107,6 +108,9 @@ type macArgs struct {
 	MAC types.UnmarshallableString `json:"mac,omitempty"`
 }
 
+// maxMTU is the largest MTU an IP interface can have (IP_MAX_MTU).
+const maxMTU = 65535
+
 func load(req *cni.Request) (*Config, error) {
 	c := &Config{Bridge: "cni0"}
 	if err := req.Decode(c); err != nil {
@@ -118,14 +122,17 @@ func load(req *cni.Request) (*Config, error) {
 	if len(c.Bridge) > 15 {
 		return nil, cni.ConfigError("bridge: name %q is longer than 15 characters", c.Bridge)
 	}
+	if e := utils.ValidateInterfaceName(c.Bridge); e != nil {
+		return nil, cni.ConfigError("bridge: name %q: %s", c.Bridge, e.Msg)
+	}
 	if c.IsDefaultGateway {
 		c.IsGateway = true
 	}
 	if c.HairpinMode && c.PromiscMode {
 		return nil, cni.ConfigError("hairpinMode, promiscMode: cannot both be set")
 	}
-	if c.MTU < 0 {
-		return nil, cni.ConfigError("mtu: %d is negative", c.MTU)
+	if c.MTU < 0 || c.MTU > maxMTU {
+		return nil, cni.ConfigError("mtu: %d is not between 0 and %d", c.MTU, maxMTU)
 	}
 	if c.Vlan < 0 || c.Vlan > 4094 {
 		return nil, cni.ConfigError("vlan: %d is not between 0 and 4094", c.Vlan)

@@ -299,6 +299,13 @@ func load(req *cni.Request) (*Config, *attachment, *current.Result, error) {
 	if conf.ConditionsV6 != nil {
 		a.cond6 = *conf.ConditionsV6
 	}
+	for field, conds := range map[string][]string{"conditionsV4": a.cond4, "conditionsV6": a.cond6} {
+		for i, c := range conds {
+			if strings.ContainsAny(c, "\n\r\x00") {
+				return nil, nil, nil, cni.ConfigError("%s[%d]: %q: a condition must not contain a line break or NUL", field, i, c)
+			}
+		}
+	}
 	if err := chooseBackend(conf); err != nil {
 		return nil, nil, nil, err
 	}

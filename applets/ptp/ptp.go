@@ -56,8 +56,8 @@ func load(req *cni.Request) (*Config, error) {
 	if c.IPAM.Type == "" {
 		return nil, cni.ConfigError("ipam.type: required (ptp has no L2-only mode)")
 	}
-	if c.MTU < 0 {
-		return nil, cni.ConfigError("mtu: %d is negative", c.MTU)
+	if c.MTU < 0 || c.MTU > 65535 {
+		return nil, cni.ConfigError("mtu: %d is not between 0 and 65535", c.MTU)
 	}
 	if c.IPMasq {
 		var err error

@@ -520,8 +520,8 @@ func load(req *cni.Request) (*Config, *settings, error) {
 		}
 		s.mac, s.macField = hw, macField
 	}
-	if s.mtu < 0 {
-		return nil, nil, cni.ConfigError("%s: %d is negative", mtuField, s.mtu)
+	if s.mtu < 0 || s.mtu > 65535 {
+		return nil, nil, cni.ConfigError("%s: %d is not between 0 and 65535", mtuField, s.mtu)
 	}
 	if s.txQLen != nil && *s.txQLen < 0 {
 		return nil, nil, cni.ConfigError("%s: %d is negative", txField, *s.txQLen)

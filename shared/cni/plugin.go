@@ -90,7 +90,34 @@ type Env func(string) string
 
 // Main runs the applet as the process's CNI plugin and returns the exit code.
 func Main(a *Applet) int {
+	if name := DuplicateEnv(os.Environ()); name != "" {
+		// os.Getenv would pick one of the values silently (the first,
+		// where Go's os/exec and libcni make the last win): refuse (4).
+		e := Errorf(types.ErrInvalidEnvironmentVariables, "%s: set more than once with different values", name)
+		log := logging.New(a.Name, os.Stderr)
+		log.Errorf("%v", e)
+		log.Close()
+		writeError(os.Stdout, e, "")
+		return 1
+	}
 	return Run(a, os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+}
+
+// DuplicateEnv returns the first CNI_* variable environ sets more than once
+// with different values, or "".
+func DuplicateEnv(environ []string) string {
+	seen := map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "CNI_") {
+			continue
+		}
+		if old, ok := seen[k]; ok && old != v {
+			return k
+		}
+		seen[k] = v
+	}
+	return ""
 }
 
 // Run executes one invocation of a. It writes a result (ADD), version info

@@ -325,3 +325,19 @@ func FuzzRun(f *testing.F) {
 		}
 	})
 }
+
+func TestDuplicateEnv(t *testing.T) {
+	for _, c := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"CNI_COMMAND=ADD", "CNI_IFNAME=eth0", "PATH=/bin"}, ""},
+		{[]string{"CNI_IFNAME=eth0", "CNI_IFNAME=eth0"}, ""}, // same value twice is harmless
+		{[]string{"CNI_IFNAME=eth0", "PATH=/bin", "CNI_IFNAME=../x"}, "CNI_IFNAME"},
+		{[]string{"PATH=/bin", "PATH=/usr/bin"}, ""}, // not ours
+	} {
+		if got := DuplicateEnv(c.env); got != c.want {
+			t.Errorf("DuplicateEnv(%q) = %q, want %q", c.env, got, c.want)
+		}
+	}
+}

@@ -123,9 +123,18 @@ var ErrLocked = errors.New("xtables lock is busy")
 func Apply(f Family, batches ...*Batch) error {
 	var in strings.Builder
 	for _, b := range batches {
-		if b != nil && !b.Empty() {
-			in.WriteString(b.String())
+		if b == nil || b.Empty() {
+			continue
 		}
+		// One line is one rule: a line break inside a rule (from a
+		// user-given condition, say) would smuggle a second rule, or a
+		// COMMIT and another table, into iptables-restore.
+		for _, line := range append(append([]string{}, b.chains...), b.rules...) {
+			if strings.ContainsAny(line, "\n\r\x00") {
+				return cni.ConfigError("iptables %s: refusing a rule with a line break or NUL: %q", b.Table, line)
+			}
+		}
+		in.WriteString(b.String())
 	}
 	if in.Len() == 0 {
 		return nil

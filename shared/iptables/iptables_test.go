@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
@@ -101,6 +102,40 @@ func TestLoad(t *testing.T) {
 		}
 		if !d["filter"].HasChain("CNIBOX-B") || d["nat"].Rules("CNIBOX-A")[0] != want {
 			t.Errorf("Load: filter chains %q, nat CNIBOX-A %q", d["filter"].Chains(), d["nat"].Rules("CNIBOX-A"))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestApplyRefusesLineBreaks: a rule (or chain) carrying a line break,
+// from a user-given condition say, is refused with code 7 before
+// iptables-restore runs, so it cannot smuggle a second rule or a COMMIT
+// and another table in; nothing of the batch applies.
+func TestApplyRefusesLineBreaks(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	err := node.Do(func() error {
+		if !Usable(IPv4) {
+			t.Skip("iptables not usable here")
+		}
+		for _, evil := range []string{
+			"-A FORWARD -s 10.1.1.1 -j ACCEPT\n-A INPUT -m comment --comment CNIBOX-INJECTED -j DROP",
+			"-A FORWARD -j ACCEPT\nCOMMIT\n*nat\n-A PREROUTING -m comment --comment CNIBOX-INJECTED -j ACCEPT",
+			"-A FORWARD -j ACCEPT\r-A INPUT -m comment --comment CNIBOX-INJECTED -j DROP",
+		} {
+			b := NewBatch("filter")
+			b.Rule("-A FORWARD -m comment --comment CNIBOX-INJECTED -j ACCEPT")
+			b.Rule("%s", evil)
+			err := Apply(IPv4, b)
+			if e := cni.AsError(err); err == nil || e.Code != cni.ErrInvalidConfig || !strings.Contains(e.Msg, "line break") {
+				t.Errorf("Apply(%q) = %v, want code 7 naming the line break", evil, err)
+			}
+			saved, _ := Save(IPv4, "")
+			if strings.Contains(saved, "CNIBOX-INJECTED") {
+				t.Errorf("Apply(%q) changed the tables:\n%s", evil, saved)
+			}
 		}
 		return nil
 	})
