@@ -7,6 +7,7 @@ SHELL := /bin/bash
 #   make demo     install into a temp dir and run the default network on a throwaway pod
 #   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
 #   make bench    side-by-side benchmark against the reference plugins
+#   make fuzz     every fuzz target for FUZZTIME each (make test runs them for 2s)
 #   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
 
 GO          ?= go
@@ -31,7 +32,7 @@ TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet vmtest demo clean bench soak
+.PHONY: build install test test-deps vet vmtest demo clean bench soak fuzz
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
@@ -58,6 +59,7 @@ test: test-deps vet build
 	@rc=0; \
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" \
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./... || rc=1; \
+	$(MAKE) --no-print-directory fuzz FUZZTIME=2s || rc=1; \
 	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest || rc=1; \
 	exit $$rc
 
@@ -85,3 +87,17 @@ soak: build test-deps
 	@[ "$$(id -u)" = 0 ] || { echo "make soak needs root"; exit 1; }
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_SOAK=$(SOAK) \
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSoak$$' ./shared/reliability
+
+# Fuzz targets (package:Target); their seed corpora are in the packages'
+# testdata/fuzz and run as plain tests in make test too.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := shared/cni:FuzzRun shared/cni:FuzzPrevResult shared/cni:FuzzLoadArgs shared/cni:FuzzValidAttachments \
+                applets/hostlocal:FuzzConfig applets/hostlocal:FuzzIterator applets/tuning:FuzzSysctlPath \
+                applets/tuning:FuzzLoad applets/portmap:FuzzLoad applets/bridge:FuzzLoad applets/bandwidth:FuzzLoad \
+                applets/firewall:FuzzLoad
+fuzz:
+	@rc=0; for t in $(FUZZ_TARGETS); do \
+	  echo "fuzz $$t ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) ./$${t%%:*} >/tmp/cnibox-fuzz.$$$$ 2>&1 || { cat /tmp/cnibox-fuzz.$$$$; rc=1; }; \
+	  rm -f /tmp/cnibox-fuzz.$$$$; \
+	done; exit $$rc

@@ -417,7 +417,7 @@ func TestBadInput(t *testing.T) {
 		{plugin: `"txQLen":-5`, want: `txQLen: -5 is negative`},
 		{plugin: `"promisc":"yes"`, want: `"promisc"`},
 		// Applied, then refused by the kernel: what was set is undone.
-		{plugin: `"sysctl":{"net.core.somaxconn":"999","net.ipv4.conf.IFNAME.arp_notify":"1"},"mtu":70000`, want: `mtu: eth0 refuses 70000`},
+		{plugin: `"sysctl":{"net.core.somaxconn":"999","net.ipv4.conf.IFNAME.arp_notify":"1"},"mtu":50`, want: `mtu: eth0 refuses 50`},
 		{plugin: `"sysctl":{"net.core.somaxconn":"abc"}`, want: `sysctl["net.core.somaxconn"]: the kernel refused "abc"`},
 		{plugin: `"mtu":1400`, noPrev: true, want: `prevResult: missing`},
 	} {
