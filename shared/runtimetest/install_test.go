@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cnibox/cnibox/shared/runtimetest"
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
@@ -163,5 +165,58 @@ func TestInstallOverReferenceWhileCalled(t *testing.T) {
 	leftovers, _ := filepath.Glob(filepath.Join(dir, ".*"))
 	if len(leftovers) > 0 {
 		t.Errorf("install left temporary files: %v", leftovers)
+	}
+}
+
+// TestInstallWhileContainerdRunsPods is the same with a real runtime:
+// containerd's bin_dir starts as the reference plugins, and cnibox is
+// installed over it, then re-installed, while kubelet-style pod cycles
+// (RunPodSandbox, StopPodSandbox, RemovePodSandbox) go on. Every pod
+// must start and go, whichever side served it.
+func TestInstallWhileContainerdRunsPods(t *testing.T) {
+	runtimetest.RequireContainerd(t)
+	node := testnet.NewNS(t, "node")
+	dir := filepath.Join(t.TempDir(), "opt-cni-bin")
+	copyReference(t, dir)
+	c := runtimetest.StartContainerd(t, node, dir)
+	c.ImportImage(t)
+	// 1.0.0: the reference plugins serve the first pods.
+	conf := strings.Replace(string(shipped(t, "kubernetes.conflist")), `"cniVersions": ["1.0.0", "1.1.0"],`, "", 1)
+	if err := os.WriteFile(filepath.Join(c.ConfDir, "10-kubernetes.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitNetworkReady(t)
+
+	done := make(chan error, 1)
+	go func() {
+		bin := testnet.Binary(t)
+		for i := 0; i < 10; i++ {
+			if out, err := exec.Command(bin, "install", "--dir", dir).CombinedOutput(); err != nil {
+				done <- fmt.Errorf("install %d: %v: %s", i, err, out)
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		done <- nil
+	}()
+	pods := 0
+	for running := true; running || pods < 3; pods++ {
+		pod := c.RunPod(t, fmt.Sprintf("p%d", pods), runtimetest.Ports(runtimetest.PortMapping(18080, 80)), nil)
+		if !strings.HasPrefix(pod.IP, "10.244.1.") {
+			t.Errorf("pod %d IP %q", pods, pod.IP)
+		}
+		pod.Stop(t)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			running = false
+		default:
+		}
+	}
+	t.Logf("%d pods started and removed while cnibox was installed over the reference plugins 10 times", pods)
+	if link, err := os.Readlink(filepath.Join(dir, "bridge")); err != nil || link != "cnibox" {
+		t.Errorf("bridge is %q %v after install", link, err)
 	}
 }
