@@ -226,14 +226,24 @@ func entryRules(a *attachment, f iptables.Family) []string {
 		for len(ports) > 0 {
 			n := min(len(ports), maxMultiport)
 			r := fmt.Sprintf("-p %s -m comment --comment %s -m multiport --dports %s", p, comment, strings.Join(ports[:n], ","))
-			if len(cond) > 0 {
-				r += " " + strings.Join(cond, " ")
+			for _, c := range cond {
+				r += " " + restoreArg(c)
 			}
 			out = append(out, r+" -j "+dnChain(a.net, a.id))
 			ports = ports[n:]
 		}
 	}
 	return out
+}
+
+// restoreArg writes one argument as iptables-restore reads it: the
+// reference passes each condition as one argv entry, so one with a space
+// (a comment, say) must stay one token.
+func restoreArg(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\"'\\") {
+		return s
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
 
 // dnRules are the rules of the pod's CNI-DN- chain: per mapping, mark

@@ -365,7 +365,7 @@ func TestUDPConntrackFlush(t *testing.T) {
 // backend's syntax; masqAll masquerades every source.
 func TestConditions(t *testing.T) {
 	for _, tc := range []struct{ backend, keys string }{
-		{"iptables", `,"conditionsV4":["-s","192.168.77.0/24"],"masqAll":true`},
+		{"iptables", `,"conditionsV4":["-s","192.168.77.0/24","-m","comment","--comment","from the \"outside\""],"masqAll":true`},
 		{"nftables", `,"conditionsV4":["ip saddr 192.168.77.0/24"],"masqAll":true`},
 	} {
 		t.Run(tc.backend, func(t *testing.T) {

@@ -191,3 +191,11 @@ func TestChooseBackend(t *testing.T) {
 		t.Error("nft conditions accepted with backend iptables")
 	}
 }
+
+func TestRestoreArg(t *testing.T) {
+	for in, want := range map[string]string{"-s": "-s", "10.0.0.0/8": "10.0.0.0/8", "a b": `"a b"`, `say "hi"`: `"say \"hi\""`, "": `""`} {
+		if got := restoreArg(in); got != want {
+			t.Errorf("restoreArg(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
