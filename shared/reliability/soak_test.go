@@ -1,6 +1,7 @@
 package reliability
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"os"
@@ -37,12 +38,33 @@ func soakSize(t *testing.T, small int) int {
 // defaultList reads conflists/default.conflist, the chain a node gets by
 // default: bridge (host-local, ipMasq), loopback, portmap, firewall,
 // tuning, bandwidth.
+//
+// tuning keeps its backups in /run/cni/tuning by default, which the
+// harness does not isolate: the test's copy puts them under /var/lib/cni,
+// which is the test's StateDir, so the leak checker sees them too.
 func defaultList(t *testing.T, r *testnet.Runtime) *libcni.NetworkConfigList {
+	return r.Conflist(defaultConf(t))
+}
+
+func defaultConf(t *testing.T) string {
 	data, err := os.ReadFile("../../conflists/default.conflist")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r.Conflist(string(data))
+	var conf map[string]any
+	if err := json.Unmarshal(data, &conf); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range conf["plugins"].([]any) {
+		if p := p.(map[string]any); p["type"] == "tuning" {
+			p["dataDir"] = "/var/lib/cni/cnibox-tuning"
+		}
+	}
+	out, err := json.Marshal(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
 }
 
 var hostPort atomic.Int32
@@ -142,8 +164,15 @@ func cycle(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, kin
 	defer pod.Delete()
 	a := r.Attach(pod, "eth0")
 	caps(a, n)
-	if _, err := r.Add(list, a); err != nil {
+	res, err := r.Add(list, a)
+	if err != nil {
 		return nil, fmt.Errorf("ADD: %w", err)
+	}
+	// gone deletes the pod's netns and waits until the kernel has
+	// destroyed it (and so the host veth), which it does asynchronously.
+	gone := func() error {
+		pod.Delete()
+		return r.WaitLinksGone(testnet.HostVeths(res)...)
 	}
 	switch kind {
 	case 0: // ADD, CHECK, DEL, DEL again
@@ -157,7 +186,9 @@ func cycle(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, kin
 			return nil, fmt.Errorf("second DEL: %w", err)
 		}
 	case 1: // the pod's netns is gone before DEL
-		pod.Delete()
+		if err := gone(); err != nil {
+			return nil, err
+		}
 		if err := r.Del(list, a); err != nil {
 			return nil, fmt.Errorf("DEL without netns: %w", err)
 		}
@@ -169,10 +200,11 @@ func cycle(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, kin
 			return nil, fmt.Errorf("DEL: %w", err)
 		}
 	case 3: // DEL lost: libcni's GC DELs it from its cache
-		pod.Delete()
-		return a, nil
+		return a, gone()
 	case 4: // DEL lost and the runtime forgot it: only the plugins' GC cleans
-		pod.Delete()
+		if err := gone(); err != nil {
+			return nil, err
+		}
 		cache := filepath.Join(r.CacheDir, "results", list.Name+"-"+a.ContainerID+"-"+a.IfName)
 		if err := os.Remove(cache); err != nil {
 			return nil, fmt.Errorf("drop the cached result: %w", err)

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 )
 
 // Snapshot is what a node netns holds that a plugin can leave behind:
@@ -303,7 +306,7 @@ func nftLines(out string) []string {
 	for _, l := range strings.Split(out, "\n") {
 		l = strings.TrimSpace(nftCounterRe.ReplaceAllString(l, "counter"))
 		switch {
-		case l == "" || l == "}":
+		case l == "" || l == "}" || strings.HasPrefix(l, "#"):
 			continue
 		case strings.HasPrefix(l, "table "):
 			table, chain = strings.TrimSuffix(l, " {"), ""
@@ -352,4 +355,39 @@ func fileLines(t testing.TB, dir string) []string {
 		t.Fatalf("snapshot %s: %v", dir, err)
 	}
 	return lines
+}
+
+// WaitLinksGone waits (up to 10 s) until none of the named links exists in
+// the node any more: a veth whose peer was in a deleted netns goes away
+// only when the kernel has finished destroying that netns, which it does
+// asynchronously. Safe to call from any goroutine.
+func (r *Runtime) WaitLinksGone(names ...string) error {
+	for _, name := range names {
+		for i := 0; ; i++ {
+			if _, err := r.Node.Run("ip", "link", "show", "dev", name); err != nil {
+				break
+			}
+			if i == 100 {
+				return fmt.Errorf("link %s still exists 10 s after its peer's netns was deleted", name)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// HostVeths returns the names of the node-side veths of an ADD result
+// (interfaces without a sandbox, named veth*), as bridge and ptp report them.
+func HostVeths(res types.Result) []string {
+	cur, err := current.NewResultFromResult(res)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, i := range cur.Interfaces {
+		if i.Sandbox == "" && strings.HasPrefix(i.Name, "veth") {
+			out = append(out, i.Name)
+		}
+	}
+	return out
 }
