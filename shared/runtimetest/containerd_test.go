@@ -71,8 +71,8 @@ func TestContainerdCRI(t *testing.T) {
 	// The bandwidth annotations became tc limits: an ingress tbf on the
 	// host veth and an IFB for egress.
 	qdisc := node.MustRun("tc", "qdisc", "show")
-	if !strings.Contains(qdisc, "tbf") {
-		t.Errorf("no tbf qdisc in the node after bandwidth annotations:\n%s", qdisc)
+	if n := strings.Count(qdisc, "rate 100Mbit"); !strings.Contains(qdisc, "tbf") || n < 2 {
+		t.Errorf("want a 100Mbit tbf each way (host veth and IFB) after the 100M annotations, found %d:\n%s", n, qdisc)
 	}
 	if links := node.MustRun("ip", "-o", "link", "show", "type", "ifb"); strings.TrimSpace(links) == "" {
 		t.Errorf("no IFB device for the egress limit")
