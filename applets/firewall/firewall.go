@@ -161,7 +161,9 @@ func Del(req *cni.Request) error {
 // bridge, the bridge's isolation rules.
 func undo(a *attachment) error {
 	be := backendFor(a.Backend)
-	if len(a.IPs) > 0 {
+	// nftables rules name their attachment, so they go even when neither
+	// prevResult nor a record gives the addresses.
+	if len(a.IPs) > 0 || a.Backend == "nftables" {
 		if err := be.del(a); err != nil && be.usable() == nil {
 			return fmt.Errorf("firewall: %s: %w", a.Backend, err)
 		}
