@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cnibox/cnibox/shared/iptables"
 )
@@ -331,13 +332,13 @@ var dportsRE = regexp.MustCompile(`--dports \S+`)
 
 func (b iptBackend) del(net, id string) error {
 	chains := []string{dnChain(net, id), chainName("CNI-SN-", net, id)}
-	return b.remove(func(iptables.Family, *iptables.Table) []string { return chains })
+	return b.remove(chains, nil)
 }
 
 // gc removes the chains of the network's containers that are not kept,
 // found through the entry rules' comments.
 func (b iptBackend) gc(net string, keep map[string]bool) error {
-	return b.remove(func(f iptables.Family, nt *iptables.Table) []string {
+	return b.remove(nil, func(nt *iptables.Table) []string {
 		var out []string
 		for _, r := range nt.Rules(dnatChain) {
 			m := entryCommentRE.FindStringSubmatch(r)
@@ -354,43 +355,78 @@ func (b iptBackend) gc(net string, keep map[string]bool) error {
 }
 
 // remove deletes chains (every rule that jumps to them, then the chains)
-// from the nat table of both families: the entry chains and the chains to
-// remove are listed (a few "iptables -S CHAIN", concurrently), then at most
-// one iptables-restore runs per family.
-func (iptBackend) remove(pick func(iptables.Family, *iptables.Table) []string) error {
+// from the nat table of both families, the two families concurrently. When
+// the chains are known (DEL) they are listed with the entry chains in one
+// round of "iptables -S CHAIN"; otherwise pick finds them in the entry
+// chains first (GC). Then at most one iptables-restore runs per family.
+func (iptBackend) remove(known []string, pick func(*iptables.Table) []string) error {
 	unlock, err := iptables.Lock("portmap")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	var errs []string
-	usable := 0
-	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+	families := []iptables.Family{iptables.IPv4, iptables.IPv6}
+	loadErrs := make([]error, len(families))
+	errs := make([]error, len(families))
+	var wg sync.WaitGroup
+	for i, f := range families {
 		if !iptables.Installed(f) {
 			continue
 		}
-		entries, err := iptables.LoadChains(f, "nat", dnatChain, oldSNATChain)
-		if err != nil {
-			errs = append(errs, err.Error())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			loadErrs[i], errs[i] = removeIn(f, known, pick)
+		}()
+	}
+	wg.Wait()
+	var failed []string
+	usable := 0
+	for i, f := range families {
+		if !iptables.Installed(f) {
+			continue
+		}
+		if errs[i] != nil {
+			return errs[i]
+		}
+		if loadErrs[i] != nil {
+			failed = append(failed, loadErrs[i].Error())
 			continue
 		}
 		usable++
-		chains := pick(f, entries)
-		if len(chains) == 0 {
-			continue
-		}
-		nt, err := iptables.LoadChains(f, "nat", append([]string{dnatChain, oldSNATChain}, chains...)...)
-		if err != nil {
-			return err
-		}
-		if err := iptables.Apply(f, planRemove(nt, chains)); err != nil {
-			return err
-		}
 	}
-	if usable == 0 && len(errs) > 0 {
-		return fmt.Errorf("neither iptables nor ip6tables is usable: %s", strings.Join(errs, "; "))
+	if usable == 0 && len(failed) > 0 {
+		return fmt.Errorf("neither iptables nor ip6tables is usable: %s", strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// removeIn is remove for one family. loadErr says the family's nat table
+// could not be read at all (that family is skipped); err is a failure to
+// change it.
+func removeIn(f iptables.Family, known []string, pick func(*iptables.Table) []string) (loadErr, err error) {
+	entries := []string{dnatChain, oldSNATChain}
+	chains := known
+	if pick != nil {
+		t, err := iptables.LoadChains(f, "nat", entries...)
+		if err != nil {
+			return err, nil
+		}
+		if chains = pick(t); len(chains) == 0 {
+			return nil, nil
+		}
+	}
+	nt, err := iptables.LoadChains(f, "nat", append(entries, chains...)...)
+	if err != nil {
+		if pick == nil {
+			return err, nil
+		}
+		return nil, err
+	}
+	if b := planRemove(nt, chains); !b.Empty() {
+		return nil, iptables.Apply(f, b)
+	}
+	return nil, nil
 }
 
 // planRemove deletes the rules of the loaded chains that jump to chains,
