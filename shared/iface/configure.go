@@ -30,10 +30,12 @@ var (
 // Configure (inside the netns) sets the notify sysctls of ifName, then
 // applies res with ifconfig.Apply: addresses, link up, routes (with their
 // table, scope, metric, mtu and advmss). IPv6 duplicate address detection
-// runs and is waited for (up to 5 s), as the reference does: these links
-// sit on a real L2 segment shared with other machines, where a duplicate
-// address is a real risk, unlike a bridge's private veths. res may have no
-// IPs (an applet without ipam): the link is only set up.
+// runs: these links sit on a real L2 segment shared with other machines,
+// where a duplicate address is a real risk, unlike a bridge's private
+// veths. As in the reference, ADD waits for it (up to 5 s) only when an
+// IPv6 address has a gateway; without one the addresses are optimistic
+// (usable at once while DAD runs) and nothing waits. res may have no IPs
+// (an applet without ipam): the link is only set up.
 func Configure(ifName string, res *current.Result, notify Notify) error {
 	if notify.ARP {
 		if err := setSysctl("ipv4/conf/"+ifName+"/arp_notify", "1"); err != nil {

@@ -3,10 +3,13 @@
 // applets (bridge, ptp, macvlan, ipvlan, vlan, host-device) do after IPAM,
 // and Verify is what their CHECK does.
 //
-// It differs from the reference's ConfigureIface in two ways that matter
-// per pod: IPv6 addresses skip duplicate address detection unless the
-// caller asks for it (DAD costs 1.5–2 s per pod), and route mtu/advmss
-// from the result are honoured.
+// It differs from the reference's ConfigureIface in ways that matter per
+// pod: IPv6 addresses skip duplicate address detection unless the caller
+// asks for it (DAD costs 1.5–2 s per pod); with DAD the addresses are
+// optimistic (RFC 4429: usable at once while DAD runs) where the kernel
+// has optimistic DAD, and ADD waits for DAD only when the addresses have an
+// IPv6 gateway (the reference's rule), on netlink address events rather
+// than by polling; and route mtu/advmss from the result are honoured.
 //
 // Both functions act on the current netns: call them inside ns.Do.
 package ifconfig
@@ -23,14 +26,18 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
 // Options tune Apply.
 type Options struct {
 	// DAD runs IPv6 duplicate address detection (accept_dad=1,
-	// enhanced_dad=1) and waits up to DADTimeout for it to finish. Without
-	// it addresses are added with IFA_F_NODAD and usable at once.
+	// enhanced_dad=1, optimistic where the kernel can). When an IPv6
+	// address has a gateway, Apply waits up to DADTimeout for DAD to
+	// finish and fails if it found a duplicate, as the reference does;
+	// otherwise it does not wait. Without DAD, addresses are added with
+	// IFA_F_NODAD and usable at once.
 	DAD        bool
 	DADTimeout time.Duration // default 5 s
 	// NoUp leaves the link down (with its addresses).
@@ -64,20 +71,30 @@ func Apply(ifName string, res *current.Result, o Options) error {
 			v4gw = ipc.Gateway
 		}
 	}
+	optimistic := false
 	if v6 {
-		if err := enableIPv6(ifName, o.DAD); err != nil {
+		if optimistic, err = enableIPv6(ifName, o.DAD); err != nil {
 			return err
 		}
 	}
 	for _, ipc := range ips {
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask}}
-		if ipc.Address.IP.To4() == nil && !o.DAD {
-			addr.Flags |= syscall.IFA_F_NODAD
+		if ipc.Address.IP.To4() == nil {
+			if !o.DAD {
+				addr.Flags |= syscall.IFA_F_NODAD
+			} else if optimistic {
+				addr.Flags |= unix.IFA_F_OPTIMISTIC
+			}
 		}
 		if o.NoPrefixRoute {
 			addr.Flags |= unix.IFA_F_NOPREFIXROUTE
 		}
-		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+		err := netlink.AddrAdd(link, addr)
+		if errors.Is(err, syscall.EINVAL) && addr.Flags&unix.IFA_F_OPTIMISTIC != 0 {
+			addr.Flags &^= unix.IFA_F_OPTIMISTIC // refused here: plain DAD
+			err = netlink.AddrAdd(link, addr)
+		}
+		if err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("add address %s to %s: %w", ipc.Address.String(), ifName, err)
 		}
 	}
@@ -85,7 +102,7 @@ func Apply(ifName string, res *current.Result, o Options) error {
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", ifName, err)
 		}
-		if v6 && o.DAD {
+		if v6gw != nil && o.DAD {
 			if err := settle(link, o.DADTimeout); err != nil {
 				return err
 			}
@@ -149,26 +166,33 @@ func AddRoute(link netlink.Link, r *types.Route, gw net.IP) error {
 }
 
 // enableIPv6 makes the link able to carry IPv6 (lo too, as the reference
-// does), keeps addresses across down/up, and sets DAD as asked.
-func enableIPv6(ifName string, dad bool) error {
+// does), keeps addresses across down/up, and sets DAD as asked. With DAD it
+// also turns on optimistic DAD and the use of optimistic addresses, and
+// reports whether the kernel has them (CONFIG_IPV6_OPTIMISTIC_DAD).
+func enableIPv6(ifName string, dad bool) (optimistic bool, err error) {
 	for _, dev := range []string{"lo", ifName} {
 		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6", "0"); err != nil {
-			return fmt.Errorf("enable IPv6 on %s: %w", dev, err)
+			return false, fmt.Errorf("enable IPv6 on %s: %w", dev, err)
 		}
 	}
+	conf := "/proc/sys/net/ipv6/conf/" + ifName + "/"
 	dadv := "0"
 	if dad {
 		dadv = "1"
-		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+ifName+"/enhanced_dad", "1"); err != nil {
-			return fmt.Errorf("set enhanced_dad on %s: %w", ifName, err)
+		if err := setIfDifferent(conf+"enhanced_dad", "1"); err != nil {
+			return false, fmt.Errorf("set enhanced_dad on %s: %w", ifName, err)
+		}
+		if _, err := os.Stat(conf + "optimistic_dad"); err == nil {
+			optimistic = setIfDifferent(conf+"optimistic_dad", "1") == nil &&
+				setIfDifferent(conf+"use_optimistic", "1") == nil
 		}
 	}
 	for k, v := range map[string]string{"keep_addr_on_down": "1", "accept_dad": dadv} {
-		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+ifName+"/"+k, v); err != nil {
-			return fmt.Errorf("set %s=%s on %s: %w", k, v, ifName, err)
+		if err := setIfDifferent(conf+k, v); err != nil {
+			return false, fmt.Errorf("set %s=%s on %s: %w", k, v, ifName, err)
 		}
 	}
-	return nil
+	return optimistic, nil
 }
 
 // setIfDifferent writes value to a sysctl file unless it already holds it.
@@ -184,12 +208,21 @@ func setIfDifferent(path, value string) error {
 	return os.WriteFile(path, []byte(value), 0o644)
 }
 
-// settle waits until no IPv6 address of link is tentative.
+// settle waits until no IPv6 address of link is tentative. It looks again
+// whenever the kernel announces an address change (DAD finishing is one),
+// not on a timer.
 func settle(link netlink.Link, timeout time.Duration) error {
 	if timeout == 0 {
 		timeout = 5 * time.Second
 	}
 	deadline := time.Now().Add(timeout)
+	// Subscribed before the first look, so no change in between is missed.
+	events, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_IPV6_IFADDR)
+	if err != nil {
+		events = nil // poll instead
+	} else {
+		defer events.Close()
+	}
 	for {
 		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V6)
 		if err != nil {
@@ -207,10 +240,25 @@ func settle(link netlink.Link, timeout time.Duration) error {
 		if !tentative {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return fmt.Errorf("%s: addresses still tentative after %v", link.Attrs().Name, timeout)
 		}
-		time.Sleep(20 * time.Millisecond)
+		if events == nil {
+			time.Sleep(min(left, 20*time.Millisecond))
+			continue
+		}
+		tv := unix.NsecToTimeval(left.Nanoseconds())
+		if err := events.SetReceiveTimeout(&tv); err != nil {
+			events.Close()
+			events = nil
+			continue
+		}
+		// Any message (or the timeout) means: look again.
+		if _, _, err := events.Receive(); err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+			events.Close()
+			events = nil
+		}
 	}
 }
 
