@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
@@ -34,7 +35,11 @@ var hostSysfs = sysfs{root: "/sys"}
 // device bound to one has no netdev to move.
 var dpdkDrivers = []string{"vfio-pci", "uio_pci_generic", "igb_uio"}
 
-var pciAddr = regexp.MustCompile(`^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$`)
+// pciAddr is compiled on first use: every applet of the binary would pay
+// for a package-level regexp at start-up.
+var pciAddr = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$`)
+})
 
 // selector is the one way the config picks the device.
 type selector struct {
@@ -59,7 +64,7 @@ func (s sysfs) classify(id string) (string, error) {
 	if err := validID("runtimeConfig.deviceID", id); err != nil {
 		return "", err
 	}
-	if pciAddr.MatchString(id) || exists(filepath.Join(s.root, "bus/pci/devices", id)) {
+	if pciAddr().MatchString(id) || exists(filepath.Join(s.root, "bus/pci/devices", id)) {
 		return "pci", nil
 	}
 	if exists(filepath.Join(s.root, "bus/auxiliary/devices", id)) || strings.Contains(id, ".") {

@@ -56,7 +56,10 @@ func entryComment(net, id string) string {
 	return `"` + strings.ReplaceAll(c, `"`, `\"`) + `"`
 }
 
-var entryCommentRE = regexp.MustCompile(`--comment "dnat name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\"`)
+// The regexps are compiled on first use, not at start-up of every applet.
+var entryCommentRE = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`--comment "dnat name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\"`)
+})
 
 type iptBackend struct{}
 
@@ -319,7 +322,7 @@ func sameEntry(have, want string) bool {
 		return true
 	}
 	fields := strings.Fields(want)
-	ports := dportsRE.FindString(want)
+	ports := dportsRE().FindString(want)
 	for _, tok := range []string{"-p " + fields[1] + " ", ports + " ", "-j " + fields[len(fields)-1]} {
 		if !strings.Contains(have, tok) {
 			return false
@@ -328,7 +331,7 @@ func sameEntry(have, want string) bool {
 	return strings.Contains(have, want[strings.Index(want, "--comment"):strings.Index(want, " -m multiport")])
 }
 
-var dportsRE = regexp.MustCompile(`--dports \S+`)
+var dportsRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`--dports \S+`) })
 
 func (b iptBackend) del(net, id string) error {
 	chains := []string{dnChain(net, id), chainName("CNI-SN-", net, id)}
@@ -341,7 +344,7 @@ func (b iptBackend) gc(net string, keep map[string]bool) error {
 	return b.remove(nil, func(nt *iptables.Table) []string {
 		var out []string
 		for _, r := range nt.Rules(dnatChain) {
-			m := entryCommentRE.FindStringSubmatch(r)
+			m := entryCommentRE().FindStringSubmatch(r)
 			if m == nil || m[1] != net || keep[m[2]] {
 				continue
 			}

@@ -38,6 +38,7 @@ var (
 	iterations = flag.Int("n", 30, "iterations per scenario and side")
 	runFilter  = flag.String("run", "", "only scenarios matching this regexp")
 	binary     = flag.String("bin", "bin/cnibox", "the cnibox binary")
+	perPlugin  = flag.Bool("plugins", false, "also print each plugin's median per verb (where a chain's time goes)")
 	refDir     = flag.String("ref", envOr("REF_CNI_PATH", "/usr/lib/cni"), "directory of the reference plugins")
 )
 
@@ -394,6 +395,17 @@ func runScenario(sc scenario, s *side, tmp string) (*sample, error) {
 		delNS(p)
 	}
 	res.maxRSS = ex.maxRSS
+	if *perPlugin {
+		keys := make([]string, 0, len(ex.plugins))
+		for k := range ex.plugins {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(os.Stderr, "\n    %-24s median %s", k, ms(quantile(ex.plugins[k], 0.5)))
+		}
+		fmt.Fprintln(os.Stderr)
+	}
 	return res, nil
 }
 
@@ -403,6 +415,7 @@ type rssExec struct {
 	mu      sync.Mutex
 	measure bool
 	maxRSS  int64
+	plugins map[string][]time.Duration // by "plugin VERB", with -plugins
 }
 
 func (e *rssExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
@@ -411,7 +424,23 @@ func (e *rssExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env
 	cmd.Stdin = strings.NewReader(string(stdin))
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Run()
+	if *perPlugin {
+		verb := ""
+		for _, kv := range environ {
+			if strings.HasPrefix(kv, "CNI_COMMAND=") {
+				verb = kv[len("CNI_COMMAND="):]
+			}
+		}
+		e.mu.Lock()
+		if e.plugins == nil {
+			e.plugins = map[string][]time.Duration{}
+		}
+		k := filepath.Base(path) + " " + verb
+		e.plugins[k] = append(e.plugins[k], time.Since(start))
+		e.mu.Unlock()
+	}
 	if cmd.ProcessState != nil && e.measure {
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			e.mu.Lock()

@@ -36,7 +36,7 @@ func TestNamesMatchReference(t *testing.T) {
 // TestCommentParse: GC reads iptables-save's quoting of the comment back.
 func TestCommentParse(t *testing.T) {
 	line := `-A POSTROUTING -s 10.1.0.2/32 -m comment --comment "name: \"my.net\" id: \"c-1\"" -j ` + ChainName("my.net", "c-1")
-	m := commentRE.FindStringSubmatch(line)
+	m := commentRE().FindStringSubmatch(line)
 	if m == nil || m[1] != "my.net" || m[2] != "c-1" {
 		t.Fatalf("parsed %q", m)
 	}

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
@@ -200,7 +201,10 @@ func removeChains(f iptables.Family, pick func(natRules) []string) error {
 	return fmt.Errorf("ipMasq teardown: %w", err)
 }
 
-var commentRE = regexp.MustCompile(`--comment "name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\""`)
+// commentRE is compiled on first use (GC), not at start-up of every applet.
+var commentRE = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`--comment "name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\""`)
+})
 
 // gcIPT removes the chains of the network whose container is not among
 // the valid attachments. A chain is the network's when a rule in it or
@@ -219,7 +223,7 @@ func gcIPT(network string, valid map[cni.Attachment]bool) error {
 		errs = append(errs, removeChains(f, func(rules natRules) []string {
 			stale := map[string]bool{}
 			for _, l := range rules {
-				m := commentRE.FindStringSubmatch(l)
+				m := commentRE().FindStringSubmatch(l)
 				if m == nil || m[1] != network || validCID[m[2]] {
 					continue
 				}
