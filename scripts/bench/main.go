@@ -7,6 +7,7 @@
 //	make bench                       # cnibox vs /usr/lib/cni (Debian's containernetworking-plugins)
 //	REF_CNI_PATH=/path/to/v1.9.1 make bench
 //	go run ./scripts/bench -n 50 -run 'bridge|ptp'
+//	go run ./scripts/bench -n 10 -run full -plugins  # and each plugin's median per verb
 //
 // It needs root (it makes network namespaces) and never touches the root
 // netns, its firewall or /var/lib/cni: every state directory is temporary.
@@ -82,7 +83,8 @@ type scenario struct {
 type sample struct {
 	durations map[string][]time.Duration
 	failures  int
-	maxRSS    int64 // KiB, largest plugin process of any ADD
+	failed    []string // the verb of each failure
+	maxRSS    int64    // KiB, largest plugin process of any ADD
 	wall      map[string]time.Duration
 }
 
@@ -119,20 +121,24 @@ func main() {
 		if !filter.MatchString(sc.name) {
 			continue
 		}
-		results := map[string]*sample{}
+		var sides []*side
 		for _, s := range []*side{cnibox, ref} {
-			if !s.has(sc.plugins...) {
-				continue
+			if s.has(sc.plugins...) {
+				sides = append(sides, s)
 			}
-			fmt.Fprintf(os.Stderr, "%-34s %-9s ", sc.name, s.name)
-			res, err := runScenario(sc, s, tmp)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "error: %v\n", err)
-				continue
-			}
-			fmt.Fprintf(os.Stderr, "done (%d failures)\n", res.failures)
-			results[s.name] = res
 		}
+		fmt.Fprintf(os.Stderr, "%-34s ", sc.name)
+		results, err := runScenario(sc, sides, tmp)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "error: %v\n", err)
+			continue
+		}
+		for _, s := range sides {
+			if r := results[s.name]; r != nil {
+				fmt.Fprintf(os.Stderr, "%s: %d failures  ", s.name, r.failures)
+			}
+		}
+		fmt.Fprintln(os.Stderr)
 		rows = append(rows, tabulate(sc, results)...)
 	}
 	rows = append(rows, sizeRows(cnibox, ref)...)
@@ -265,148 +271,216 @@ func newNS(prefix string) (string, error) {
 
 func delNS(name string) { run("ip", "netns", "del", name) }
 
-func runScenario(sc scenario, s *side, tmp string) (*sample, error) {
-	node, err := newNS("node")
-	if err != nil {
+// runScenario measures sc on every side. Each side gets its own node netns
+// and state. One pod at a time, the sides take turns pod by pod (which
+// goes first alternates), so that a busy machine's drift hits both alike;
+// the parallel scenario runs one side after the other.
+func runScenario(sc scenario, sides []*side, tmp string) (map[string]*sample, error) {
+	var envs []*env
+	defer func() {
+		for _, e := range envs {
+			e.close()
+		}
+	}()
+	for _, s := range sides {
+		e, err := newEnv(sc, s, tmp)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.name, err)
+		}
+		envs = append(envs, e)
+	}
+	out := map[string]*sample{}
+	if sc.parallel > 0 {
+		for _, e := range envs {
+			if err := e.parallel(); err != nil {
+				return nil, fmt.Errorf("%s: %w", e.side.name, err)
+			}
+			out[e.side.name] = e.res
+		}
+		return out, nil
+	}
+	for i := 0; i < *iterations; i++ {
+		for k := range envs {
+			e := envs[(i+k)%len(envs)]
+			if err := e.onePod(i); err != nil {
+				return nil, fmt.Errorf("%s: %w", e.side.name, err)
+			}
+		}
+	}
+	for _, e := range envs {
+		e.res.maxRSS = e.ex.maxRSS
+		out[e.side.name] = e.res
+		if *perPlugin {
+			keys := make([]string, 0, len(e.ex.plugins))
+			for k := range e.ex.plugins {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			fmt.Fprintf(os.Stderr, "\n  %s:", e.side.name)
+			for _, k := range keys {
+				fmt.Fprintf(os.Stderr, "\n    %-24s median %s", k, ms(quantile(e.ex.plugins[k], 0.5)))
+			}
+			fmt.Fprintln(os.Stderr)
+		}
+	}
+	return out, nil
+}
+
+// env is one side of one scenario: its node netns, state and libcni.
+type env struct {
+	sc     scenario
+	side   *side
+	node   string
+	state  string
+	list   *libcni.NetworkConfigList
+	cninet *libcni.CNIConfig
+	ex     *rssExec
+	res    *sample
+}
+
+func newEnv(sc scenario, s *side, tmp string) (*env, error) {
+	e := &env{sc: sc, side: s, ex: &rssExec{}, res: &sample{durations: map[string][]time.Duration{}, wall: map[string]time.Duration{}}}
+	var err error
+	if e.node, err = newNS("node"); err != nil {
 		return nil, err
 	}
-	defer delNS(node)
-	state, err := os.MkdirTemp(tmp, "state-")
-	if err != nil {
+	if e.state, err = os.MkdirTemp(tmp, "state-"); err != nil {
+		e.close()
 		return nil, err
 	}
-	defer os.RemoveAll(state)
 	if sc.setup != nil {
-		if err := sc.setup(node, state); err != nil {
+		if err := sc.setup(e.node, e.state); err != nil {
+			e.close()
 			return nil, fmt.Errorf("setup: %w", err)
 		}
 	}
-	conf := strings.NewReplacer("@STATE@", state, "@NET@", "bench").Replace(sc.conflist)
-	list, err := libcni.ConfListFromBytes([]byte(conf))
-	if err != nil {
+	conf := strings.NewReplacer("@STATE@", e.state, "@NET@", "bench").Replace(sc.conflist)
+	if e.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
+		e.close()
 		return nil, fmt.Errorf("conflist: %w", err)
 	}
-	ex := &rssExec{}
-	cninet := libcni.NewCNIConfigWithCacheDir([]string{s.dir}, filepath.Join(state, "cache"), ex)
-	res := &sample{durations: map[string][]time.Duration{}, wall: map[string]time.Duration{}}
-	verbs := sc.verbs
-	if verbs == nil {
-		verbs = []string{"ADD", "CHECK", "DEL"}
-	}
-	inNode := func(f func() error) error {
-		return ns.WithNetNSPath("/run/netns/"+node, func(ns.NetNS) error { return f() })
-	}
+	e.cninet = libcni.NewCNIConfigWithCacheDir([]string{s.dir}, filepath.Join(e.state, "cache"), e.ex)
+	return e, nil
+}
 
-	pod := func(i int) (string, *libcni.RuntimeConf, error) {
-		p, err := newNS("pod")
-		if err != nil {
-			return "", nil, err
-		}
-		return p, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench-%d", i), NetNS: "/run/netns/" + p, IfName: "eth0", CapabilityArgs: sc.caps}, nil
+func (e *env) close() {
+	if e.node != "" {
+		delNS(e.node)
 	}
+	if e.state != "" {
+		os.RemoveAll(e.state)
+	}
+}
+
+func (e *env) inNode(f func() error) error {
+	return ns.WithNetNSPath("/run/netns/"+e.node, func(ns.NetNS) error { return f() })
+}
+
+func (e *env) pod(i int) (string, *libcni.RuntimeConf, error) {
+	p, err := newNS("pod")
+	if err != nil {
+		return "", nil, err
+	}
+	return p, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("bench-%d", i), NetNS: "/run/netns/" + p, IfName: "eth0", CapabilityArgs: e.sc.caps}, nil
+}
+
+func (e *env) verbs() []string {
+	if e.sc.verbs != nil {
+		return e.sc.verbs
+	}
+	return []string{"ADD", "CHECK", "DEL"}
+}
+
+func (e *env) call(verb string, rt *libcni.RuntimeConf) error {
 	ctx := context.Background()
-	timed := func(verb string, rt *libcni.RuntimeConf) error {
-		start := time.Now()
-		err := inNode(func() error {
-			switch verb {
-			case "ADD":
-				ex.measure = true
-				_, err := cninet.AddNetworkList(ctx, list, rt)
-				ex.measure = false
-				return err
-			case "CHECK":
-				return cninet.CheckNetworkList(ctx, list, rt)
-			default:
-				return cninet.DelNetworkList(ctx, list, rt)
-			}
-		})
-		if err == nil {
-			res.durations[verb] = append(res.durations[verb], time.Since(start))
+	return e.inNode(func() error {
+		switch verb {
+		case "ADD":
+			_, err := e.cninet.AddNetworkList(ctx, e.list, rt)
+			return err
+		case "CHECK":
+			return e.cninet.CheckNetworkList(ctx, e.list, rt)
+		default:
+			return e.cninet.DelNetworkList(ctx, e.list, rt)
 		}
+	})
+}
+
+// onePod times each verb for one new pod.
+func (e *env) onePod(i int) error {
+	p, rt, err := e.pod(i)
+	if err != nil {
 		return err
 	}
-
-	if sc.parallel > 0 {
-		pods := make([]string, sc.pods)
-		rts := make([]*libcni.RuntimeConf, sc.pods)
-		for i := range pods {
-			if pods[i], rts[i], err = pod(i); err != nil {
-				return nil, err
-			}
+	defer delNS(p)
+	for _, verb := range e.verbs() {
+		if verb == "CHECK" && e.list.CNIVersion < "0.4.0" {
+			continue
 		}
-		defer func() {
-			for _, p := range pods {
+		e.ex.measure = verb == "ADD"
+		start := time.Now()
+		err := e.call(verb, rt)
+		e.ex.measure = false
+		if err == nil {
+			e.res.durations[verb] = append(e.res.durations[verb], time.Since(start))
+			continue
+		}
+		e.res.failures++
+		e.res.failed = append(e.res.failed, verb)
+		if e.res.failures <= 3 {
+			fmt.Fprintf(os.Stderr, "\n  %s %s: %v", e.side.name, verb, err)
+		}
+		if verb == "ADD" {
+			e.call("DEL", rt)
+			break
+		}
+	}
+	return nil
+}
+
+// parallel sets up e.sc.pods pods with e.sc.parallel in flight, then tears
+// them down the same way, and records the wall time of each.
+func (e *env) parallel() error {
+	pods := make([]string, e.sc.pods)
+	rts := make([]*libcni.RuntimeConf, e.sc.pods)
+	defer func() {
+		for _, p := range pods {
+			if p != "" {
 				delNS(p)
 			}
-		}()
-		for _, verb := range []string{"ADD", "DEL"} {
-			var mu sync.Mutex
-			sem := make(chan struct{}, sc.parallel)
-			var wg sync.WaitGroup
-			start := time.Now()
-			for i := range pods {
-				wg.Add(1)
-				sem <- struct{}{}
-				go func(i int) {
-					defer wg.Done()
-					defer func() { <-sem }()
-					var err error
-					if verb == "ADD" {
-						err = inNode(func() error { _, err := cninet.AddNetworkList(ctx, list, rts[i]); return err })
-					} else {
-						err = inNode(func() error { return cninet.DelNetworkList(ctx, list, rts[i]) })
+		}
+	}()
+	for i := range pods {
+		var err error
+		if pods[i], rts[i], err = e.pod(i); err != nil {
+			return err
+		}
+	}
+	for _, verb := range []string{"ADD", "DEL"} {
+		var mu sync.Mutex
+		sem := make(chan struct{}, e.sc.parallel)
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := range pods {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func(i int) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := e.call(verb, rts[i]); err != nil {
+					mu.Lock()
+					e.res.failures++
+					if e.res.failures <= 3 {
+						fmt.Fprintf(os.Stderr, "\n  %s %s pod %d: %v", e.side.name, verb, i, err)
 					}
-					if err != nil {
-						mu.Lock()
-						res.failures++
-						if res.failures <= 3 {
-							fmt.Fprintf(os.Stderr, "\n  %s pod %d: %v", verb, i, err)
-						}
-						mu.Unlock()
-					}
-				}(i)
-			}
-			wg.Wait()
-			res.wall[verb] = time.Since(start)
-		}
-		return res, nil
-	}
-
-	for i := 0; i < *iterations; i++ {
-		p, rt, err := pod(i)
-		if err != nil {
-			return nil, err
-		}
-		for _, verb := range verbs {
-			if verb == "CHECK" && list.CNIVersion < "0.4.0" {
-				continue
-			}
-			if err := timed(verb, rt); err != nil {
-				res.failures++
-				if res.failures <= 3 {
-					fmt.Fprintf(os.Stderr, "\n  %s: %v", verb, err)
+					mu.Unlock()
 				}
-				if verb == "ADD" {
-					inNode(func() error { return cninet.DelNetworkList(ctx, list, rt) })
-					break
-				}
-			}
+			}(i)
 		}
-		delNS(p)
+		wg.Wait()
+		e.res.wall[verb] = time.Since(start)
 	}
-	res.maxRSS = ex.maxRSS
-	if *perPlugin {
-		keys := make([]string, 0, len(ex.plugins))
-		for k := range ex.plugins {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			fmt.Fprintf(os.Stderr, "\n    %-24s median %s", k, ms(quantile(ex.plugins[k], 0.5)))
-		}
-		fmt.Fprintln(os.Stderr)
-	}
-	return res, nil
+	return nil
 }
 
 // rssExec is libcni's plugin exec that also records the largest resident
@@ -530,13 +604,28 @@ func tabulate(sc scenario, res map[string]*sample) []row {
 		if (c == nil || len(c.durations[verb]) == 0) && (r == nil || len(r.durations[verb]) == 0) {
 			continue
 		}
+		// figure is the median (or p95), or how often the verb failed when
+		// it never succeeded (the reference's portmap CHECK without IPv6).
+		figure := func(s *sample, q float64) string {
+			if len(s.durations[verb]) == 0 {
+				return fmt.Sprintf("failed %d×", s.count(verb))
+			}
+			if n := s.count(verb); n > 0 && q == 0.5 {
+				return fmt.Sprintf("%s (%d failed)", ms(quantile(s.durations[verb], q)), n)
+			}
+			return ms(quantile(s.durations[verb], q))
+		}
+		rt := "–"
+		if c != nil && r != nil && len(c.durations[verb]) > 0 && len(r.durations[verb]) > 0 {
+			rt = ratioOf(c, r, med)
+		}
 		rows = append(rows, row{
 			scenario: sc.name, what: verb,
-			cnibox:  na(c, func(s *sample) string { return ms(quantile(s.durations[verb], 0.5)) }),
-			cniboxP: na(c, func(s *sample) string { return ms(quantile(s.durations[verb], 0.95)) }),
-			ref:     na(r, func(s *sample) string { return ms(quantile(s.durations[verb], 0.5)) }),
-			refP:    na(r, func(s *sample) string { return ms(quantile(s.durations[verb], 0.95)) }),
-			ratio:   ratioOf(c, r, med),
+			cnibox:  na(c, func(s *sample) string { return figure(s, 0.5) }),
+			cniboxP: na(c, func(s *sample) string { return figure(s, 0.95) }),
+			ref:     na(r, func(s *sample) string { return figure(s, 0.5) }),
+			refP:    na(r, func(s *sample) string { return figure(s, 0.95) }),
+			ratio:   rt,
 		})
 	}
 	if sc.name == "bridge + host-local" {
@@ -548,6 +637,17 @@ func tabulate(sc scenario, res map[string]*sample) []row {
 		})
 	}
 	return rows
+}
+
+// count is how many times verb failed.
+func (s *sample) count(verb string) int {
+	n := 0
+	for _, v := range s.failed {
+		if v == verb {
+			n++
+		}
+	}
+	return n
 }
 
 func ratioOf(c, r *sample, f func(*sample) float64) string {
@@ -593,23 +693,30 @@ func sizeRows(cnibox, ref *side) []row {
 // versionRows times VERSION, which podman runs for every plugin of every
 // network it loads.
 func versionRows(cnibox, ref *side) []row {
-	timeVersion := func(s *side) []time.Duration {
-		var ds []time.Duration
-		for i := 0; i < 200; i++ {
-			cmd := exec.Command(filepath.Join(s.dir, "bridge"))
-			if !s.applets["bridge"] {
-				cmd = exec.Command(filepath.Join(s.dir, "loopback"))
-			}
-			cmd.Env = []string{"CNI_COMMAND=VERSION"}
+	// The two sides take turns, so drift hits both alike.
+	cmdOf := func(s *side) *exec.Cmd {
+		cmd := exec.Command(filepath.Join(s.dir, "bridge"))
+		if !s.applets["bridge"] {
+			cmd = exec.Command(filepath.Join(s.dir, "loopback"))
+		}
+		cmd.Env = []string{"CNI_COMMAND=VERSION"}
+		return cmd
+	}
+	var c, r []time.Duration
+	for i := 0; i < 400; i++ {
+		for k, s := range []*side{cnibox, ref} {
+			cmd := cmdOf(s)
 			start := time.Now()
 			if err := cmd.Run(); err != nil {
-				return nil
+				continue
 			}
-			ds = append(ds, time.Since(start))
+			if k == 0 {
+				c = append(c, time.Since(start))
+			} else {
+				r = append(r, time.Since(start))
+			}
 		}
-		return ds
 	}
-	c, r := timeVersion(cnibox), timeVersion(ref)
 	return []row{{
 		scenario: "VERSION (bridge)", what: "exec",
 		cnibox: ms(quantile(c, 0.5)), cniboxP: ms(quantile(c, 0.95)),
