@@ -23,7 +23,7 @@ import (
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/delegate"
-	"github.com/cnibox/cnibox/shared/ifconfig"
+	"github.com/cnibox/cnibox/shared/iface"
 	"github.com/cnibox/cnibox/shared/ipmasq"
 	"github.com/cnibox/cnibox/shared/veth"
 )
@@ -325,7 +325,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 			return err
 		}
 		_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+req.IfName+"/arp_notify", []byte("1"), 0o644)
-		return ifconfig.Apply(req.IfName, result, ifconfig.Options{DAD: c.EnableDAD})
+		return iface.Apply(req.IfName, result, iface.Options{DAD: c.EnableDAD})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("bridge %q: configure %s in the pod: %w", c.Bridge, req.IfName, err)
@@ -729,7 +729,7 @@ func Check(req *cni.Request) error {
 		if c.IPAM.Type == "" {
 			return nil
 		}
-		return ifconfig.Verify(req.IfName, prev)
+		return iface.Verify(req.IfName, prev)
 	})
 	if err != nil {
 		return fmt.Errorf("bridge %q: pod netns %s: %w", c.Bridge, req.Netns, err)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/delegate"
-	"github.com/cnibox/cnibox/shared/ifconfig"
+	"github.com/cnibox/cnibox/shared/iface"
 	"github.com/cnibox/cnibox/shared/ipmasq"
 	"github.com/cnibox/cnibox/shared/veth"
 )
@@ -164,7 +164,7 @@ func configurePod(ifName string, res *current.Result) error {
 	_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+ifName+"/arp_notify", []byte("1"), 0o644)
 	bare := *res
 	bare.Routes = nil
-	if err := ifconfig.Apply(ifName, &bare, ifconfig.Options{NoPrefixRoute: true}); err != nil {
+	if err := iface.Apply(ifName, &bare, iface.Options{NoPrefixRoute: true}); err != nil {
 		return err
 	}
 	link, err := netlinksafe.LinkByName(ifName)
@@ -193,7 +193,7 @@ func configurePod(ifName string, res *current.Result) error {
 				gw = ipc.Gateway
 			}
 		}
-		if err := ifconfig.AddRoute(link, r, gw); err != nil {
+		if err := iface.AddRoute(link, r, gw); err != nil {
 			return fmt.Errorf("add route %s: %w", r, err)
 		}
 	}
@@ -298,11 +298,11 @@ func Check(req *cni.Request) error {
 		// The routes ADD made: "subnet via gw" per address, and the result's.
 		want := *prev
 		want.Routes = slices.Clone(prev.Routes)
-		for _, ipc := range ifconfig.Addresses(req.IfName, prev) {
+		for _, ipc := range iface.Addresses(req.IfName, prev) {
 			subnet := net.IPNet{IP: ipc.Address.IP.Mask(ipc.Address.Mask), Mask: ipc.Address.Mask}
 			want.Routes = append(want.Routes, &types.Route{Dst: subnet, GW: ipc.Gateway})
 		}
-		return ifconfig.Verify(req.IfName, &want)
+		return iface.Verify(req.IfName, &want)
 	})
 	if err != nil {
 		return fmt.Errorf("ptp: pod netns %s: %w", req.Netns, err)
@@ -315,7 +315,7 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return fmt.Errorf("ptp: list addresses of %s: %w", host.Attrs().Name, err)
 	}
-	for _, ipc := range ifconfig.Addresses(req.IfName, prev) {
+	for _, ipc := range iface.Addresses(req.IfName, prev) {
 		found := false
 		for _, a := range addrs {
 			found = found || a.IP.Equal(ipc.Gateway)

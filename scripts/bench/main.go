@@ -10,7 +10,8 @@
 //	go run ./scripts/bench -n 10 -run full -plugins  # and each plugin's median per verb
 //
 // It needs root (it makes network namespaces) and never touches the root
-// netns, its firewall or /var/lib/cni: every state directory is temporary.
+// netns, its firewall or /var/lib/cni: every state directory is temporary,
+// and it runs in a private mount namespace where /var/lib/cni is one too.
 package main
 
 import (
@@ -98,6 +99,11 @@ func main() {
 		fatalf("%v", err)
 	}
 	defer os.RemoveAll(tmp)
+	if os.Getenv("CNIBOX_BENCH_MOUNTNS") == "" {
+		code := inPrivateMounts(tmp)
+		os.RemoveAll(tmp)
+		os.Exit(code)
+	}
 
 	cnibox := &side{name: "cnibox", dir: filepath.Join(tmp, "cnibox")}
 	if out, err := exec.Command(*binary, "install", "--dir", cnibox.dir).CombinedOutput(); err != nil {
@@ -144,6 +150,33 @@ func main() {
 	rows = append(rows, sizeRows(cnibox, ref)...)
 	rows = append(rows, versionRows(cnibox, ref)...)
 	printTable(rows)
+}
+
+// inPrivateMounts runs the bench again in a private mount namespace where
+// /var/lib/cni is an empty temporary directory: plugins that keep state
+// there (cnibox's firewall and portmap records, libcni's defaults) never
+// touch the machine's. It returns the exit code.
+func inPrivateMounts(tmp string) int {
+	state := filepath.Join(tmp, "var-lib-cni")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		fatalf("%v", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fatalf("%v", err)
+	}
+	script := `mount --make-rprivate / && mkdir -p /var/lib/cni && mount --bind "$0" /var/lib/cni && exec "$@"`
+	cmd := exec.Command("unshare", append([]string{"-m", "sh", "-c", script, state, self}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), "CNIBOX_BENCH_MOUNTNS=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return exit.ExitCode()
+		}
+		fatalf("unshare: %v", err)
+	}
+	return 0
 }
 
 func fatalf(format string, a ...any) {

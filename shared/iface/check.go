@@ -69,7 +69,9 @@ func CheckLink(ifName string, want Want) (netlink.Link, error) {
 
 // CheckIPs (inside the netns) checks that every address the result gives
 // interface index idx is on ifName, and that every result route is in the
-// routing table through ifName (with its gateway, when it names one).
+// routing table through ifName (with its gateway, when it names one). It is
+// Verify for a link that has the result's routes to itself (macvlan,
+// ipvlan, vlan, host-device); Verify accepts a route through any link.
 func CheckIPs(ifName string, idx int, res *current.Result) error {
 	l, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
@@ -79,20 +81,14 @@ func CheckIPs(ifName string, idx int, res *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of %q: %w", ifName, err)
 	}
+	var ips []*current.IPConfig
 	for _, ipc := range res.IPs {
-		if ipc.Interface == nil || *ipc.Interface != idx {
-			continue
+		if ipc.Interface != nil && *ipc.Interface == idx {
+			ips = append(ips, ipc)
 		}
-		found := false
-		for _, a := range addrs {
-			if a.IP.Equal(ipc.Address.IP) && a.Mask.String() == ipc.Address.Mask.String() {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return fmt.Errorf("%q lacks address %s of the result", ifName, ipc.Address.String())
-		}
+	}
+	if ipc := missingAddr(addrs, ips); ipc != nil {
+		return fmt.Errorf("%q lacks address %s of the result", ifName, ipc.Address.String())
 	}
 	if len(res.Routes) == 0 {
 		return nil

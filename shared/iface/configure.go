@@ -11,7 +11,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/cnibox/cnibox/shared/cni"
-	"github.com/cnibox/cnibox/shared/ifconfig"
 )
 
 // Notify is the set of sysctls that make a new link announce itself:
@@ -28,7 +27,7 @@ var (
 )
 
 // Configure (inside the netns) sets the notify sysctls of ifName, then
-// applies res with ifconfig.Apply: addresses, link up, routes (with their
+// applies res with Apply: addresses, link up, routes (with their
 // table, scope, metric, mtu and advmss). IPv6 duplicate address detection
 // runs: these links sit on a real L2 segment shared with other machines,
 // where a duplicate address is a real risk, unlike a bridge's private
@@ -46,7 +45,7 @@ func Configure(ifName string, res *current.Result, notify Notify) error {
 		// Absent when IPv6 is disabled in the kernel: nothing to notify then.
 		_ = setSysctl("ipv6/conf/"+ifName+"/ndisc_notify", "1")
 	}
-	if err := ifconfig.Apply(ifName, res, ifconfig.Options{DAD: true}); err != nil {
+	if err := Apply(ifName, res, Options{DAD: true}); err != nil {
 		return fmt.Errorf("configure %q: %w", ifName, err)
 	}
 	return nil

@@ -1,8 +1,11 @@
-// Package iface is what the link-creating applets (macvlan, ipvlan, vlan,
-// host-device) share: opening the pod's netns, finding the master link,
-// creating a link directly in the pod under a temporary name, applying an
-// IPAM result, building the applet's result, checking a link against a
-// previous result (CHECK) and deleting it again (DEL).
+// Package iface is what the main applets share about the pod's interface:
+// applying an IPAM result to it (Apply: addresses, link up, routes, IPv6
+// DAD) and verifying it at CHECK (Verify, CheckIPs) for all of them
+// (bridge, ptp, macvlan, ipvlan, vlan, host-device); and for the
+// link-creating ones (macvlan, ipvlan, vlan, host-device) opening the pod's
+// netns, finding the master link, creating a link directly in the pod under
+// a temporary name, building the applet's result, checking a link against
+// a previous result and deleting it again (DEL).
 //
 // The usual ADD, with the master in the node's netns:
 //

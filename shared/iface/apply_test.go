@@ -1,4 +1,4 @@
-package ifconfig_test
+package iface_test
 
 import (
 	"net"
@@ -9,11 +9,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/cnibox/cnibox/shared/ifconfig"
+	"github.com/cnibox/cnibox/shared/iface"
 	"github.com/cnibox/cnibox/shared/testnet"
 )
-
-func TestMain(m *testing.M) { testnet.Main(m) }
 
 func v6Result(t *testing.T, addr, gw string) *current.Result {
 	t.Helper()
@@ -46,7 +44,7 @@ func TestDAD(t *testing.T) {
 
 	apply := func(ifName string, res *current.Result, dad bool) time.Duration {
 		start := time.Now()
-		if err := pod.Do(func() error { return ifconfig.Apply(ifName, res, ifconfig.Options{DAD: dad}) }); err != nil {
+		if err := pod.Do(func() error { return iface.Apply(ifName, res, iface.Options{DAD: dad}) }); err != nil {
 			t.Fatalf("Apply %s: %v", ifName, err)
 		}
 		return time.Since(start)
@@ -67,7 +65,7 @@ func TestDAD(t *testing.T) {
 	if out := pod.MustRun("ip", "-6", "addr", "show", "dev", "e0", "scope", "global"); strings.Contains(out, "tentative") {
 		t.Errorf("with an IPv6 gateway Apply returned before DAD finished: %s", out)
 	}
-	if err := pod.Do(func() error { return ifconfig.Verify("e0", v6Result(t, "fd00:2::2/64", "fd00:2::1")) }); err != nil {
+	if err := pod.Do(func() error { return iface.Verify("e0", v6Result(t, "fd00:2::2/64", "fd00:2::1")) }); err != nil {
 		t.Errorf("Verify: %v", err)
 	}
 

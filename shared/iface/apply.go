@@ -1,7 +1,7 @@
-// Package ifconfig applies an IPAM result to an interface: the addresses
-// meant for it, link up, and the result's routes. It is what the main
-// applets (bridge, ptp, macvlan, ipvlan, vlan, host-device) do after IPAM,
-// and Verify is what their CHECK does.
+// Apply puts an IPAM result on an interface: the addresses meant for it,
+// link up, and the result's routes. It is what every main applet (bridge,
+// ptp, macvlan, ipvlan, vlan, host-device) does after IPAM, and Verify is
+// what their CHECK does.
 //
 // It differs from the reference's ConfigureIface in ways that matter per
 // pod: IPv6 addresses skip duplicate address detection unless the caller
@@ -11,8 +11,8 @@
 // IPv6 gateway (the reference's rule), on netlink address events rather
 // than by polling; and route mtu/advmss from the result are honoured.
 //
-// Both functions act on the current netns: call them inside ns.Do.
-package ifconfig
+// Both act on the current netns: call them inside ns.Do.
+package iface
 
 import (
 	"errors"
@@ -273,7 +273,21 @@ func Verify(ifName string, res *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", ifName, err)
 	}
-	for _, ipc := range Addresses(ifName, res) {
+	if ipc := missingAddr(addrs, Addresses(ifName, res)); ipc != nil {
+		return fmt.Errorf("%s: address %s is missing", ifName, ipc.Address.String())
+	}
+	for _, r := range res.Routes {
+		if err := verifyRoute(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// missingAddr returns the first of ips that addrs lacks (same address
+// and prefix length), or nil.
+func missingAddr(addrs []netlink.Addr, ips []*current.IPConfig) *current.IPConfig {
+	for _, ipc := range ips {
 		found := false
 		for _, a := range addrs {
 			if a.IP.Equal(ipc.Address.IP) && a.Mask.String() == ipc.Address.Mask.String() {
@@ -282,12 +296,7 @@ func Verify(ifName string, res *current.Result) error {
 			}
 		}
 		if !found {
-			return fmt.Errorf("%s: address %s is missing", ifName, ipc.Address.String())
-		}
-	}
-	for _, r := range res.Routes {
-		if err := verifyRoute(r); err != nil {
-			return err
+			return ipc
 		}
 	}
 	return nil
