@@ -351,7 +351,7 @@ func runScenario(sc scenario, sides []*side, tmp string) (map[string]*sample, er
 			sort.Strings(keys)
 			fmt.Fprintf(os.Stderr, "\n  %s:", e.side.name)
 			for _, k := range keys {
-				fmt.Fprintf(os.Stderr, "\n    %-24s median %s", k, ms(quantile(e.ex.plugins[k], 0.5)))
+				fmt.Fprintf(os.Stderr, "\n    %-24s median %s, CPU %s", k, ms(quantile(e.ex.plugins[k], 0.5)), ms(quantile(e.ex.cpu[k], 0.5)))
 			}
 			fmt.Fprintln(os.Stderr)
 		}
@@ -523,6 +523,7 @@ type rssExec struct {
 	measure bool
 	maxRSS  int64
 	plugins map[string][]time.Duration // by "plugin VERB", with -plugins
+	cpu     map[string][]time.Duration // user+system CPU of the same calls (their children included)
 }
 
 func (e *rssExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
@@ -546,6 +547,12 @@ func (e *rssExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env
 		}
 		k := filepath.Base(path) + " " + verb
 		e.plugins[k] = append(e.plugins[k], time.Since(start))
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && cmd.ProcessState != nil {
+			if e.cpu == nil {
+				e.cpu = map[string][]time.Duration{}
+			}
+			e.cpu[k] = append(e.cpu[k], time.Duration(syscall.TimevalToNsec(ru.Utime)+syscall.TimevalToNsec(ru.Stime)))
+		}
 		e.mu.Unlock()
 	}
 	if cmd.ProcessState != nil && e.measure {
