@@ -118,12 +118,18 @@ func ping(pod *testnet.NS, addr string) error {
 	return err
 }
 
-// TestTwoPodsL2: two dual-stack pods on the same master in l2 mode reach
-// each other over IPv4 and IPv6; CHECK passes; DEL removes the links and
-// releases the addresses, and a second DEL succeeds.
-func TestTwoPodsL2(t *testing.T) {
+// TestTwoPods: two dual-stack pods on the same master, in l2 and in l3
+// mode, reach each other over IPv4 and IPv6; CHECK passes; DEL removes the
+// links and releases the addresses, and a second DEL succeeds.
+func TestTwoPods(t *testing.T) {
 	r := node(t)
-	l := list(t, r, "1.1.0", `"master":"dum0","mode":"l2",`+dualStack)
+	for _, mode := range []string{"l2", "l3"} {
+		t.Run(mode, func(t *testing.T) { twoPods(t, r, mode) })
+	}
+}
+
+func twoPods(t *testing.T, r *testnet.Runtime, mode string) {
+	l := list(t, r, "1.1.0", `"master":"dum0","mode":"`+mode+`",`+dualStack)
 	podA, podB := r.Pod(t), r.Pod(t)
 	a, b := r.Attach(podA, "eth0"), r.Attach(podB, "eth0")
 	resA, err := r.Add(l, a)
