@@ -253,7 +253,13 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	}()
 
 	// The pod's interface exists, on the bridge, before IPAM runs: dhcp
-	// asks for a lease from it.
+	// asks for a lease from it. An IPAM type that names no plugin (or a
+	// path) is refused before anything is made.
+	if c.IPAM.Type != "" {
+		if _, err := delegate.Find(req, c.IPAM.Type); err != nil {
+			return nil, err
+		}
+	}
 	br, err := ensureBridge(c)
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package reliability
 
 import (
+	"os"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -163,6 +164,14 @@ func TestHostileInput(t *testing.T) {
 	// The master (macvlan, ipvlan, vlan) and device (host-device) of the
 	// base configs exists, so the cases get past looking it up.
 	r.Node.MustRun("ip", "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p")
+	// The bridge is node infrastructure: bridge makes it before IPAM runs
+	// (dhcp needs the port) and keeps it, as the reference does, so an
+	// IPAM config error (a bad subnet) leaves it. It exists before the
+	// snapshot; everything of the refused pods must be gone.
+	r.Node.MustRun("ip", "link", "add", "cni0", "type", "bridge")
+	r.Node.MustRun("ip", "link", "add", "port0", "master", "cni0", "up", "type", "veth", "peer", "name", "port1")
+	r.Node.MustRun("ip", "link", "set", "port1", "up")
+	r.Node.MustRun("ip", "link", "set", "cni0", "up")
 	snap := r.Snapshotter()
 	before := snap.Take(t)
 	podBefore := (&testnet.Snapshotter{Node: pod}).Take(t)
@@ -172,6 +181,7 @@ func TestHostileInput(t *testing.T) {
 			if !appliesTo(c, applet) {
 				continue
 			}
+
 			n++
 			stdin := c.stdin
 			if stdin == nil {
@@ -197,6 +207,10 @@ func TestHostileInput(t *testing.T) {
 			}
 			stdout, stderr, code := r.Exec(applet, envs, stdin)
 			what := applet + ": " + c.name
+			// CNIBOX_HOSTILE_DEBUG=<applet> leak-checks after each case.
+			if os.Getenv("CNIBOX_HOSTILE_DEBUG") == applet {
+				snap.AssertSame(t, before, what)
+			}
 			if code == 0 {
 				t.Errorf("%s: accepted:\n%s", what, stdout)
 				continue
