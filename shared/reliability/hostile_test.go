@@ -1,8 +1,8 @@
 package reliability
 
 import (
-	"os"
 	"encoding/json"
+	"os"
 	"strings"
 	"testing"
 
