@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/testnet"
 	"github.com/cnibox/cnibox/shared/traffic"
@@ -316,9 +319,9 @@ done`)
 
 // TestUDPConntrackFlush: a UDP flow to the host port that existed before
 // the mapping reaches the pod after ADD. ADD flushes the port's conntrack
-// entries for this; note that on the test kernel (6.x, iptables-nft) the
-// old flow was re-NATed even with the flush disabled, so this test shows
-// the outcome, not that the flush alone causes it.
+// entries for this: the test checks that the entry is gone right after ADD
+// (on this kernel the old flow would also be re-NATed without the flush, so
+// the answer alone would not prove it).
 func TestUDPConntrackFlush(t *testing.T) {
 	w := newWorld(t)
 	r := w.r
@@ -326,9 +329,11 @@ func TestUDPConntrackFlush(t *testing.T) {
 	pod := r.Pod(t)
 	traffic.Serve(t, pod, 80, "pod")
 	traffic.Serve(t, r.Node, 8080, "node")
-	// A nat prerouting hook must exist before the flow starts, or conntrack
-	// sets the flow's NAT up only when the first NAT rule shows up.
-	r.Node.MustRun("nft", "add table ip early; add chain ip early pre { type nat hook prerouting priority -150; }")
+	// A real node tracks connections before any mapping exists (a firewall
+	// rule with a ct match turns conntrack on in a netns; a NAT chain alone
+	// does not), and has a NAT hook, so the flow's NAT is decided when it starts.
+	r.Node.MustRun("nft", "add table ip early; add chain ip early pre { type nat hook prerouting priority -150; }; "+
+		"add chain ip early in { type filter hook prerouting priority -200; }; add rule ip early in ct state new counter")
 	var conn net.Conn
 	err := w.outside.Do(func() (err error) {
 		conn, err = net.Dial("udp", net.JoinHostPort(nodeIP, "8080"))
@@ -348,10 +353,18 @@ func TestUDPConntrackFlush(t *testing.T) {
 	if got := roundTrip(); got != "node" {
 		t.Fatalf("before ADD: %q answered, want node", got)
 	}
+	if n := udpFlows(t, r.Node, 8080); n == 0 {
+		out, _ := r.Node.Run("conntrack", "-L")
+		t.Fatalf("before ADD: no conntrack entry for the flow to port 8080:\n%s", out)
+	}
 	a := r.Attach(pod, "eth0")
 	a.Caps = mappings(pm(8080, 80, "udp", ""))
 	if _, err := r.Add(list, a); err != nil {
 		t.Fatal(err)
+	}
+	// The flush itself: the old flow's entry is gone before its next packet.
+	if n := udpFlows(t, r.Node, 8080); n != 0 {
+		t.Fatalf("after ADD: %d conntrack entries to port 8080 left", n)
 	}
 	if got := roundTrip(); got != "pod" {
 		t.Fatalf("after ADD: %q answered on the old flow, want pod", got)
@@ -359,6 +372,25 @@ func TestUDPConntrackFlush(t *testing.T) {
 	if err := r.Del(list, a); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// udpFlows counts the node's conntrack entries of UDP flows to port.
+func udpFlows(t *testing.T, node *testnet.NS, port uint16) int {
+	t.Helper()
+	n := 0
+	err := node.Do(func() error {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		for _, f := range flows {
+			if f.Forward.Protocol == unix.IPPROTO_UDP && f.Forward.DstPort == port {
+				n++
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("list conntrack entries: %v", err)
+	}
+	return n
 }
 
 // TestConditions: conditionsV4 limits who the mapping applies to, in either
