@@ -214,10 +214,10 @@ func (t *table) writeSlot(i uint32, s slot) error {
 }
 
 // find returns the slot index holding k (live true), or the first free
-// slot of k's probe sequence (live false).
+// slot of k's probe sequence (live false) with its state (empty or tomb).
 func (t *table) find(k key) (uint32, slot, bool, error) {
 	start := uint32(binary.LittleEndian.Uint64(k[:8]) % uint64(t.slots))
-	free := int64(-1)
+	free, freeState := int64(-1), byte(slotEmpty)
 	for n := uint32(0); n < t.slots; n++ {
 		i := (start + n) % t.slots
 		s, err := t.readSlot(i)
@@ -231,19 +231,19 @@ func (t *table) find(k key) (uint32, slot, bool, error) {
 			}
 		case slotTomb:
 			if free < 0 {
-				free = int64(i)
+				free, freeState = int64(i), slotTomb
 			}
 		case slotEmpty:
 			if free < 0 {
-				free = int64(i)
+				free, freeState = int64(i), slotEmpty
 			}
-			return uint32(free), slot{}, false, nil
+			return uint32(free), slot{state: freeState}, false, nil
 		}
 	}
 	if free < 0 {
 		return 0, slot{}, false, errors.New("index is full")
 	}
-	return uint32(free), slot{}, false, nil
+	return uint32(free), slot{state: freeState}, false, nil
 }
 
 // get returns k's addresses; complete is false when the attachment has

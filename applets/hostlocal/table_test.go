@@ -49,4 +49,12 @@ func TestTableGrowthAndReuse(t *testing.T) {
 	if s.tab.used != n/2+1 {
 		t.Fatalf("used = %d", s.tab.used)
 	}
+	// Reusing deleted slots keeps the tombstone count honest.
+	tombs := s.tab.tombs
+	for i := 0; i < n; i += 2 {
+		s.setRecord(attachmentKey(fmt.Sprint(i), "eth0"), []netip.Addr{addr(i)})
+	}
+	if s.tab.tombs >= tombs || s.tab.used != n+1 {
+		t.Fatalf("after reinsertion: used %d tombs %d (was %d)", s.tab.used, s.tab.tombs, tombs)
+	}
 }
