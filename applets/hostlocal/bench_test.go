@@ -149,3 +149,27 @@ func BenchmarkAdopt(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkExecBaseline is the cost of starting each binary at all (a
+// VERSION call): subtract it from the exec'd ADD and DEL figures to see
+// what the store work itself costs.
+func BenchmarkExecBaseline(b *testing.B) {
+	testnet.RequireRoot(b)
+	bins := map[string]string{"cnibox": filepath.Join(testnet.BinDir(b), "host-local")}
+	if ref := filepath.Join(testnet.ReferenceDir(), "host-local"); fileExists(ref) {
+		bins["reference"] = ref
+	}
+	for _, name := range []string{"cnibox", "reference"} {
+		bin, ok := bins[name]
+		if !ok {
+			continue
+		}
+		b.Run("impl="+name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if out, err := execPlugin(b, bin, []string{"CNI_COMMAND=VERSION"}, []byte(`{"cniVersion":"1.0.0"}`)); err != nil {
+					b.Fatal(out, err)
+				}
+			}
+		})
+	}
+}
