@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 	"time"
@@ -106,6 +107,20 @@ type VlanTrunk struct {
 type macArgs struct {
 	cni.CommonArgs
 	MAC types.UnmarshallableString `json:"mac,omitempty"`
+}
+
+// podAddrs returns the addresses IPAM gave the pod (none without IPAM).
+func podAddrs(res *current.Result) []netip.Addr {
+	if res == nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ip := range res.IPs {
+		if a, ok := netip.AddrFromSlice(ip.Address.IP); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }
 
 // maxMTU is the largest MTU an IP interface can have (IP_MAX_MTU).
@@ -297,7 +312,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	contMAC := pair.Container.Attrs().HardwareAddr
 	if c.MacSpoofChk {
 		spoofDone = true
-		if err := setupSpoofCheck(spoofID(req.ContainerID, req.IfName), hostName, contMAC); err != nil {
+		if err := setupSpoofCheck(spoofID(req.ContainerID, req.IfName), hostName, contMAC, podAddrs(ipamRes)); err != nil {
 			return nil, err
 		}
 	}

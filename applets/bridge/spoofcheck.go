@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 
 	"github.com/google/nftables"
@@ -35,7 +36,15 @@ func spoofChains(id string) (iface, mac string) {
 func spoofComment(id string) []byte { return nft.Comment("macspoofchk-" + id) }
 
 // setupSpoofCheck lets only frames with source MAC mac in from hostVeth.
-func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr) error {
+// When IPAM gave the pod addresses (ips), cnibox goes further than the
+// reference: after the MAC check, the pod's IPv4 and IPv6 packets must
+// come from its own addresses (or the unspecified address, for DHCP and
+// DAD, or an IPv6 link-local one) and its ARP packets must claim its own
+// MAC and IPv4 address, so a pod can neither send as another nor poison
+// the neighbour tables of the node and its neighbours. The extra rules
+// live in the interface chain (cni-br-iface-<id>), which the reference's
+// DEL removes whole, so switching back leaves nothing.
+func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr, ips []netip.Addr) error {
 	c, err := nft.Open()
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
@@ -58,6 +67,9 @@ func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr) error {
 	c.AddRule(&nftables.Rule{Table: natTable, Chain: iface, UserData: ud, Exprs: []expr.Any{
 		&expr.Verdict{Kind: expr.VerdictJump, Chain: macName},
 	}})
+	for _, exprs := range addressRules(mac, ips) {
+		c.AddRule(&nftables.Rule{Table: natTable, Chain: iface, UserData: ud, Exprs: exprs})
+	}
 	c.AddRule(&nftables.Rule{Table: natTable, Chain: macc, UserData: ud, Exprs: []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(mac)},
@@ -70,6 +82,63 @@ func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr) error {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
 	return nil
+}
+
+// Ethertypes, as meta protocol holds them (network byte order).
+var (
+	etherIPv4 = []byte{0x08, 0x00}
+	etherARP  = []byte{0x08, 0x06}
+	etherIPv6 = []byte{0x86, 0xdd}
+)
+
+func etherType(t []byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: t},
+	}
+}
+
+// addressRules are the IP and ARP anti-spoofing rules for a pod with
+// the given MAC and addresses: per family, "return" for each address the
+// pod may send from, then "drop" for the rest of that family. None when
+// IPAM gave no address (an L2-only bridge: the pod picks its own).
+func addressRules(mac net.HardwareAddr, ips []netip.Addr) [][]expr.Any {
+	if len(ips) == 0 {
+		return nil
+	}
+	var out [][]expr.Any
+	allow := func(t []byte, match []expr.Any) {
+		out = append(out, nft.Concat(etherType(t), match, nft.Return()))
+	}
+	// ARP: sender hardware address (offset 8) must be the pod's MAC;
+	// sender protocol address (offset 14) one of its IPv4s or 0.0.0.0
+	// (an RFC 5227 probe).
+	out = append(out, nft.Concat(etherType(etherARP), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 6},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte(mac)},
+	}, nft.Drop()))
+	arpSPA := func(a netip.Addr) []expr.Any {
+		return []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
+		}
+	}
+	allow(etherARP, arpSPA(netip.IPv4Unspecified()))
+	allow(etherIPv4, nft.SAddr(netip.PrefixFrom(netip.IPv4Unspecified(), 32), false))
+	allow(etherIPv6, nft.SAddr(netip.PrefixFrom(netip.IPv6Unspecified(), 128), false))
+	allow(etherIPv6, nft.SAddr(netip.MustParsePrefix("fe80::/10"), false))
+	for _, a := range ips {
+		if a.Is4() {
+			allow(etherARP, arpSPA(a))
+			allow(etherIPv4, nft.SAddr(netip.PrefixFrom(a, 32), false))
+		} else {
+			allow(etherIPv6, nft.SAddr(netip.PrefixFrom(a, 128), false))
+		}
+	}
+	for _, t := range [][]byte{etherARP, etherIPv4, etherIPv6} {
+		out = append(out, nft.Concat(etherType(t), nft.Drop()))
+	}
+	return out
 }
 
 // deleteSpoofJumps queues the deletion of the PREROUTING rules of id.
