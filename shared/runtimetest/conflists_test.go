@@ -223,7 +223,9 @@ func uplink(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, co
 	startProcess(t, srv, "dnsmasq")
 	// The daemon's socket is the test's; the list is told where it is.
 	sock := filepath.Join(dir, "dhcp.sock")
-	daemon := r.Node.Command(filepath.Join(r.Path, "dhcp"), "daemon", "-socketpath", sock)
+	// Its lease records too, and it runs with the test's /var/lib/cni.
+	daemon := runtimetest.NodeCommand(r.Node, runtimetest.StateMounts(t.TempDir()),
+		filepath.Join(r.Path, "dhcp"), "daemon", "-socketpath", sock, "-leasefile", filepath.Join(dir, "leases.json"))
 	startProcess(t, daemon, "dhcp daemon")
 	for i := 0; i < 50; i++ {
 		if _, err := os.Stat(sock); err == nil {

@@ -20,7 +20,9 @@ type Mount struct {
 // NodeCommand returns a command that runs name inside node's network
 // namespace and a private mount namespace with mounts applied in order.
 // Every runtime and its plugins run this way: the runtime's netns is the
-// node's, and its default paths are the test's directories.
+// node's, and its default paths are the test's directories. Propagation is
+// "slave": nothing mounted inside leaks out, and pod netns the test mounts
+// later under /run/netns are still seen inside (a dhcp daemon needs them).
 func NodeCommand(node *testnet.NS, mounts []Mount, name string, args ...string) *exec.Cmd {
 	var script strings.Builder
 	script.WriteString("set -e\n")
@@ -33,7 +35,7 @@ func NodeCommand(node *testnet.NS, mounts []Mount, name string, args ...string) 
 		}
 	}
 	script.WriteString(`exec "$@"`)
-	argv := []string{"netns", "exec", node.Name, "unshare", "--mount", "--propagation", "private",
+	argv := []string{"netns", "exec", node.Name, "unshare", "--mount", "--propagation", "slave",
 		"sh", "-c", script.String(), "node-command", name}
 	return exec.Command("ip", append(argv, args...)...)
 }

@@ -117,9 +117,7 @@ func TestPodman(t *testing.T) {
 		// podman's dhcp plugin talks to the daemon on /run/cni/dhcp.sock,
 		// which is the test's /run in podman's mount namespace.
 		startProcess(t, p.InNode(filepath.Join(plugins.Dir, "dhcp"), "daemon"), "dhcp daemon")
-		if _, _, err := p.Run("run", "-d", "--name", "dh", "--network", "cnibox-dhcp", img, "/bin/sleep", "3600"); err != nil {
-			t.Fatal(err)
-		}
+		p.MustRun(t, "run", "-d", "--name", "dh", "--network", "cnibox-dhcp", img, "/bin/sleep", "3600")
 		addr := p.MustRun(t, "exec", "dh", "ip", "-o", "-4", "addr", "show", "eth0")
 		t.Logf("container on the dhcp network: %s", addr)
 		if !strings.Contains(addr, "inet 192.168.99.1") {
