@@ -238,9 +238,9 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	if c.IPAM.Type == "" && !cni.VersionAtLeast(req.Version, "0.3.0") {
 		return nil, cni.ConfigError("ipam: required with cniVersion %s, whose results cannot describe an attachment without addresses", req.Version)
 	}
-	podNS, err := ns.GetNS(req.Netns)
+	podNS, err := iface.OpenNetns(req.Netns)
 	if err != nil {
-		return nil, netnsError(req.Netns, err)
+		return nil, err
 	}
 	defer podNS.Close()
 
@@ -301,7 +301,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		if c.IPMasq {
 			// The masquerade rules need only the addresses: make them
 			// while the pod is configured.
-			nets := podNets(ipamRes)
+			nets := ipmasq.Nets(ipamRes)
 			masqDone = ipmasq.InBackground(func() error {
 				return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets)
 			})
@@ -422,17 +422,6 @@ func gateways(c *Config, res *current.Result) []*net.IPNet {
 		}
 	}
 	return gws
-}
-
-// podNets are the pod's addresses with their subnet masks: what ipMasq
-// masquerades.
-func podNets(res *current.Result) []*net.IPNet {
-	var out []*net.IPNet
-	for _, ipc := range res.IPs {
-		a := ipc.Address
-		out = append(out, &a)
-	}
-	return out
 }
 
 // ensureBridge finds or creates the bridge and brings it up. Concurrent
@@ -670,7 +659,7 @@ func Del(req *cni.Request) error {
 	masqDone := func() error { return nil }
 	if c.IPMasq {
 		// Independent of the links: let it run while they are deleted.
-		nets := prevNets(&c.NetConf)
+		nets := ipmasq.PrevNets(&c.NetConf)
 		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
 	}
 	// IPAM first, while the pod's interface exists: dhcp releases the
@@ -678,15 +667,7 @@ func Del(req *cni.Request) error {
 	if c.IPAM.Type != "" {
 		errs = append(errs, delegate.Del(req, c.IPAM.Type))
 	}
-	gone := true
-	if req.Netns != "" {
-		if gone, err = veth.DeleteInPod(req.Netns, req.IfName); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if gone {
-		errs = append(errs, veth.DeleteHost(c.Name, req.ContainerID, req.IfName))
-	}
+	errs = append(errs, veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns))
 	if c.MacSpoofChk {
 		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
 	}
@@ -728,39 +709,14 @@ func Check(req *cni.Request) error {
 	if c.PromiscMode && br.Promisc == 0 {
 		return fmt.Errorf("bridge %q: not promiscuous", c.Bridge)
 	}
-	var contMAC string
-	for _, i := range prev.Interfaces {
-		if i.Name == req.IfName && i.Sandbox != "" {
-			contMAC = i.Mac
-		}
-	}
-	var peer, index int
-	err = ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(req.IfName)
-		if err != nil {
-			return err
-		}
-		if l.Type() != "veth" {
-			return fmt.Errorf("%s is a %s, not a veth", req.IfName, l.Type())
-		}
-		if contMAC != "" && l.Attrs().HardwareAddr.String() != contMAC {
-			return fmt.Errorf("%s has MAC %s, want %s", req.IfName, l.Attrs().HardwareAddr, contMAC)
-		}
-		peer, index = l.Attrs().ParentIndex, l.Attrs().Index
+	host, err := veth.Check(req.Netns, req.IfName, prev, func() error {
 		if c.IPAM.Type == "" {
 			return nil
 		}
 		return iface.Verify(req.IfName, prev)
 	})
 	if err != nil {
-		return fmt.Errorf("bridge %q: pod netns %s: %w", c.Bridge, req.Netns, err)
-	}
-	host, err := netlink.LinkByIndex(peer)
-	if err != nil {
-		return fmt.Errorf("bridge %q: host end of %s (ifindex %d): %w", c.Bridge, req.IfName, peer, err)
-	}
-	if host.Attrs().ParentIndex != index {
-		return fmt.Errorf("bridge %q: %s is not the peer of %s", c.Bridge, host.Attrs().Name, req.IfName)
+		return fmt.Errorf("bridge %q: %w", c.Bridge, err)
 	}
 	if host.Attrs().MasterIndex != br.Index {
 		return fmt.Errorf("bridge %q: %s is not a port of the bridge", c.Bridge, host.Attrs().Name)
@@ -780,7 +736,7 @@ func Check(req *cni.Request) error {
 		}
 	}
 	if c.IPMasq && len(prev.IPs) > 0 {
-		if err := ipmasq.Check(c.IPMasqBackend, c.masqAttachment(req), podNets(prev)); err != nil {
+		if err := ipmasq.Check(c.IPMasqBackend, c.masqAttachment(req), ipmasq.Nets(prev)); err != nil {
 			return err
 		}
 	}
@@ -799,22 +755,9 @@ func GC(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	stale, err := veth.Stale(c.Name, func(cid, ifn string) bool {
-		return valid[cni.Attachment{ContainerID: cid, IfName: ifn}]
-	})
-	errs = append(errs, err)
-	for _, l := range stale {
-		_, cid, ifn, _ := veth.ParseAlias(l.Attrs().Alias)
-		req.Log.Infof("GC: deleting %s of %s/%s", l.Attrs().Name, cid, ifn)
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
-		}
-		if c.MacSpoofChk {
-			errs = append(errs, teardownSpoofCheck(spoofID(cid, ifn)))
-		}
-	}
+	errs := []error{veth.DeleteStale(c.Name, valid, req.Log.Infof)}
 	if c.MacSpoofChk {
+		// Those of the veths just deleted too.
 		ids, err := danglingSpoofChecks(func(name string) bool {
 			_, err := netlinksafe.LinkByName(name)
 			return err == nil
@@ -855,29 +798,4 @@ func Status(req *cni.Request) error {
 		return delegate.Status(req, c.IPAM.Type)
 	}
 	return nil
-}
-
-// netnsError gives a namespace that does not exist the spec's "unknown
-// container" code.
-func netnsError(path string, err error) error {
-	var missing ns.NSPathNotExistErr
-	if errors.As(err, &missing) {
-		return cni.Errorf(cni.ErrUnknownContainer, "bridge: netns %q: %v", path, err)
-	}
-	return fmt.Errorf("bridge: netns %q: %w", path, err)
-}
-
-// prevNets are the pod addresses of DEL's prevResult, if it has one: they
-// let the masquerade teardown skip reading the firewall.
-func prevNets(conf *cni.NetConf) []*net.IPNet {
-	prev, err := cni.PrevResult(conf)
-	if err != nil || prev == nil {
-		return nil
-	}
-	var out []*net.IPNet
-	for _, ipc := range prev.IPs {
-		a := ipc.Address
-		out = append(out, &a)
-	}
-	return out
 }

@@ -3,15 +3,12 @@ package bridge_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -19,12 +16,12 @@ import (
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/traffic"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }
 
-// env is one test's node with the plugin path set up: ours first, the
-// reference host-local as a fallback until cnibox has its own.
+// env is one test's node and host-local's data dir.
 type env struct {
 	*testnet.Runtime
 	t       *testing.T
@@ -33,20 +30,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	r := testnet.NewRuntime(t)
-	if !slices.Contains(testnet.Applets(t), "host-local") {
-		testnet.RequireReference(t, "host-local")
-		r.SetPath(r.BinDir + ":" + testnet.ReferenceDir())
-	}
 	return &env{Runtime: r, t: t, dataDir: filepath.Join(t.TempDir(), "ipam")}
-}
-
-// ipamVersions are the spec versions the host-local in use accepts: the
-// reference's (Debian's v1.1.1) stops at 1.0.0.
-func ipamVersions(t *testing.T) []string {
-	if slices.Contains(testnet.Applets(t), "host-local") {
-		return cni.AllVersions
-	}
-	return slices.DeleteFunc(slices.Clone(cni.AllVersions), func(v string) bool { return v == "1.1.0" })
 }
 
 // hostLocal is an ipam section on subnet.
@@ -99,30 +83,6 @@ func podIP(t *testing.T, res *current.Result, v4 bool) string {
 	return ""
 }
 
-// hostVeths lists the node's veths.
-func (e *env) hostVeths() []string {
-	out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth")
-	var names []string
-	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], "veth") {
-			names = append(names, strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
-		}
-	}
-	return names
-}
-
-// reservations lists host-local's address files of the network.
-func (e *env) reservations(network string) []string {
-	ents, _ := os.ReadDir(filepath.Join(e.dataDir, network))
-	var out []string
-	for _, de := range ents {
-		if n := de.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
 // natRules is the node's nat tables ("" where iptables is not installed,
 // as in the VM).
 func (e *env) natRules() string {
@@ -139,22 +99,9 @@ func (e *env) nftRuleset() string {
 	return e.Node.MustRun("nft", "list", "ruleset")
 }
 
-// assertClean fails if the node still has a veth, a reservation of the
-// network, or a masquerade or spoof-check rule.
 func (e *env) assertClean(network string) {
 	e.t.Helper()
-	if v := e.hostVeths(); len(v) > 0 {
-		e.t.Errorf("veths left on the node: %v", v)
-	}
-	if r := e.reservations(network); len(r) > 0 {
-		e.t.Errorf("addresses still reserved in %s: %v", network, r)
-	}
-	if nat := e.natRules(); strings.Contains(nat, "CNI-") {
-		e.t.Errorf("iptables rules left:\n%s", nat)
-	}
-	if rs := e.nftRuleset(); strings.Contains(rs, " masquerade") || strings.Contains(rs, "macspoofchk") {
-		e.t.Errorf("nftables rules left:\n%s", rs)
-	}
+	e.AssertNoAttachments(e.t, e.dataDir, network)
 }
 
 // TestVersions attaches two pods at every spec version through libcni:
@@ -162,7 +109,7 @@ func (e *env) assertClean(network string) {
 // nothing left behind.
 func TestVersions(t *testing.T) {
 	e := newEnv(t)
-	testnet.ForEachVersion(t, ipamVersions(t), func(t *testing.T, v string) {
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
 		e.t = t
 		name := "br" + strings.ReplaceAll(v, ".", "")
 		sub := subnetFor(v, 77)
@@ -218,7 +165,7 @@ func subnetFor(v string, b int) string {
 // TestCnitool drives the bridge through the reference cnitool.
 func TestCnitool(t *testing.T) {
 	e := newEnv(t)
-	testnet.ForEachVersion(t, ipamVersions(t), func(t *testing.T, v string) {
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
 		e.t = t
 		name := "ct" + strings.ReplaceAll(v, ".", "")
 		sub := subnetFor(v, 78)
@@ -322,9 +269,6 @@ func TestDelWithoutNetns(t *testing.T) {
 // TestGC: GC removes the veth, rules and reservation of an attachment
 // the runtime no longer lists, and keeps the valid one's.
 func TestGC(t *testing.T) {
-	if !slices.Contains(testnet.Applets(t), "host-local") {
-		t.Log("reference host-local does not speak 1.1.0: GC runs with an empty ipam (no IPAM GC)")
-	}
 	e := newEnv(t)
 	keys := `"bridge":"cni-gc","isGateway":true,"ipMasq":true,"macspoofchk":true`
 	l := e.net("gcnet", "1.0.0", keys+`,"ipam":`+e.hostLocal("10.80.0.0/24", ""))
@@ -333,17 +277,14 @@ func TestGC(t *testing.T) {
 	e.add(l, a1)
 	e.add(l, a2)
 	gcConf := map[string]any{"cniVersion": "1.1.0", "name": "gcnet", "type": "bridge", "bridge": "cni-gc",
-		"ipMasq": true, "macspoofchk": true,
+		"ipMasq": true, "macspoofchk": true, "ipam": json.RawMessage(e.hostLocal("10.80.0.0/24", "")),
 		"cni.dev/valid-attachments": []map[string]string{{"containerID": a1.ContainerID, "ifname": "eth0"}}}
-	if slices.Contains(testnet.Applets(t), "host-local") {
-		gcConf["ipam"] = json.RawMessage(e.hostLocal("10.80.0.0/24", ""))
-	}
 	conf, _ := json.Marshal(gcConf)
 	out, _, code := e.Exec("bridge", []string{"CNI_COMMAND=GC", "CNI_PATH=" + e.Path}, conf)
 	if code != 0 {
 		t.Fatalf("GC: %s", out)
 	}
-	if v := e.hostVeths(); len(v) != 1 {
+	if v := e.Veths(); len(v) != 1 {
 		t.Errorf("veths after GC = %v, want only pod 1's", v)
 	}
 	if nat := e.natRules(); strings.Count(nat, "-A POSTROUTING") != 1 || !strings.Contains(nat, a1.ContainerID) {
@@ -440,44 +381,21 @@ func TestConcurrentAdds(t *testing.T) {
 	e.assertClean("racenft")
 }
 
-// outside makes a netns beyond the node: node 172.30.0.1/24 <-> outside
-// 172.30.0.2/24, and returns a function that reports the source address a
-// UDP datagram sent from pod to the outside arrives with.
-func (e *env) outside(t *testing.T) (addr string, sourceSeenFrom func(pod *testnet.NS) string) {
-	out := testnet.NewNS(t, "outside")
-	e.Node.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns", out.Name)
-	e.Node.MustRun("ip", "addr", "add", "172.30.0.1/24", "dev", "uplink")
-	e.Node.MustRun("ip", "link", "set", "uplink", "up")
-	out.MustRun("ip", "addr", "add", "172.30.0.2/24", "dev", "wan")
-	out.MustRun("ip", "link", "set", "wan", "up")
+// outside makes a netns beyond the node (172.30.0.2, the node's end
+// 172.30.0.1) whose UDP server answers with the source it sees, and
+// returns a function that asks it from a pod. The outside routes the
+// pods' subnet back through the node, so that unmasqueraded pods get
+// their answer too.
+func (e *env) outside(t *testing.T, pods string) (addr string, sourceSeenFrom func(pod *testnet.NS) string) {
+	out := e.Outside(t, "172.30.0.1/24", "172.30.0.2/24")
+	out.MustRun("ip", "route", "add", pods, "via", "172.30.0.1")
+	traffic.ServePeer(t, out, 9999)
 	return "172.30.0.2", func(pod *testnet.NS) string {
-		var conn *net.UDPConn
-		if err := out.Do(func() (err error) {
-			conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("172.30.0.2")})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		port := conn.LocalAddr().(*net.UDPAddr).Port
-		if err := pod.Do(func() error {
-			c, err := net.Dial("udp4", fmt.Sprintf("172.30.0.2:%d", port))
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_, err = c.Write([]byte("hello"))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		buf := make([]byte, 16)
-		_, from, err := conn.ReadFromUDP(buf)
+		got, err := traffic.Ask(pod, "udp", "172.30.0.2", 9999)
 		if err != nil {
-			t.Fatalf("outside got nothing: %v", err)
+			t.Fatalf("outside: %v", err)
 		}
-		return from.IP.String()
+		return got
 	}
 }
 
@@ -488,7 +406,7 @@ func TestIPMasq(t *testing.T) {
 	for _, backend := range []string{"iptables", "nftables", ""} {
 		t.Run("backend="+backend, func(t *testing.T) {
 			e := newEnv(t)
-			addr, source := e.outside(t)
+			addr, source := e.outside(t, "10.82.0.0/24")
 			l := e.net("masq", "1.0.0", `"bridge":"cni-masq","isDefaultGateway":true,"ipMasq":true,"ipMasqBackend":"`+backend+
 				`","ipam":`+e.hostLocal("10.82.0.0/24", ""))
 			pod := e.Pod(t)
@@ -677,10 +595,10 @@ func TestPortOptions(t *testing.T) {
 		t.Errorf("conflicting address: err = %v", err)
 	}
 	// The failed ADD undid itself: no veth, no reservation.
-	if v := e.hostVeths(); len(v) > 0 {
+	if v := e.Veths(); len(v) > 0 {
 		t.Errorf("failed ADD left veths: %v", v)
 	}
-	if r := e.reservations("force"); len(r) > 0 {
+	if r := testnet.Reservations(e.dataDir, "force"); len(r) > 0 {
 		t.Errorf("failed ADD left reservations: %v", r)
 	}
 	e.del(l3, a)
@@ -774,7 +692,7 @@ func TestBadConfig(t *testing.T) {
 			t.Errorf("%s: error %d %q, want code 7 naming %s", tc.keys, er.Code, er.Msg, tc.field)
 		}
 	}
-	if v := e.hostVeths(); len(v) > 0 {
+	if v := e.Veths(); len(v) > 0 {
 		t.Errorf("bad configs left veths: %v", v)
 	}
 	// A pod netns that does not exist is "unknown container" (3).
@@ -784,7 +702,7 @@ func TestBadConfig(t *testing.T) {
 	if er := testnet.ParseError(t, out); code == 0 || er.Code != types.ErrUnknownContainer {
 		t.Errorf("missing netns: exit %d, %+v", code, er)
 	}
-	if r := e.reservations("gone"); len(r) > 0 {
+	if r := testnet.Reservations(e.dataDir, "gone"); len(r) > 0 {
 		t.Errorf("missing netns: addresses reserved: %v", r)
 	}
 }
@@ -800,7 +718,7 @@ func TestIPAMExhausted(t *testing.T) {
 	if _, err := e.Add(l.libcniList, a2); err == nil {
 		t.Fatal("ADD with the range exhausted succeeded")
 	}
-	if v := e.hostVeths(); len(v) != 1 {
+	if v := e.Veths(); len(v) != 1 {
 		t.Errorf("veths after the failed ADD: %v", v)
 	}
 	if err := p1.Ping("10.97.0.1"); err != nil {
@@ -839,9 +757,6 @@ func TestInteropWithReference(t *testing.T) {
 // TestGCLibcni: a runtime's GC (libcni: DEL of the forgotten cached
 // attachments, then GC with the valid list) leaves only the valid pod.
 func TestGCLibcni(t *testing.T) {
-	if !slices.Contains(testnet.Applets(t), "host-local") {
-		t.Skip("needs cnibox's host-local (the reference's does not speak 1.1.0)")
-	}
 	e := newEnv(t)
 	l := e.net("gclib", "1.1.0", `"bridge":"cni-gclib","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","macspoofchk":true,"ipam":`+e.hostLocal("10.89.0.0/24", ""))
 	p1, p2 := e.Pod(t), e.Pod(t)
@@ -851,10 +766,10 @@ func TestGCLibcni(t *testing.T) {
 	if err := e.GC(l.libcniList, a1); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	if v := e.hostVeths(); len(v) != 1 {
+	if v := e.Veths(); len(v) != 1 {
 		t.Errorf("veths after GC: %v", v)
 	}
-	if r := e.reservations("gclib"); len(r) != 1 {
+	if r := testnet.Reservations(e.dataDir, "gclib"); len(r) != 1 {
 		t.Errorf("reservations after GC: %v", r)
 	}
 	if rs := e.nftRuleset(); strings.Contains(rs, a2.ContainerID) {

@@ -78,13 +78,9 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	podNS, err := ns.GetNS(req.Netns)
+	podNS, err := iface.OpenNetns(req.Netns)
 	if err != nil {
-		var missing ns.NSPathNotExistErr
-		if errors.As(err, &missing) {
-			return nil, cni.Errorf(cni.ErrUnknownContainer, "ptp: netns %q: %v", req.Netns, err)
-		}
-		return nil, fmt.Errorf("ptp: netns %q: %w", req.Netns, err)
+		return nil, err
 	}
 	defer podNS.Close()
 
@@ -115,11 +111,7 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	if c.IPMasq {
 		// The masquerade rules need only the addresses: make them while
 		// the links are made.
-		var nets []*net.IPNet
-		for _, ipc := range ipamRes.IPs {
-			a := ipc.Address
-			nets = append(nets, &a)
-		}
+		nets := ipmasq.Nets(ipamRes)
 		masqDone = ipmasq.InBackground(func() error { return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets) })
 	}
 
@@ -229,31 +221,22 @@ func configureHost(host netlink.Link, res *current.Result) error {
 	return nil
 }
 
-// Del removes the pair (from the pod, or from the node when the pod's
-// netns is gone), the addresses (IPAM) and the masquerade rules; each step
+// Del removes the addresses (IPAM), the pair (from the pod, or from the
+// node when the pod's netns is gone) and the masquerade rules; each step
 // runs even if another failed.
 func Del(req *cni.Request) error {
 	c, err := load(req)
 	if err != nil {
 		return err
 	}
-	var errs []error
 	masqDone := func() error { return nil }
 	if c.IPMasq {
-		nets := prevNets(&c.NetConf)
+		nets := ipmasq.PrevNets(&c.NetConf)
 		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
 	}
-	gone := true
-	if req.Netns != "" {
-		if gone, err = veth.DeleteInPod(req.Netns, req.IfName); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if gone {
-		errs = append(errs, veth.DeleteHost(c.Name, req.ContainerID, req.IfName))
-	}
-	errs = append(errs, delegate.Del(req, c.IPAM.Type), masqDone())
-	if err := errors.Join(errs...); err != nil {
+	err = errors.Join(delegate.Del(req, c.IPAM.Type),
+		veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns), masqDone())
+	if err != nil {
 		return fmt.Errorf("ptp: DEL: %w", err)
 	}
 	return nil
@@ -276,25 +259,7 @@ func Check(req *cni.Request) error {
 	if err := delegate.Check(req, c.IPAM.Type); err != nil {
 		return err
 	}
-	var contMAC string
-	for _, i := range prev.Interfaces {
-		if i.Name == req.IfName && i.Sandbox != "" {
-			contMAC = i.Mac
-		}
-	}
-	var peer, index int
-	err = ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(req.IfName)
-		if err != nil {
-			return err
-		}
-		if l.Type() != "veth" {
-			return fmt.Errorf("%s is a %s, not a veth", req.IfName, l.Type())
-		}
-		if contMAC != "" && l.Attrs().HardwareAddr.String() != contMAC {
-			return fmt.Errorf("%s has MAC %s, want %s", req.IfName, l.Attrs().HardwareAddr, contMAC)
-		}
-		peer, index = l.Attrs().ParentIndex, l.Attrs().Index
+	host, err := veth.Check(req.Netns, req.IfName, prev, func() error {
 		// The routes ADD made: "subnet via gw" per address, and the result's.
 		want := *prev
 		want.Routes = slices.Clone(prev.Routes)
@@ -305,11 +270,7 @@ func Check(req *cni.Request) error {
 		return iface.Verify(req.IfName, &want)
 	})
 	if err != nil {
-		return fmt.Errorf("ptp: pod netns %s: %w", req.Netns, err)
-	}
-	host, err := netlink.LinkByIndex(peer)
-	if err != nil || host.Attrs().ParentIndex != index {
-		return fmt.Errorf("ptp: the node's end of %s (ifindex %d) is missing", req.IfName, peer)
+		return fmt.Errorf("ptp: %w", err)
 	}
 	addrs, err := netlinksafe.AddrList(host, netlink.FAMILY_ALL)
 	if err != nil {
@@ -325,12 +286,7 @@ func Check(req *cni.Request) error {
 		}
 	}
 	if c.IPMasq {
-		var nets []*net.IPNet
-		for _, ipc := range prev.IPs {
-			a := ipc.Address
-			nets = append(nets, &a)
-		}
-		if err := ipmasq.Check(c.IPMasqBackend, c.masqAttachment(req), nets); err != nil {
+		if err := ipmasq.Check(c.IPMasqBackend, c.masqAttachment(req), ipmasq.Nets(prev)); err != nil {
 			return err
 		}
 	}
@@ -348,19 +304,9 @@ func GC(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	var errs []error
-	stale, err := veth.Stale(c.Name, func(cid, ifn string) bool {
-		return valid[cni.Attachment{ContainerID: cid, IfName: ifn}]
-	})
-	errs = append(errs, err)
-	for _, l := range stale {
-		req.Log.Infof("GC: deleting %s (%s)", l.Attrs().Name, l.Attrs().Alias)
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
-		}
-	}
-	errs = append(errs, ipmasq.GC(c.Name, valid), delegate.GC(req, c.IPAM.Type))
-	if err := errors.Join(errs...); err != nil {
+	err = errors.Join(veth.DeleteStale(c.Name, valid, req.Log.Infof),
+		ipmasq.GC(c.Name, valid), delegate.GC(req, c.IPAM.Type))
+	if err != nil {
 		return fmt.Errorf("ptp: GC: %w", err)
 	}
 	return nil
@@ -378,19 +324,4 @@ func Status(req *cni.Request) error {
 		}
 	}
 	return delegate.Status(req, c.IPAM.Type)
-}
-
-// prevNets are the pod addresses of DEL's prevResult, if it has one: they
-// let the masquerade teardown skip reading the firewall.
-func prevNets(conf *cni.NetConf) []*net.IPNet {
-	prev, err := cni.PrevResult(conf)
-	if err != nil || prev == nil {
-		return nil
-	}
-	var out []*net.IPNet
-	for _, ipc := range prev.IPs {
-		a := ipc.Address
-		out = append(out, &a)
-	}
-	return out
 }

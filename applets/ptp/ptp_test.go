@@ -3,13 +3,10 @@ package ptp_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -17,6 +14,7 @@ import (
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/traffic"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }
@@ -28,18 +26,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	r := testnet.NewRuntime(t)
-	if !slices.Contains(testnet.Applets(t), "host-local") {
-		testnet.RequireReference(t, "host-local")
-		r.SetPath(r.BinDir + ":" + testnet.ReferenceDir())
-	}
 	return &env{Runtime: r, dataDir: filepath.Join(t.TempDir(), "ipam")}
-}
-
-func versions(t *testing.T) []string {
-	if slices.Contains(testnet.Applets(t), "host-local") {
-		return cni.AllVersions
-	}
-	return slices.DeleteFunc(slices.Clone(cni.AllVersions), func(v string) bool { return v == "1.1.0" })
 }
 
 func (e *env) list(t *testing.T, name, version, keys, ranges string) *libcni.NetworkConfigList {
@@ -60,32 +47,12 @@ func add(t *testing.T, e *env, l *libcni.NetworkConfigList, a *testnet.Attachmen
 	return cur
 }
 
-func (e *env) assertClean(t *testing.T, network string) {
-	t.Helper()
-	if out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth"); strings.Contains(out, "veth") {
-		t.Errorf("veths left: %s", out)
-	}
-	ents, _ := os.ReadDir(filepath.Join(e.dataDir, network))
-	for _, de := range ents {
-		if n := de.Name(); n != "lock" && !strings.HasPrefix(n, "last_reserved_ip") {
-			t.Errorf("reservation left: %s", n)
-		}
-	}
-	nat := e.Node.MustRun("iptables-save", "-t", "nat") + e.Node.MustRun("ip6tables-save", "-t", "nat")
-	if strings.Contains(nat, "CNI-") {
-		t.Errorf("iptables rules left:\n%s", nat)
-	}
-	if rs := e.Node.MustRun("nft", "list", "ruleset"); strings.Contains(rs, " masquerade") {
-		t.Errorf("nftables rules left:\n%s", rs)
-	}
-}
-
 // TestVersions: two dual-stack pods on ptp at every version: routes via
 // the gateway, traffic between them (routed by the node) and to the node,
 // CHECK, DEL twice, nothing left.
 func TestVersions(t *testing.T) {
 	e := newEnv(t)
-	testnet.ForEachVersion(t, versions(t), func(t *testing.T, v string) {
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
 		name := "ptp" + strings.ReplaceAll(v, ".", "")
 		i := slices.Index(cni.AllVersions, v)
 		ranges := fmt.Sprintf(`[[{"subnet":"10.90.%d.0/24"}],[{"subnet":"fd00:90:%d::/64"}]]`, i, i)
@@ -143,14 +110,14 @@ func TestVersions(t *testing.T) {
 				t.Fatalf("DEL: %v", err)
 			}
 		}
-		e.assertClean(t, name)
+		e.AssertNoAttachments(t, e.dataDir, name)
 	})
 }
 
 // TestCnitool drives ptp through the reference cnitool at every version.
 func TestCnitool(t *testing.T) {
 	e := newEnv(t)
-	testnet.ForEachVersion(t, versions(t), func(t *testing.T, v string) {
+	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
 		name := "ptpct" + strings.ReplaceAll(v, ".", "")
 		sub := fmt.Sprintf("10.91.%d", slices.Index(cni.AllVersions, v))
 		e.list(t, name, v, ``, `[[{"subnet":"`+sub+`.0/24"}]]`)
@@ -175,7 +142,7 @@ func TestCnitool(t *testing.T) {
 		if _, err := e.Cnitool("del", name, pod); err != nil {
 			t.Fatal(err)
 		}
-		e.assertClean(t, name)
+		e.AssertNoAttachments(t, e.dataDir, name)
 	})
 }
 
@@ -185,45 +152,14 @@ func TestIPMasq(t *testing.T) {
 	for _, backend := range []string{"iptables", "nftables"} {
 		t.Run(backend, func(t *testing.T) {
 			e := newEnv(t)
-			out := testnet.NewNS(t, "outside")
-			e.Node.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns", out.Name)
-			e.Node.MustRun("ip", "addr", "add", "172.31.0.1/24", "dev", "uplink")
-			e.Node.MustRun("ip", "link", "set", "uplink", "up")
-			out.MustRun("ip", "addr", "add", "172.31.0.2/24", "dev", "wan")
-			out.MustRun("ip", "link", "set", "wan", "up")
+			out := e.Outside(t, "172.31.0.1/24", "172.31.0.2/24")
+			traffic.ServePeer(t, out, 9999)
 			l := e.list(t, "ptpmasq", "1.0.0", `"ipMasq":true,"ipMasqBackend":"`+backend+`",`,
 				`[[{"subnet":"10.92.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]`)
 			pod := e.Pod(t)
 			a := e.Attach(pod, "eth0")
 			add(t, e, l, a)
-
-			var conn *net.UDPConn
-			if err := out.Do(func() (err error) {
-				conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("172.31.0.2"), Port: 9999})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			if err := pod.Do(func() error {
-				c, err := net.Dial("udp4", "172.31.0.2:9999")
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				_, err = c.Write([]byte("hi"))
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-			_, from, err := conn.ReadFromUDP(make([]byte, 8))
-			if err != nil {
-				t.Fatalf("outside got nothing: %v", err)
-			}
-			if from.IP.String() != "172.31.0.1" {
-				t.Errorf("outside saw %s, want the node's 172.31.0.1", from.IP)
-			}
+			traffic.Expect(t, pod, "udp", "172.31.0.2", 9999, "172.31.0.1")
 			if err := e.Check(l, a); err != nil {
 				t.Errorf("CHECK: %v", err)
 			}
@@ -231,16 +167,13 @@ func TestIPMasq(t *testing.T) {
 			if err := e.Del(l, a); err != nil {
 				t.Fatal(err)
 			}
-			e.assertClean(t, "ptpmasq")
+			e.AssertNoAttachments(t, e.dataDir, "ptpmasq")
 		})
 	}
 }
 
 // TestGC removes a forgotten attachment's veth, rules and address.
 func TestGC(t *testing.T) {
-	if !slices.Contains(testnet.Applets(t), "host-local") {
-		t.Skip("needs cnibox's host-local (the reference's does not speak 1.1.0)")
-	}
 	e := newEnv(t)
 	l := e.list(t, "ptpgc", "1.0.0", `"ipMasq":true,`, `[[{"subnet":"10.93.0.0/24"}]]`)
 	p1, p2 := e.Pod(t), e.Pod(t)
@@ -253,8 +186,8 @@ func TestGC(t *testing.T) {
 	if out, _, code := e.Exec("ptp", []string{"CNI_COMMAND=GC", "CNI_PATH=" + e.Path}, conf); code != 0 {
 		t.Fatalf("GC: %s", out)
 	}
-	if out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth"); strings.Count(out, "veth") != 1 {
-		t.Errorf("veths after GC: %s", out)
+	if v := e.Veths(); len(v) != 1 {
+		t.Errorf("veths after GC: %v", v)
 	}
 	nat := e.Node.MustRun("iptables-save", "-t", "nat")
 	if strings.Contains(nat, a2.ContainerID) || !strings.Contains(nat, a1.ContainerID) {
@@ -268,7 +201,7 @@ func TestGC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.assertClean(t, "ptpgc")
+	e.AssertNoAttachments(t, e.dataDir, "ptpgc")
 }
 
 // TestBadConfig: no ipam, or an IPAM result without gateways, is refused
@@ -292,7 +225,7 @@ func TestBadConfig(t *testing.T) {
 			t.Errorf("%s: %d %q, want 7 naming %s", tc.conf, er.Code, er.Msg, tc.field)
 		}
 	}
-	if out := e.Node.MustRun("ip", "-o", "link", "show", "type", "veth"); strings.Contains(out, "veth") {
-		t.Errorf("veths left: %s", out)
+	if v := e.Veths(); len(v) > 0 {
+		t.Errorf("veths left: %v", v)
 	}
 }

@@ -24,6 +24,8 @@ import (
 	"net"
 	"os/exec"
 
+	current "github.com/containernetworking/cni/pkg/types/100"
+
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
@@ -106,6 +108,27 @@ func Teardown(a Attachment, ips []*net.IPNet) error {
 // contain, from both backends.
 func GC(network string, valid map[cni.Attachment]bool) error {
 	return errors.Join(gcIPT(network, valid), gcNFT(network, valid))
+}
+
+// Nets are a result's addresses with their subnet masks: what Setup,
+// Check and Teardown take.
+func Nets(res *current.Result) []*net.IPNet {
+	var out []*net.IPNet
+	for _, ipc := range res.IPs {
+		a := ipc.Address
+		out = append(out, &a)
+	}
+	return out
+}
+
+// PrevNets are the Nets of DEL's prevResult, or nil when it has none:
+// with them Teardown need not read the firewall.
+func PrevNets(conf *cni.NetConf) []*net.IPNet {
+	prev, err := cni.PrevResult(conf)
+	if err != nil || prev == nil {
+		return nil
+	}
+	return Nets(prev)
 }
 
 // InBackground runs f (a Setup or Teardown) on another goroutine and

@@ -72,6 +72,21 @@ func (r *Runtime) SetPath(path string) {
 // Pod makes a pod netns.
 func (r *Runtime) Pod(t testing.TB) *NS { return NewNS(t, "pod") }
 
+// Outside makes a netns beyond the node, as the internet is beyond a
+// real one: a veth "uplink" in the node with nodeAddr, its peer "wan" in
+// the new netns with outsideAddr (both CIDR). The outside has no route
+// back to pods: only masqueraded traffic gets an answer.
+func (r *Runtime) Outside(t testing.TB, nodeAddr, outsideAddr string) *NS {
+	t.Helper()
+	out := NewNS(t, "outside")
+	r.Node.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns", out.Name)
+	r.Node.MustRun("ip", "addr", "add", nodeAddr, "dev", "uplink")
+	r.Node.MustRun("ip", "link", "set", "uplink", "up")
+	out.MustRun("ip", "addr", "add", outsideAddr, "dev", "wan")
+	out.MustRun("ip", "link", "set", "wan", "up")
+	return out
+}
+
 // Conflist writes a network configuration list into ConfDir (named after
 // the network) and returns it parsed by libcni.
 func (r *Runtime) Conflist(conf string) *libcni.NetworkConfigList {

@@ -20,9 +20,12 @@ import (
 	"strings"
 	"syscall"
 
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+
+	"github.com/cnibox/cnibox/shared/cni"
 )
 
 // Pair describes a veth pair that Create made.
@@ -188,31 +191,23 @@ func DeleteHost(network, containerID, ifName string) error {
 	return nil
 }
 
-// Stale returns the host ends of the network's attachments that valid
-// does not contain: what GC deletes.
-func Stale(network string, valid func(containerID, ifName string) bool) ([]netlink.Link, error) {
-	links, err := netlinksafe.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	var out []netlink.Link
-	for _, l := range links {
-		if l.Type() != "veth" {
-			continue
-		}
-		net, cid, ifn, ok := ParseAlias(l.Attrs().Alias)
-		if ok && net == network && !valid(cid, ifn) {
-			out = append(out, l)
+// Delete removes an attachment's pair: from the pod's side through the
+// netns at path (CNI_NETNS; "" when the runtime has none), or by its host
+// end when that netns is gone. Nothing left to delete is not an error:
+// DEL must succeed then.
+func Delete(network, containerID, ifName, path string) error {
+	if path != "" {
+		gone, err := deleteInPod(path, ifName)
+		if !gone {
+			return err
 		}
 	}
-	return out, nil
+	return DeleteHost(network, containerID, ifName)
 }
 
-// DeleteInPod deletes the interface ifName in the pod's netns at path (and
-// with it the host end). A netns or link that no longer exists is not an
-// error: DEL must succeed when there is nothing to delete. gone reports
-// whether the netns itself was missing.
-func DeleteInPod(path, ifName string) (gone bool, err error) {
+// deleteInPod deletes ifName in the netns at path (and with it the host
+// end). gone reports that the netns itself is missing.
+func deleteInPod(path, ifName string) (gone bool, err error) {
 	err = ns.WithNetNSPath(path, func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
@@ -234,6 +229,69 @@ func DeleteInPod(path, ifName string) (gone bool, err error) {
 		return false, fmt.Errorf("netns %s: %w", path, err)
 	}
 	return false, nil
+}
+
+// DeleteStale deletes the host ends of the network's attachments that
+// valid does not list, logging each with logf: what GC removes.
+func DeleteStale(network string, valid map[cni.Attachment]bool, logf func(string, ...any)) error {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		nw, cid, ifn, ok := ParseAlias(l.Attrs().Alias)
+		if l.Type() != "veth" || !ok || nw != network || valid[cni.Attachment{ContainerID: cid, IfName: ifn}] {
+			continue
+		}
+		logf("GC: deleting %s of %s/%s", l.Attrs().Name, cid, ifn)
+		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Check verifies an attachment's pair for CHECK: ifName in the pod's
+// netns at path is a veth with the MAC that prev recorded for it, inPod
+// (run in that netns; nil for nothing) passes, and the link in the current
+// netns on the other end is its peer. It returns that host end.
+func Check(path, ifName string, prev *current.Result, inPod func() error) (netlink.Link, error) {
+	var wantMAC string
+	for _, i := range prev.Interfaces {
+		if i.Name == ifName && i.Sandbox != "" {
+			wantMAC = i.Mac
+		}
+	}
+	var peer, index int
+	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			return err
+		}
+		if l.Type() != "veth" {
+			return fmt.Errorf("%s is a %s, not a veth", ifName, l.Type())
+		}
+		if wantMAC != "" && l.Attrs().HardwareAddr.String() != wantMAC {
+			return fmt.Errorf("%s has MAC %s, want %s", ifName, l.Attrs().HardwareAddr, wantMAC)
+		}
+		peer, index = l.Attrs().ParentIndex, l.Attrs().Index
+		if inPod == nil {
+			return nil
+		}
+		return inPod()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pod netns %s: %w", path, err)
+	}
+	host, err := netlink.LinkByIndex(peer)
+	if err != nil {
+		return nil, fmt.Errorf("host end of %s (ifindex %d): %w", ifName, peer, err)
+	}
+	if host.Attrs().ParentIndex != index {
+		return nil, fmt.Errorf("%s is not the peer of %s", host.Attrs().Name, ifName)
+	}
+	return host, nil
 }
 
 func isNotFound(err error) bool {
