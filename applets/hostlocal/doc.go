@@ -60,7 +60,9 @@
 //     later in the same tick as ours would leave the mtime unchanged. When the
 //     directory's or the index's mtime is the current coarse time at commit,
 //     the call sets it one nanosecond back (utimensat, with the lock held): every later
-//     change is stamped with the current time or later, so it shows.
+//     change is stamped with the current time or later, so it shows. The same
+//     is done for an mtime with no nanoseconds, which may come from a
+//     filesystem that keeps whole seconds.
 //
 // All of this happens under the reference's flock on <network>/lock, held
 // for the whole call (the reference holds it per range set). The wait for

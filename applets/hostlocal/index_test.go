@@ -152,3 +152,29 @@ func TestIndexNeverTrustedBlindly(t *testing.T) {
 type netipAddr = netip.Addr
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestStampStepsBackAmbiguousMtime: an mtime a later change could repeat
+// (here: whole seconds, as a coarse filesystem keeps) is stepped back one
+// nanosecond before the stamp records it.
+func TestStampStepsBackAmbiguousMtime(t *testing.T) {
+	data := t.TempDir()
+	s := openTest(t, data)
+	whole := unix.NsecToTimespec(1_700_000_000 * 1e9)
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, s.dir, []unix.Timespec{{Nsec: unix.UTIME_OMIT}, whole}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.writeStamp(); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	unix.Stat(s.dir, &st)
+	if st.Mtim.Nano() != whole.Nano()-1 {
+		t.Fatalf("mtime = %d, want %d", st.Mtim.Nano(), whole.Nano()-1)
+	}
+	s.close()
+	if s2 := openTest(t, data); s2.rebuilt {
+		t.Error("the stamp written after the step does not match")
+	} else {
+		s2.close()
+	}
+}

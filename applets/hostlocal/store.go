@@ -156,7 +156,11 @@ func (s *store) writeStamp() error {
 		return err
 	}
 	for i, d := range []string{s.dir, s.tablePath()} {
-		if times[i].Nano() < now.Nano() {
+		// An mtime with no nanoseconds may come from a filesystem that
+		// keeps whole seconds (some NFS): then any change later in this
+		// second would look the same. Stepping it back works there too
+		// (the filesystem rounds the step down a whole second).
+		if times[i].Nano() < now.Nano() && times[i].Nsec != 0 {
 			continue
 		}
 		back := unix.NsecToTimespec(times[i].Nano() - 1)
