@@ -100,7 +100,7 @@ func Main(a *Applet) int {
 		writeError(os.Stdout, e, "")
 		return 1
 	}
-	return Run(a, os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	return runWithDeadline(a, os.Getenv, os.Stdin, os.Stdout, os.Stderr, os.Exit)
 }
 
 // DuplicateEnv returns the first CNI_* variable environ sets more than once

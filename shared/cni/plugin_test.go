@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -338,6 +340,44 @@ func TestDuplicateEnv(t *testing.T) {
 	} {
 		if got := DuplicateEnv(c.env); got != c.want {
 			t.Errorf("DuplicateEnv(%q) = %q, want %q", c.env, got, c.want)
+		}
+	}
+}
+
+// TestDeadline: an applet still busy after CNIBOX_TIMEOUT answers "try
+// again" (11) naming the limit and exits; one that finishes in time is
+// not disturbed; "0" disables the limit.
+func TestDeadline(t *testing.T) {
+	hang := &Applet{Name: "hang", Add: func(*Request) (types.Result, error) { select {} }}
+	env := func(timeout string) Env {
+		return func(k string) string {
+			return map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0", "CNIBOX_TIMEOUT": timeout}[k]
+		}
+	}
+	var stdout, stderr strings.Builder
+	exited := make(chan int, 1)
+	go runWithDeadline(hang, env("200ms"), strings.NewReader(conf("1.0.0")), &stdout, &stderr, func(code int) { exited <- code; select {} })
+	select {
+	case code := <-exited:
+		if code != 1 {
+			t.Errorf("exit code %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a hung applet was not stopped by CNIBOX_TIMEOUT=200ms")
+	}
+	var e types.Error
+	if err := json.Unmarshal([]byte(stdout.String()), &e); err != nil || e.Code != ErrTryAgain || !strings.Contains(e.Msg, "CNIBOX_TIMEOUT") || !strings.Contains(e.Msg, "200ms") {
+		t.Errorf("stdout %q (%v), want code 11 naming CNIBOX_TIMEOUT and the limit", stdout.String(), err)
+	}
+
+	a, _ := fakeApplet()
+	var out strings.Builder
+	if code := runWithDeadline(a, env("1m"), strings.NewReader(conf("1.0.0")), &out, io.Discard, func(int) { t.Error("exit called") }); code != 0 {
+		t.Errorf("a quick ADD under a deadline: code %d: %s", code, out.String())
+	}
+	for in, want := range map[string]time.Duration{"": DefaultTimeout, "0": 0, "30s": 30 * time.Second, "junk": DefaultTimeout, "-1s": DefaultTimeout} {
+		if got := invocationTimeout(func(string) string { return in }); got != want {
+			t.Errorf("CNIBOX_TIMEOUT=%q: %v, want %v", in, got, want)
 		}
 	}
 }
