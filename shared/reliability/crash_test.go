@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
@@ -17,8 +19,11 @@ import (
 // moment of ADD or DEL (a timed kill from the runtime side; no hook in the
 // binary), then plays what a runtime does next: DEL (again), GC with the
 // live pod valid. The node must then be exactly as before, and a new ADD
-// for the same container must work. CNIBOX_CRASH sets the number of kills
-// (make test runs a few).
+// for the same container must work. It runs on the default chain (bridge,
+// host-local in-process, loopback, portmap, firewall, tuning, bandwidth),
+// conflists/ptp.conflist (ptp, portmap) and conflists/macvlan.conflist.
+// CNIBOX_CRASH sets the number of kills on the default chain, half that
+// on the others (make test runs a few).
 func TestCrashInjection(t *testing.T) {
 	n := 6
 	if s := os.Getenv("CNIBOX_CRASH"); s != "" {
@@ -30,8 +35,34 @@ func TestCrashInjection(t *testing.T) {
 		t.Skip("-short")
 	}
 	t.Parallel()
-	r := testnet.NewRuntime(t)
-	list := defaultList(t, r)
+	t.Run("default", func(t *testing.T) {
+		r := testnet.NewRuntime(t)
+		crash(t, r, defaultList(t, r), []string{"bridge", "loopback", "portmap", "firewall", "tuning", "bandwidth"}, n)
+	})
+	t.Run("ptp", func(t *testing.T) {
+		r := testnet.NewRuntime(t)
+		crash(t, r, listFile(t, r, "ptp.conflist"), []string{"ptp", "portmap"}, (n+1)/2)
+	})
+	t.Run("macvlan", func(t *testing.T) {
+		testnet.RequireKernel(t, "macvlan")
+		r := testnet.NewRuntime(t)
+		r.Node.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+		r.Node.MustRun("ip", "link", "set", "eth0", "up")
+		r.Node.MustRun("ip", "link", "set", "eth0p", "up")
+		crash(t, r, listFile(t, r, "macvlan.conflist"), []string{"macvlan"}, (n+1)/2)
+	})
+}
+
+func listFile(t *testing.T, r *testnet.Runtime, name string) *libcni.NetworkConfigList {
+	data, err := os.ReadFile("../../conflists/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Conflist(string(data))
+}
+
+// crash runs n kills of the given applets of list.
+func crash(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, applets []string, n int) {
 	live := r.Attach(r.Pod(t), "eth0")
 	caps(live, 1)
 	if _, err := r.Add(list, live); err != nil {
@@ -40,7 +71,6 @@ func TestCrashInjection(t *testing.T) {
 	snap := r.Snapshotter()
 	baseline := snap.Take(t)
 
-	applets := []string{"bridge", "loopback", "portmap", "firewall", "tuning", "bandwidth"}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	killed := 0
 	for i := 0; i < n; i++ {
