@@ -3,6 +3,7 @@ package portmap
 import (
 	"crypto/sha512"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"regexp"
@@ -94,38 +95,59 @@ func (a *attachment) podNet(f iptables.Family) *net.IPNet {
 	return a.v4
 }
 
+// add writes the attachment's rules. The families are independent
+// (iptables and ip6tables, each its own tables), so they run concurrently;
+// like every exec of this applet they run in the process's netns, which is
+// the runtime's.
 func (iptBackend) add(a *attachment) error {
 	unlock, err := iptables.Lock("portmap")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	for _, f := range a.families() {
-		d, err := loadForAdd(a, f)
-		if err != nil {
-			return err
-		}
-		nat, filter := planAdd(d, a, f)
-		if err := iptables.Apply(f, nat, filter); err != nil {
-			return err
-		}
+	fams := a.families()
+	errs := make([]error, len(fams))
+	var wg sync.WaitGroup
+	for i, f := range fams {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := loadForAdd(a, f)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			nat, filter := planAdd(d, a, f)
+			errs[i] = iptables.Apply(f, nat, filter)
+		}()
 	}
-	return nil
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // loadForAdd reads the chains ADD looks at (never the whole table: on a
-// node with kube-proxy's rules iptables-save takes seconds).
+// node with kube-proxy's rules iptables-save takes seconds), the nat and
+// filter chains in one round.
 func loadForAdd(a *attachment, f iptables.Family) (iptables.Dump, error) {
+	d := iptables.Dump{}
+	var filterErr error
+	var wg sync.WaitGroup
+	if f == iptables.IPv4 && a.snat {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d["filter"], filterErr = iptables.LoadChains(f, "filter", "INPUT", guardChain)
+		}()
+	}
 	nt, err := iptables.LoadChains(f, "nat", "PREROUTING", "OUTPUT", "POSTROUTING", dnatChain, setMarkChain, masqChain)
+	wg.Wait()
 	if err != nil {
 		return nil, err
 	}
-	d := iptables.Dump{"nat": nt}
-	if f == iptables.IPv4 && a.snat {
-		if d["filter"], err = iptables.LoadChains(f, "filter", "INPUT", guardChain); err != nil {
-			return nil, err
-		}
+	if filterErr != nil {
+		return nil, filterErr
 	}
+	d["nat"] = nt
 	return d, nil
 }
 
