@@ -190,8 +190,8 @@ func noLeftovers(t *testing.T, r *testnet.Runtime, after string) {
 	if len(left) > 0 {
 		t.Errorf("after %s the node still has state: %v", after, left)
 	}
-	for _, save := range []string{"iptables-save", "ip6tables-save"} {
-		if out, _ := r.Node.Run(save); strings.Contains(out, "CNI-DN-") || strings.Contains(out, "id: \"cnitool-") {
+	for _, save := range [][]string{{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}} {
+		if out, _ := r.Node.Run(save[0], save[1:]...); strings.Contains(out, "CNI-DN-") || strings.Contains(out, "cnitool-") {
 			t.Errorf("after %s the node still has per-pod rules:\n%s", after, out)
 		}
 	}

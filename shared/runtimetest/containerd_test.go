@@ -132,6 +132,9 @@ func snapshot(t *testing.T, node *testnet.NS, c *runtimetest.Containerd) string 
 	b.WriteString("# qdiscs\n" + node.MustRun("tc", "qdisc", "show"))
 	b.WriteString("# iptables\n" + node.MustRun("iptables-save"))
 	b.WriteString("# ip6tables\n" + node.MustRun("ip6tables-save"))
+	if out, err := node.Run("nft", "list", "ruleset"); err == nil {
+		b.WriteString("# nftables\n" + out)
+	}
 	b.WriteString("# state\n")
 	filepath.Walk(c.State, func(path string, info os.FileInfo, err error) error {
 		if err == nil && !info.IsDir() {
