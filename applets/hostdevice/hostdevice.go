@@ -157,23 +157,13 @@ func Add(req *cni.Request) (types.Result, error) {
 }
 
 func setUp(req *cni.Request, c *Config, pod ns.NetNS, link netlink.Link) (*current.Result, error) {
-	var ipamRes *current.Result
-	if c.IPAM.Type != "" {
-		r, err := delegate.Add(req, c.IPAM.Type)
-		if err != nil {
-			return nil, err
-		}
-		if len(r.IPs) == 0 {
-			releaseIPAM(req, c)
-			return nil, fmt.Errorf("host-device: IPAM plugin %q returned no IP addresses", c.IPAM.Type)
-		}
-		ipamRes = r
+	ipamRes, err := iface.AddIPAM(req, "host-device", c.IPAM.Type)
+	if err != nil {
+		return nil, err
 	}
 	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
 	if err := pod.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyNone) }); err != nil {
-		if ipamRes != nil {
-			releaseIPAM(req, c)
-		}
+		iface.ReleaseIPAM(req, c.IPAM.Type)
 		return nil, fmt.Errorf("host-device: %w", err)
 	}
 	return res, nil
@@ -191,14 +181,6 @@ func dpdkResult(req *cni.Request, c *Config) (types.Result, error) {
 	}
 	r.DNS = iface.MergeDNS(c.DNS, r.DNS)
 	return r, nil
-}
-
-func releaseIPAM(req *cni.Request, c *Config) {
-	sub := *req
-	sub.Command = cni.CmdDel
-	if err := delegate.Del(&sub, c.IPAM.Type); err != nil {
-		req.Log.Warnf("roll back: release IPAM: %v", err)
-	}
 }
 
 // moveIn moves dev from node to pod as ifName, through a temporary netns
@@ -358,11 +340,7 @@ func Del(req *cni.Request) error {
 			devErr = fmt.Errorf("host-device: %w", devErr)
 		}
 	}
-	var ipamErr error
-	if c.IPAM.Type != "" {
-		ipamErr = delegate.Del(req, c.IPAM.Type)
-	}
-	return errors.Join(devErr, ipamErr)
+	return errors.Join(devErr, iface.DelIPAM(req, c.IPAM.Type))
 }
 
 func bringBack(req *cni.Request, sel selector) error {
@@ -456,15 +434,10 @@ func Check(req *cni.Request) error {
 		return err
 	}
 	defer pod.Close()
-	return pod.Do(func(ns.NetNS) error {
-		if _, err := iface.CheckLink(req.IfName, iface.Want{MAC: ifc.Mac}); err != nil {
-			return fmt.Errorf("host-device: %w", err)
-		}
-		if err := iface.CheckIPs(req.IfName, idx, prev); err != nil {
-			return fmt.Errorf("host-device: %w", err)
-		}
-		return nil
-	})
+	if err := iface.CheckPod(pod, req.IfName, iface.Want{MAC: ifc.Mac}, idx, prev); err != nil {
+		return fmt.Errorf("host-device: %w", err)
+	}
+	return nil
 }
 
 // GC restores this network's device if the kernel returned it to the node

@@ -4,7 +4,6 @@
 package ipvlan
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -170,22 +169,16 @@ func Add(req *cni.Request) (types.Result, error) {
 // as dhcp needs it), addresses and routes.
 func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*current.Result, error) {
 	ipRes := c.prev
-	if c.IPAM.Type != "" {
-		r, err := delegate.Add(req, c.IPAM.Type)
-		if err != nil {
-			return nil, err
-		}
-		if len(r.IPs) == 0 {
-			releaseIPAM(req, c)
-			return nil, fmt.Errorf("ipvlan: IPAM plugin %q returned no IP addresses", c.IPAM.Type)
-		}
-		ipRes = r
+	ipamRes, err := iface.AddIPAM(req, "ipvlan", c.IPAM.Type)
+	if err != nil {
+		return nil, err
+	}
+	if ipamRes != nil {
+		ipRes = ipamRes
 	}
 	res := iface.NewResult(ipRes, c.DNS, link, req.Netns)
 	if err := netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) }); err != nil {
-		if c.IPAM.Type != "" {
-			releaseIPAM(req, c)
-		}
+		iface.ReleaseIPAM(req, c.IPAM.Type)
 		return nil, fmt.Errorf("ipvlan: %w", err)
 	}
 	if c.prev != nil {
@@ -218,14 +211,6 @@ func chainedResult(c *conf, own *current.Result) *current.Result {
 	return &out
 }
 
-func releaseIPAM(req *cni.Request, c *conf) {
-	sub := *req
-	sub.Command = cni.CmdDel
-	if err := delegate.Del(&sub, c.IPAM.Type); err != nil {
-		req.Log.Warnf("roll back: release IPAM: %v", err)
-	}
-}
-
 // Del deletes the link and releases the IPAM allocation. Both are tried
 // even when one fails, and a netns or link that is already gone is fine.
 func Del(req *cni.Request) error {
@@ -233,15 +218,7 @@ func Del(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	linkErr := iface.DeleteLink(req.Netns, req.IfName)
-	if linkErr != nil {
-		linkErr = fmt.Errorf("ipvlan: %w", linkErr)
-	}
-	var ipamErr error
-	if c.IPAM.Type != "" {
-		ipamErr = delegate.Del(req, c.IPAM.Type)
-	}
-	return errors.Join(linkErr, ipamErr)
+	return iface.Del(req, "ipvlan", c.IPAM.Type)
 }
 
 // Check verifies what ADD made against prevResult and the config: the
@@ -295,15 +272,10 @@ func Check(req *cni.Request) error {
 			return nil
 		},
 	}
-	return podNS.Do(func(ns.NetNS) error {
-		if _, err := iface.CheckLink(req.IfName, want); err != nil {
-			return fmt.Errorf("ipvlan: %w", err)
-		}
-		if err := iface.CheckIPs(req.IfName, idx, c.prev); err != nil {
-			return fmt.Errorf("ipvlan: %w", err)
-		}
-		return nil
-	})
+	if err := iface.CheckPod(podNS, req.IfName, want, idx, c.prev); err != nil {
+		return fmt.Errorf("ipvlan: %w", err)
+	}
+	return nil
 }
 
 // otherInterface returns the name of the one interface of res other than

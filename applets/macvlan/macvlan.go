@@ -4,7 +4,6 @@
 package macvlan
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -185,34 +184,16 @@ func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*curre
 			return nil, fmt.Errorf("macvlan: set sourceMacs on %q: %w", req.IfName, err)
 		}
 	}
-	var ipamRes *current.Result
-	if c.IPAM.Type != "" {
-		r, err := delegate.Add(req, c.IPAM.Type)
-		if err != nil {
-			return nil, err
-		}
-		if len(r.IPs) == 0 {
-			releaseIPAM(req, c)
-			return nil, fmt.Errorf("macvlan: IPAM plugin %q returned no IP addresses", c.IPAM.Type)
-		}
-		ipamRes = r
+	ipamRes, err := iface.AddIPAM(req, "macvlan", c.IPAM.Type)
+	if err != nil {
+		return nil, err
 	}
 	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
 	if err := netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) }); err != nil {
-		if ipamRes != nil {
-			releaseIPAM(req, c)
-		}
+		iface.ReleaseIPAM(req, c.IPAM.Type)
 		return nil, fmt.Errorf("macvlan: %w", err)
 	}
 	return res, nil
-}
-
-func releaseIPAM(req *cni.Request, c *conf) {
-	sub := *req
-	sub.Command = cni.CmdDel
-	if err := delegate.Del(&sub, c.IPAM.Type); err != nil {
-		req.Log.Warnf("roll back: release IPAM: %v", err)
-	}
 }
 
 // Del deletes the link and releases the IPAM allocation. Both are tried
@@ -223,15 +204,7 @@ func Del(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	linkErr := iface.DeleteLink(req.Netns, req.IfName)
-	if linkErr != nil {
-		linkErr = fmt.Errorf("macvlan: %w", linkErr)
-	}
-	var ipamErr error
-	if c.IPAM.Type != "" {
-		ipamErr = delegate.Del(req, c.IPAM.Type)
-	}
-	return errors.Join(linkErr, ipamErr)
+	return iface.Del(req, "macvlan", c.IPAM.Type)
 }
 
 // Check verifies what ADD made against prevResult and the config: the
@@ -288,15 +261,10 @@ func Check(req *cni.Request) error {
 			return nil
 		},
 	}
-	return netns.Do(func(ns.NetNS) error {
-		if _, err := iface.CheckLink(req.IfName, want); err != nil {
-			return fmt.Errorf("macvlan: %w", err)
-		}
-		if err := iface.CheckIPs(req.IfName, idx, prev); err != nil {
-			return fmt.Errorf("macvlan: %w", err)
-		}
-		return nil
-	})
+	if err := iface.CheckPod(netns, req.IfName, want, idx, prev); err != nil {
+		return fmt.Errorf("macvlan: %w", err)
+	}
+	return nil
 }
 
 // GC passes GC on to the IPAM plugin, which owns the only state macvlan

@@ -4,7 +4,6 @@
 package vlan
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -136,28 +135,16 @@ func Add(req *cni.Request) (types.Result, error) {
 // setUp does the part of ADD after the link exists: IPAM, addresses and
 // routes. Like the reference, vlan sets no arp_notify/ndisc_notify.
 func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*current.Result, error) {
-	ipamRes, err := delegate.Add(req, c.IPAM.Type)
+	ipamRes, err := iface.AddIPAM(req, "vlan", c.IPAM.Type)
 	if err != nil {
 		return nil, err
 	}
-	if len(ipamRes.IPs) == 0 {
-		releaseIPAM(req, c)
-		return nil, fmt.Errorf("vlan: IPAM plugin %q returned no IP addresses", c.IPAM.Type)
-	}
 	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
 	if err := netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyNone) }); err != nil {
-		releaseIPAM(req, c)
+		iface.ReleaseIPAM(req, c.IPAM.Type)
 		return nil, fmt.Errorf("vlan: %w", err)
 	}
 	return res, nil
-}
-
-func releaseIPAM(req *cni.Request, c *conf) {
-	sub := *req
-	sub.Command = cni.CmdDel
-	if err := delegate.Del(&sub, c.IPAM.Type); err != nil {
-		req.Log.Warnf("roll back: release IPAM: %v", err)
-	}
 }
 
 // Del deletes the link and releases the IPAM allocation. Both are tried
@@ -167,15 +154,7 @@ func Del(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	linkErr := iface.DeleteLink(req.Netns, req.IfName)
-	if linkErr != nil {
-		linkErr = fmt.Errorf("vlan: %w", linkErr)
-	}
-	var ipamErr error
-	if c.IPAM.Type != "" {
-		ipamErr = delegate.Del(req, c.IPAM.Type)
-	}
-	return errors.Join(linkErr, ipamErr)
+	return iface.Del(req, "vlan", c.IPAM.Type)
 }
 
 // Check verifies what ADD made against prevResult and the config: the
@@ -225,15 +204,10 @@ func Check(req *cni.Request) error {
 			return nil
 		},
 	}
-	return netns.Do(func(ns.NetNS) error {
-		if _, err := iface.CheckLink(req.IfName, want); err != nil {
-			return fmt.Errorf("vlan: %w", err)
-		}
-		if err := iface.CheckIPs(req.IfName, idx, prev); err != nil {
-			return fmt.Errorf("vlan: %w", err)
-		}
-		return nil
-	})
+	if err := iface.CheckPod(netns, req.IfName, want, idx, prev); err != nil {
+		return fmt.Errorf("vlan: %w", err)
+	}
+	return nil
 }
 
 // GC passes GC on to the IPAM plugin, which owns the only state vlan

@@ -1,0 +1,77 @@
+package iface
+
+import (
+	"errors"
+	"fmt"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/delegate"
+)
+
+// AddIPAM runs ADD of the IPAM plugin ipamType once the applet's link
+// exists (dhcp needs it). ipamType "" means no ipam: nil, nil. A result
+// without addresses is released again and is an error naming applet.
+func AddIPAM(req *cni.Request, applet, ipamType string) (*current.Result, error) {
+	if ipamType == "" {
+		return nil, nil
+	}
+	res, err := delegate.Add(req, ipamType)
+	if err != nil {
+		return nil, err
+	}
+	if len(res.IPs) == 0 {
+		ReleaseIPAM(req, ipamType)
+		return nil, fmt.Errorf("%s: IPAM plugin %q returned no IP addresses", applet, ipamType)
+	}
+	return res, nil
+}
+
+// ReleaseIPAM is the rollback of AddIPAM when a later step of ADD fails:
+// DEL of ipamType ("" = nothing), whose failure is only logged, as the
+// error of the step that failed is the one to report.
+func ReleaseIPAM(req *cni.Request, ipamType string) {
+	if ipamType == "" {
+		return
+	}
+	sub := *req
+	sub.Command = cni.CmdDel
+	if err := delegate.Del(&sub, ipamType); err != nil {
+		req.Log.Warnf("roll back: release IPAM: %v", err)
+	}
+}
+
+// DelIPAM runs DEL of the IPAM plugin ipamType; "" (no ipam) is nil.
+func DelIPAM(req *cni.Request, ipamType string) error {
+	if ipamType == "" {
+		return nil
+	}
+	return delegate.Del(req, ipamType)
+}
+
+// Del is DEL of an applet whose link only lives in the pod (macvlan,
+// ipvlan, vlan): it deletes CNI_IFNAME in CNI_NETNS (DeleteLink) and
+// releases the IPAM allocation. Both are tried even when one fails, and
+// a netns or link that is already gone is fine: the IPAM release must
+// still happen (for one, after a node reboot).
+func Del(req *cni.Request, applet, ipamType string) error {
+	linkErr := DeleteLink(req.Netns, req.IfName)
+	if linkErr != nil {
+		linkErr = fmt.Errorf("%s: %w", applet, linkErr)
+	}
+	return errors.Join(linkErr, DelIPAM(req, ipamType))
+}
+
+// CheckPod is the netns part of CHECK: inside netns, ifName is the link
+// want describes (CheckLink) and has the addresses and routes that res
+// gives interface index idx (CheckIPs).
+func CheckPod(netns ns.NetNS, ifName string, want Want, idx int, res *current.Result) error {
+	return netns.Do(func(ns.NetNS) error {
+		if _, err := CheckLink(ifName, want); err != nil {
+			return err
+		}
+		return CheckIPs(ifName, idx, res)
+	})
+}
