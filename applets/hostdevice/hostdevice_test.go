@@ -3,8 +3,6 @@ package hostdevice_test
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -97,18 +95,6 @@ func keys(m map[string]link) []string {
 	return out
 }
 
-func allocations(t *testing.T, r *testnet.Runtime, name string) []string {
-	t.Helper()
-	entries, _ := os.ReadDir(filepath.Join(r.StateDir, "networks", name))
-	var ips []string
-	for _, e := range entries {
-		if strings.Count(e.Name(), ".") == 3 {
-			ips = append(ips, e.Name())
-		}
-	}
-	return ips
-}
-
 // TestVersions moves hd0 into a pod and back at every spec version,
 // through libcni: the pod reaches the node through it, CHECK passes, DEL
 // gives it back under its own name, and DEL again is fine.
@@ -164,7 +150,7 @@ func TestVersions(t *testing.T) {
 			}
 		}
 		home(t, r, pod)
-		if got := allocations(t, r, l.Name); len(got) != 0 {
+		if got := r.Reservations(l.Name); len(got) != 0 {
 			t.Errorf("addresses left: %v", got)
 		}
 		if cni.VersionAtLeast(v, "1.1.0") {
@@ -246,7 +232,7 @@ func TestDelNetnsGone(t *testing.T) {
 			} else if _, ok := linkMap(t, r.Node)["hd0"]; ok {
 				t.Error("a destroyed veth is back?")
 			}
-			if got := allocations(t, r, l.Name); len(got) != 0 {
+			if got := r.Reservations(l.Name); len(got) != 0 {
 				t.Errorf("addresses left: %v", got)
 			}
 			if err := r.Del(l, a); err != nil {
@@ -301,7 +287,7 @@ func TestBadInput(t *testing.T) {
 			if after := keys(linkMap(t, pod)); !slices.Equal(after, before) {
 				t.Errorf("pod links %v, were %v", after, before)
 			}
-			if got := allocations(t, r, "bad"); len(got) != 0 {
+			if got := r.Reservations("bad"); len(got) != 0 {
 				t.Errorf("allocations left: %v", got)
 			}
 		})
@@ -444,7 +430,7 @@ func TestGCRestoresReturnedDevice(t *testing.T) {
 		t.Fatalf("GC: %s", out)
 	}
 	home(t, r, nil)
-	if got := allocations(t, r, l.Name); len(got) != 0 {
+	if got := r.Reservations(l.Name); len(got) != 0 {
 		t.Errorf("GC left allocations: %v", got)
 	}
 }

@@ -52,44 +52,6 @@ func list(t *testing.T, r *testnet.Runtime, version, fields string) *libcni.Netw
 
 const hostLocal = `"ipam":{"type":"host-local","ranges":[[{"subnet":"10.10.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}`
 
-func link(t *testing.T, ns *testnet.NS, name string) netlink.Link {
-	t.Helper()
-	var l netlink.Link
-	if err := ns.Do(func() (err error) { l, err = netlink.LinkByName(name); return err }); err != nil {
-		t.Fatalf("%s in %s: %v", name, ns.Name, err)
-	}
-	return l
-}
-
-// links returns the link names of a netns.
-func links(t *testing.T, ns *testnet.NS) []string {
-	t.Helper()
-	var names []string
-	err := ns.Do(func() error {
-		ls, err := netlink.LinkList()
-		for _, l := range ls {
-			names = append(names, l.Attrs().Name)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return names
-}
-
-// allocations lists the IPs host-local has reserved for network name.
-func allocations(r *testnet.Runtime, name string) []string {
-	entries, _ := os.ReadDir(filepath.Join(r.StateDir, "networks", name))
-	var ips []string
-	for _, e := range entries {
-		if strings.Count(e.Name(), ".") == 3 || strings.Contains(e.Name(), ":") {
-			ips = append(ips, e.Name())
-		}
-	}
-	return ips
-}
-
 func result(t *testing.T, res types.Result) *current.Result {
 	t.Helper()
 	cur, err := current.NewResultFromResult(res)
@@ -157,7 +119,7 @@ func twoPods(t *testing.T, r *testnet.Runtime, mode string) {
 			t.Fatalf("CHECK: %v", err)
 		}
 	}
-	if got := len(allocations(r, l.Name)); got != 4 {
+	if got := len(r.Reservations(l.Name)); got != 4 {
 		t.Fatalf("host-local holds %d addresses, want 4", got)
 	}
 	for _, att := range []*testnet.Attachment{a, b} {
@@ -168,11 +130,11 @@ func twoPods(t *testing.T, r *testnet.Runtime, mode string) {
 		}
 	}
 	for _, pod := range []*testnet.NS{podA, podB} {
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("links left in the pod after DEL: %v", got)
 		}
 	}
-	if got := allocations(r, l.Name); len(got) != 0 {
+	if got := r.Reservations(l.Name); len(got) != 0 {
 		t.Errorf("addresses still allocated after DEL: %v", got)
 	}
 }
@@ -229,10 +191,10 @@ func TestReference(t *testing.T) {
 			if err := r.Del(l, a); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
-			if got := links(t, pod); len(got) != 1 {
+			if got := pod.Links(t); len(got) != 1 {
 				t.Errorf("links left after DEL: %v", got)
 			}
-			if got := allocations(r, l.Name); len(got) != 0 {
+			if got := r.Reservations(l.Name); len(got) != 0 {
 				t.Errorf("addresses still allocated: %v", got)
 			}
 		})
@@ -254,11 +216,11 @@ func TestVersions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ADD: %v", err)
 		}
-		iv, ok := link(t, pod, "net1").(*netlink.IPVlan)
+		iv, ok := pod.Link(t, "net1").(*netlink.IPVlan)
 		if !ok || iv.Mode != netlink.IPVLAN_MODE_L2 || iv.Flag != netlink.IPVLAN_FLAG_BRIDGE || iv.Attrs().Flags&net.FlagUp == 0 {
-			t.Fatalf("link: %#v", link(t, pod, "net1"))
+			t.Fatalf("link: %#v", pod.Link(t, "net1"))
 		}
-		master := link(t, r.Node, "dum0")
+		master := r.Node.Link(t, "dum0")
 		if iv.Attrs().HardwareAddr.String() != master.Attrs().HardwareAddr.String() {
 			t.Errorf("ipvlan MAC %s, master's %s", iv.Attrs().HardwareAddr, master.Attrs().HardwareAddr)
 		}
@@ -305,7 +267,7 @@ func TestVersions(t *testing.T) {
 		if err := r.Del(l, a); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("links left after DEL: %v", got)
 		}
 	})
@@ -333,7 +295,7 @@ func TestCnitool(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := links(t, pod); len(got) != 1 {
+	if got := pod.Links(t); len(got) != 1 {
 		t.Errorf("links left after DEL: %v", got)
 	}
 }
@@ -356,7 +318,7 @@ func TestKeys(t *testing.T) {
 			}
 		}},
 		{name: "default master", fields: `"master":""`, want: func(t *testing.T, l *netlink.IPVlan) {
-			if want := link(t, r.Node, "dum0").Attrs().Index; l.ParentIndex != want {
+			if want := r.Node.Link(t, "dum0").Attrs().Index; l.ParentIndex != want {
 				t.Errorf("parent %d, want dum0 (%d), the default route's link", l.ParentIndex, want)
 			}
 		}},
@@ -379,7 +341,7 @@ func TestKeys(t *testing.T) {
 			if _, err := r.Add(l, a); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
-			tc.want(t, link(t, pod, "eth0").(*netlink.IPVlan))
+			tc.want(t, pod.Link(t, "eth0").(*netlink.IPVlan))
 			if err := r.Check(l, a); err != nil {
 				t.Errorf("CHECK: %v", err)
 			}
@@ -431,7 +393,7 @@ func TestChained(t *testing.T) {
 	if got := pod.MustRun("ip", "-o", "addr", "show", "dev", "eth0"); !strings.Contains(got, "10.40.0.7/24") {
 		t.Errorf("eth0 addresses: %s", got)
 	}
-	if l := link(t, pod, "eth0"); l.Attrs().ParentIndex != link(t, r.Node, "dum0").Attrs().Index {
+	if l := pod.Link(t, "eth0"); l.Attrs().ParentIndex != r.Node.Link(t, "dum0").Attrs().Index {
 		t.Errorf("eth0 is not on dum0")
 	}
 	check := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"chain","type":"ipvlan","prevResult":%s}`, out)
@@ -441,7 +403,7 @@ func TestChained(t *testing.T) {
 	if out, _, code := r.Exec("ipvlan", env(r, "DEL", pod), []byte(check)); code != 0 {
 		t.Fatalf("DEL: %s", out)
 	}
-	if got := links(t, pod); len(got) != 1 {
+	if got := pod.Links(t); len(got) != 1 {
 		t.Errorf("links left after DEL: %v", got)
 	}
 }
@@ -497,7 +459,7 @@ func TestBadInput(t *testing.T) {
 			if e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, tc.want) {
 				t.Errorf("error %d %q, want code 7 naming %q", e.Code, e.Msg, tc.want)
 			}
-			if got := links(t, pod); len(got) != 1 {
+			if got := pod.Links(t); len(got) != 1 {
 				t.Errorf("links left behind: %v", got)
 			}
 			files, _ := filepath.Glob(filepath.Join(r.StateDir, "*", "bad", "10.*"))
@@ -538,7 +500,7 @@ func TestDelWithoutNetns(t *testing.T) {
 	if err := r.Del(l, a); err != nil {
 		t.Fatalf("DEL with the netns gone: %v", err)
 	}
-	if got := allocations(r, l.Name); len(got) != 0 {
+	if got := r.Reservations(l.Name); len(got) != 0 {
 		t.Errorf("addresses still allocated: %v", got)
 	}
 	conf := `{"cniVersion":"1.1.0","name":"x","type":"ipvlan","master":"dum0","ipam":{"type":"static","addresses":[{"address":"10.9.0.2/24"}]}}`

@@ -3,8 +3,6 @@ package macvlan_test
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -90,34 +88,6 @@ func showLink(t *testing.T, ns *testnet.NS, name string) *linkInfo {
 	return &links[0]
 }
 
-// links returns the link names of a netns.
-func links(t *testing.T, ns *testnet.NS) []string {
-	t.Helper()
-	out := ipOut(t, ns, "-j", "link", "show")
-	var ls []linkInfo
-	if err := json.Unmarshal([]byte(out), &ls); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.Name)
-	}
-	return names
-}
-
-// allocations lists the IPs host-local has reserved for network name.
-func allocations(t *testing.T, r *testnet.Runtime, name string) []string {
-	t.Helper()
-	entries, _ := os.ReadDir(filepath.Join(r.StateDir, "networks", name))
-	var ips []string
-	for _, e := range entries {
-		if strings.Count(e.Name(), ".") == 3 || strings.Contains(e.Name(), ":") {
-			ips = append(ips, e.Name())
-		}
-	}
-	return ips
-}
-
 func addrOf(t *testing.T, res types.Result) string {
 	t.Helper()
 	cur, err := current.NewResultFromResult(res)
@@ -177,7 +147,7 @@ func TestTwoPodsPing(t *testing.T) {
 			t.Fatalf("CHECK: %v", err)
 		}
 	}
-	if got := len(allocations(t, r, name)); got != 4 {
+	if got := len(r.Reservations(name)); got != 4 {
 		t.Fatalf("host-local holds %d addresses, want 4", got)
 	}
 	for _, att := range []*testnet.Attachment{a, b} {
@@ -188,11 +158,11 @@ func TestTwoPodsPing(t *testing.T) {
 		}
 	}
 	for _, pod := range []*testnet.NS{podA, podB} {
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("links left in the pod after DEL: %v", got)
 		}
 	}
-	if got := allocations(t, r, name); len(got) != 0 {
+	if got := r.Reservations(name); len(got) != 0 {
 		t.Errorf("addresses still allocated after DEL: %v", got)
 	}
 }
@@ -251,10 +221,10 @@ func TestVersions(t *testing.T) {
 				t.Fatalf("DEL #%d: %v", i+1, err)
 			}
 		}
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("links left after DEL: %v", got)
 		}
-		if got := allocations(t, r, l.Name); len(got) != 0 {
+		if got := r.Reservations(l.Name); len(got) != 0 {
 			t.Errorf("addresses left after DEL: %v", got)
 		}
 	})
@@ -294,7 +264,7 @@ func TestCnitool(t *testing.T) {
 		if _, err := r.Cnitool("del", l.Name, pod); err != nil {
 			t.Fatal(err)
 		}
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("links left after DEL: %v", got)
 		}
 	})
@@ -506,14 +476,14 @@ func TestBadInput(t *testing.T) {
 			if c.code != 0 && (e.Code != c.code || !strings.Contains(e.Msg, c.want)) {
 				t.Errorf("error = %d %q, want %d containing %q", e.Code, e.Msg, c.code, c.want)
 			}
-			if got := links(t, pod); len(got) != 1 {
+			if got := pod.Links(t); len(got) != 1 {
 				t.Errorf("links left in the pod: %v", got)
 			}
 			want := 0
 			if c.name == "ipam fails" {
 				want = 1
 			}
-			if got := allocations(t, r, "bad"); len(got) != want {
+			if got := r.Reservations("bad"); len(got) != want {
 				t.Errorf("allocations = %v, want %d", got, want)
 			}
 		})
@@ -564,7 +534,7 @@ func TestDelWithoutNetns(t *testing.T) {
 			if err := r.Del(l, a); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
-			if got := allocations(t, r, l.Name); len(got) != 0 {
+			if got := r.Reservations(l.Name); len(got) != 0 {
 				t.Errorf("addresses left: %v", got)
 			}
 		})
@@ -636,11 +606,11 @@ func TestConcurrentPods(t *testing.T) {
 		}
 	}
 	for i, pod := range pods {
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("pod %d links after DEL: %v", i, got)
 		}
 	}
-	if got := allocations(t, r, l.Name); len(got) != 0 {
+	if got := r.Reservations(l.Name); len(got) != 0 {
 		t.Errorf("addresses left: %v", got)
 	}
 }

@@ -53,44 +53,6 @@ func static(addr string) string {
 
 const hostLocal = `"ipam":{"type":"host-local","ranges":[[{"subnet":"10.10.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}`
 
-func link(t *testing.T, ns *testnet.NS, name string) netlink.Link {
-	t.Helper()
-	var l netlink.Link
-	if err := ns.Do(func() (err error) { l, err = netlink.LinkByName(name); return err }); err != nil {
-		t.Fatalf("%s in %s: %v", name, ns.Name, err)
-	}
-	return l
-}
-
-// links returns the link names of a netns.
-func links(t *testing.T, ns *testnet.NS) []string {
-	t.Helper()
-	var names []string
-	err := ns.Do(func() error {
-		ls, err := netlink.LinkList()
-		for _, l := range ls {
-			names = append(names, l.Attrs().Name)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return names
-}
-
-// allocations lists the IPs host-local has reserved for network name.
-func allocations(r *testnet.Runtime, name string) []string {
-	entries, _ := os.ReadDir(filepath.Join(r.StateDir, "networks", name))
-	var ips []string
-	for _, e := range entries {
-		if strings.Count(e.Name(), ".") == 3 {
-			ips = append(ips, e.Name())
-		}
-	}
-	return ips
-}
-
 // peer makes, on the switch's trunk1, a VLAN link with the given id and
 // protocol, moves it into a netns of its own and gives it addr.
 func peer(t *testing.T, sw *testnet.NS, name, proto string, id int, addr string) *testnet.NS {
@@ -171,10 +133,10 @@ func TestReference(t *testing.T) {
 			if err := r.Del(l, a); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
-			if got := links(t, pod); len(got) != 1 {
+			if got := pod.Links(t); len(got) != 1 {
 				t.Errorf("links left after DEL: %v", got)
 			}
-			if got := allocations(r, l.Name); len(got) != 0 {
+			if got := r.Reservations(l.Name); len(got) != 0 {
 				t.Errorf("addresses still allocated: %v", got)
 			}
 		})
@@ -196,11 +158,11 @@ func TestVersions(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ADD: %v", err)
 		}
-		vl, ok := link(t, pod, "net1").(*netlink.Vlan)
-		master := link(t, r.Node, "trunk0")
+		vl, ok := pod.Link(t, "net1").(*netlink.Vlan)
+		master := r.Node.Link(t, "trunk0")
 		if !ok || vl.VlanId != 42 || vl.VlanProtocol != netlink.VLAN_PROTOCOL_8021Q || vl.MTU != 1400 ||
 			vl.ParentIndex != master.Attrs().Index || vl.HardwareAddr.String() != master.Attrs().HardwareAddr.String() {
-			t.Fatalf("link: %#v", link(t, pod, "net1"))
+			t.Fatalf("link: %#v", pod.Link(t, "net1"))
 		}
 		cur, err := current.NewResultFromResult(res)
 		if err != nil {
@@ -237,7 +199,7 @@ func TestVersions(t *testing.T) {
 		if err := r.Del(l, a); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}
-		if got := links(t, pod); len(got) != 1 {
+		if got := pod.Links(t); len(got) != 1 {
 			t.Errorf("links left after DEL: %v", got)
 		}
 	})
@@ -253,8 +215,8 @@ func TestCnitool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "10.10.0.") || len(allocations(r, l.Name)) != 1 {
-		t.Fatalf("ADD result: %s, allocations %v", out, allocations(r, l.Name))
+	if !strings.Contains(out, "10.10.0.") || len(r.Reservations(l.Name)) != 1 {
+		t.Fatalf("ADD result: %s, allocations %v", out, r.Reservations(l.Name))
 	}
 	for _, verb := range []string{"check", "status", "del", "del"} {
 		p := pod
@@ -265,10 +227,10 @@ func TestCnitool(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := links(t, pod); len(got) != 1 {
+	if got := pod.Links(t); len(got) != 1 {
 		t.Errorf("links left after DEL: %v", got)
 	}
-	if got := allocations(r, l.Name); len(got) != 0 {
+	if got := r.Reservations(l.Name); len(got) != 0 {
 		t.Errorf("addresses still allocated: %v", got)
 	}
 }
@@ -285,7 +247,7 @@ func TestLinkInContainer(t *testing.T) {
 	if _, err := r.Add(l, a); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	if vl := link(t, pod, "eth0").(*netlink.Vlan); vl.ParentIndex != link(t, pod, "inner0").Attrs().Index || vl.VlanId != 9 {
+	if vl := pod.Link(t, "eth0").(*netlink.Vlan); vl.ParentIndex != pod.Link(t, "inner0").Attrs().Index || vl.VlanId != 9 {
 		t.Errorf("link: %#v", vl)
 	}
 	if err := r.Check(l, a); err != nil {
@@ -294,7 +256,7 @@ func TestLinkInContainer(t *testing.T) {
 	if err := r.Del(l, a); err != nil {
 		t.Fatal(err)
 	}
-	if got := links(t, pod); len(got) != 2 {
+	if got := pod.Links(t); len(got) != 2 {
 		t.Errorf("links after DEL: %v, want lo and inner0", got)
 	}
 }
@@ -366,7 +328,7 @@ func TestBadInput(t *testing.T) {
 			if (e.Code != types.ErrInvalidNetworkConfig && e.Code != types.ErrDecodingFailure) || !strings.Contains(e.Msg, tc.want) {
 				t.Errorf("error %d %q, want code 7 naming %q", e.Code, e.Msg, tc.want)
 			}
-			if got := links(t, pod); len(got) != 1 {
+			if got := pod.Links(t); len(got) != 1 {
 				t.Errorf("links left behind: %v", got)
 			}
 			files, _ := filepath.Glob(filepath.Join(r.StateDir, "*", "bad", "10.*"))
@@ -405,7 +367,7 @@ func TestDelWithoutNetns(t *testing.T) {
 	if err := r.Del(l, a); err != nil {
 		t.Fatalf("DEL with the netns gone: %v", err)
 	}
-	if got := allocations(r, l.Name); len(got) != 0 {
+	if got := r.Reservations(l.Name); len(got) != 0 {
 		t.Errorf("addresses still allocated: %v", got)
 	}
 	conf := `{"cniVersion":"1.1.0","name":"x","type":"vlan","master":"trunk0","vlanId":12,` + static("10.9.0.2/24") + `}`

@@ -14,13 +14,16 @@
 //	master, err := iface.Master(nil, conf.Master)   // "" = default route's link
 //	err = iface.CheckMTU("mtu", conf.MTU, master)
 //	link, err := iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}}, req.IfName, false)
-//	res := iface.NewResult(ipamResult, conf.DNS, link, req.Netns)
+//	ipamRes, err := iface.AddIPAM(req, "macvlan", conf.IPAM.Type) // after the link: dhcp needs it
+//	res := iface.NewResult(ipamRes, conf.DNS, link, req.Netns)
 //	err = netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) })
+//	// on failure: iface.ReleaseIPAM(req, conf.IPAM.Type), then iface.DeleteLink
 //
 // CHECK: idx, ifc, err := iface.FindInterface(prev, ifName, netnsPath), then
-// inside the netns iface.CheckLink(ifName, iface.Want{Type: ..., MAC: ifc.Mac, ...})
-// and iface.CheckIPs(ifName, idx, prev).
-// DEL: iface.DeleteLink(req.Netns, ifName) tolerates a missing netns or link.
+// iface.CheckPod(netns, ifName, iface.Want{Type: ..., MAC: ifc.Mac, ...}, idx, prev)
+// (CheckLink and CheckIPs inside the netns).
+// DEL: iface.Del(req, "macvlan", conf.IPAM.Type) deletes the link (DeleteLink
+// tolerates a missing netns or link) and releases the IPAM allocation.
 //
 // Functions documented as running "inside the netns" use the calling
 // thread's namespace; call them from ns.NetNS.Do.
