@@ -7,7 +7,7 @@ SHELL := /bin/bash
 #   make demo     install into a temp dir and run the default network on a throwaway pod
 #   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
 #   make bench    side-by-side benchmark against the reference plugins
-#   make fuzz     every fuzz target for FUZZTIME each (make test runs them for 2s)
+#   make fuzz     every fuzz target for FUZZTIME each (make test runs them for 1s)
 #   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
 
 GO          ?= go
@@ -59,7 +59,7 @@ test: test-deps vet build
 	@rc=0; \
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" \
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./... || rc=1; \
-	$(MAKE) --no-print-directory fuzz FUZZTIME=2s || rc=1; \
+	$(MAKE) --no-print-directory fuzz FUZZTIME=1s || rc=1; \
 	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest || rc=1; \
 	exit $$rc
 
@@ -94,7 +94,8 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS := shared/cni:FuzzRun shared/cni:FuzzPrevResult shared/cni:FuzzLoadArgs shared/cni:FuzzValidAttachments \
                 applets/hostlocal:FuzzConfig applets/hostlocal:FuzzIterator applets/tuning:FuzzSysctlPath \
                 applets/tuning:FuzzLoad applets/portmap:FuzzLoad applets/bridge:FuzzLoad applets/bandwidth:FuzzLoad \
-                applets/firewall:FuzzLoad
+                applets/firewall:FuzzLoad applets/static:FuzzLoad applets/macvlan:FuzzLoad applets/ptp:FuzzLoad \
+                applets/hostdevice:FuzzLoad applets/vlan:FuzzLoad applets/ipvlan:FuzzLoad
 fuzz:
 	@rc=0; for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $$t ($(FUZZTIME))"; \
