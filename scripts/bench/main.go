@@ -72,7 +72,10 @@ type scenario struct {
 	name     string
 	plugins  []string // what a side must implement to run it
 	conflist string   // with @STATE@, @NET@ and @MASTER@ placeholders
-	caps     map[string]any
+	// refConflist, when set, is what the reference runs instead: the same
+	// network in the reference's own terms (for cnibox-only settings).
+	refConflist string
+	caps        map[string]any
 	// setup prepares the node (e.g. a master link, or existing reservations).
 	setup func(node, state string) error
 	// parallel > 0 runs `pods` pods with this many in flight and reports wall time.
@@ -190,6 +193,7 @@ const (
 
 func scenarios() []scenario {
 	bridge := `{"type":"bridge","bridge":"cbench0","isGateway":true,"ipMasq":true,"hairpinMode":true,` + hostLocal + `}`
+	bridgeNft := `{"type":"bridge","bridge":"cbench0","isGateway":true,"ipMasq":true,"ipMasqBackend":"nftables","hairpinMode":true,` + hostLocal + `}`
 	portMap := map[string]any{"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}}}
 	full := map[string]any{
 		"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}},
@@ -210,6 +214,23 @@ func scenarios() []scenario {
 		{
 			name: "full chain (bridge…bandwidth)", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning", "bandwidth"},
 			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `,
+				{"type":"portmap","capabilities":{"portMappings":true}},
+				{"type":"firewall","backend":"iptables"},
+				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
+				{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`,
+			caps: full,
+		},
+		{
+			// The same chain with cnibox's nftables backends (netlink, in
+			// process: no iptables exec) against the reference's iptables
+			// chain above, which is all the reference v1.1.1 has.
+			name: "full chain, nftables backends", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning", "bandwidth"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridgeNft + `,
+				{"type":"portmap","backend":"nftables","capabilities":{"portMappings":true}},
+				{"type":"firewall","backend":"nftables"},
+				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
+				{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`,
+			refConflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `,
 				{"type":"portmap","capabilities":{"portMappings":true}},
 				{"type":"firewall","backend":"iptables"},
 				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
@@ -387,7 +408,11 @@ func newEnv(sc scenario, s *side, tmp string) (*env, error) {
 			return nil, fmt.Errorf("setup: %w", err)
 		}
 	}
-	conf := strings.NewReplacer("@STATE@", e.state, "@NET@", "bench").Replace(sc.conflist)
+	text := sc.conflist
+	if sc.refConflist != "" && s.name == "reference" {
+		text = sc.refConflist
+	}
+	conf := strings.NewReplacer("@STATE@", e.state, "@NET@", "bench").Replace(text)
 	if e.list, err = libcni.ConfListFromBytes([]byte(conf)); err != nil {
 		e.close()
 		return nil, fmt.Errorf("conflist: %w", err)
