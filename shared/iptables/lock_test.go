@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"errors"
+	"os"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ func TestLock(t *testing.T) {
 	LockWait = 300 * time.Millisecond
 	a, b := testnet.NewNS(t, "a"), testnet.NewNS(t, "b")
 	name := "test-" + t.Name()
+	t.Cleanup(func() { os.Remove("/run/cnibox/" + name + ".lock") })
 	take := func(n *testnet.NS) (func(), error) {
 		var unlock func()
 		err := n.Do(func() error {
