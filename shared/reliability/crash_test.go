@@ -44,11 +44,16 @@ func TestCrashInjection(t *testing.T) {
 		crash(t, r, listFile(t, r, "ptp.conflist"), []string{"ptp", "portmap"}, (n+1)/2)
 	})
 	t.Run("macvlan", func(t *testing.T) {
-		testnet.RequireKernel(t, "macvlan")
+		// No testnet.RequireKernel: it would send the whole package to
+		// the VM. This host has macvlan; skip where it does not.
 		r := testnet.NewRuntime(t)
 		r.Node.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
 		r.Node.MustRun("ip", "link", "set", "eth0", "up")
 		r.Node.MustRun("ip", "link", "set", "eth0p", "up")
+		if _, err := r.Node.Run("ip", "link", "add", "mvprobe", "link", "eth0", "type", "macvlan"); err != nil {
+			t.Skipf("kernel lacks macvlan: %v", err)
+		}
+		r.Node.MustRun("ip", "link", "del", "mvprobe")
 		crash(t, r, listFile(t, r, "macvlan.conflist"), []string{"macvlan"}, (n+1)/2)
 	})
 }
