@@ -40,7 +40,7 @@ var matrix = map[string]matrixCase{
 	"ipvlan":      {plugins: `{"type":"ipvlan","master":"eth0","ipam":` + hostLocal + `}`, setup: uplinkVeth},
 	"vlan":        {plugins: `{"type":"vlan","master":"eth0","vlanId":42,"ipam":` + hostLocal + `}`, setup: uplinkVeth},
 	"host-device": {plugins: `{"type":"host-device","device":"hd0","ipam":` + hostLocal + `}`, setup: hostDeviceVeth},
-	"tuning":      {plugins: bridgeHL + `,{"type":"tuning","mtu":1400}`, chained: true},
+	"tuning":      {plugins: bridgeHL + `,{"type":"tuning","mtu":1400,"dataDir":"/var/lib/cni/tuning"}`, chained: true}, // /var/lib/cni is the test's own
 	"portmap":     {plugins: bridgeHL + `,{"type":"portmap","capabilities":{"portMappings":true}}`, chained: true},
 	"bandwidth":   {plugins: bridgeHL + `,{"type":"bandwidth","ingressRate":8000000,"ingressBurst":80000,"egressRate":8000000,"egressBurst":80000}`, chained: true},
 	"firewall":    {plugins: bridgeHL + `,{"type":"firewall","backend":"iptables"}`, chained: true},
