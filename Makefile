@@ -40,14 +40,22 @@ build:
 install: build
 	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
 
-test-deps:
-	@missing=""; for p in $(TEST_DEBS); do \
+# install-missing installs the Debian packages of $(1) that are not installed.
+define install-missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+# What make demo runs besides cnibox: ip, iptables, ping, iperf3 (the shaping part).
+DEMO_DEBS := iproute2 iptables nftables iputils-ping iperf3 util-linux
+
+test-deps:
+	$(call install-missing,$(TEST_DEBS))
 	@command -v cnitool >/dev/null 2>&1 || [ -x "$$($(GO) env GOPATH)/bin/cnitool" ] || \
 	  $(GO) install github.com/containernetworking/cni/cnitool@v1.3.0
 
@@ -68,6 +76,7 @@ vmtest: build
 	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest
 
 demo: build
+	$(call install-missing,$(DEMO_DEBS))
 	bash scripts/demo
 	bash scripts/demo-shaping
 
