@@ -294,6 +294,11 @@ func pluginErr(err error, stdout, stderr []byte) error {
 	case len(stdout) > 0:
 		if perr := json.Unmarshal(stdout, e); perr != nil {
 			e.Msg = fmt.Sprintf("netplugin failed but error parsing its diagnostic message %q: %v", stdout, perr)
+		} else if e.Msg == "" {
+			// Not an error object: the plugin wrote its result and then
+			// died (a crash test's kill landing after the write). Say how
+			// it exited instead of an empty message, as libcni would not.
+			e.Msg = fmt.Sprintf("netplugin failed after writing %d bytes of output: %v", len(stdout), err)
 		}
 	case len(stderr) > 0:
 		e.Msg = fmt.Sprintf("netplugin failed: %q", strings.TrimSpace(string(stderr)))
