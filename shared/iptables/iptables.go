@@ -13,10 +13,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/cnibox/cnibox/shared/cni"
 )
@@ -121,6 +125,18 @@ var ErrLocked = errors.New("xtables lock is busy")
 // --noflush process. It is atomic per table: either every line of a
 // table's batch applies or none does.
 func Apply(f Family, batches ...*Batch) error {
+	in, err := render(batches)
+	if err != nil || in == "" {
+		return err
+	}
+	r := newRestore(f)
+	r.start() // on this thread: in its netns, as callers expect
+	return r.apply(in)
+}
+
+// render checks the batches and writes them in iptables-restore syntax;
+// "" when there is nothing to do.
+func render(batches []*Batch) (string, error) {
 	var in strings.Builder
 	for _, b := range batches {
 		if b == nil || b.Empty() {
@@ -131,28 +147,123 @@ func Apply(f Family, batches ...*Batch) error {
 		// COMMIT and another table, into iptables-restore.
 		for _, line := range append(append([]string{}, b.chains...), b.rules...) {
 			if strings.ContainsAny(line, "\n\r\x00") {
-				return cni.ConfigError("iptables %s: refusing a rule with a line break or NUL: %q", b.Table, line)
+				return "", cni.ConfigError("iptables %s: refusing a rule with a line break or NUL: %q", b.Table, line)
 			}
 		}
 		in.WriteString(b.String())
 	}
-	if in.Len() == 0 {
-		return nil
+	return in.String(), nil
+}
+
+// Restore is an iptables-restore --noflush process started before its
+// input is known. Starting it (exec, dynamic linking, loading the xtables
+// extensions) is most of its cost, so a caller that will need it starts it
+// first and lets that overlap with its other work (bridge starts it while
+// IPAM and the veth are made). It reads nothing until Apply; a Restore
+// that is not needed after all must be closed.
+type Restore struct {
+	mu      sync.Mutex // Apply and Close may race when a caller gives up
+	f       Family
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	stderr  bytes.Buffer
+	err     error         // from starting it
+	started chan struct{} // closed once cmd.Start returned
+	done    bool
+}
+
+// StartRestore starts iptables-restore for the family in the calling
+// thread's network namespace, as Apply does. It does not wait for the
+// exec, which takes a millisecond or so: that happens on another goroutine,
+// which enters the same netns first.
+func StartRestore(f Family) *Restore {
+	r := newRestore(f)
+	here, err := ns.GetCurrentNS()
+	if err != nil {
+		r.start()
+		return r
 	}
-	wait := int(LockWait / time.Second)
-	if wait < 1 {
-		wait = 1
-	}
-	cmd := exec.Command(f.tool("-restore"), "--noflush", "-w", strconv.Itoa(wait))
-	cmd.Stdin = strings.NewReader(in.String())
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if strings.Contains(msg, "holding the xtables lock") || strings.Contains(msg, "Another app is currently holding") {
-			return cni.TryAgain("%s: %v (waited %v)", f.tool("-restore"), ErrLocked, LockWait)
+	go func() {
+		defer here.Close()
+		if err := here.Do(func(ns.NetNS) error { r.start(); return nil }); err != nil {
+			select {
+			case <-r.started:
+			default: // entering the netns failed before start ran
+				r.err = err
+				close(r.started)
+			}
 		}
-		return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", f.tool("-restore"), err, msg, in.String())
+	}()
+	return r
+}
+
+func newRestore(f Family) *Restore {
+	r := &Restore{f: f, started: make(chan struct{})}
+	wait := strconv.Itoa(max(1, int(LockWait/time.Second)))
+	r.cmd = exec.Command(f.tool("-restore"), "--noflush", "-w", wait)
+	r.cmd.Stderr = &r.stderr
+	return r
+}
+
+func (r *Restore) start() {
+	defer close(r.started)
+	if r.stdin, r.err = r.cmd.StdinPipe(); r.err == nil {
+		r.err = r.cmd.Start()
+	}
+}
+
+// Apply hands the batches to the process and waits for it: what the
+// package-level Apply does, minus the start.
+func (r *Restore) Apply(batches ...*Batch) error {
+	in, err := render(batches)
+	if err != nil {
+		r.Close()
+		return err
+	}
+	return r.apply(in)
+}
+
+// Close ends a process that got no input; it applies nothing. Closing one
+// that has run is a no-op.
+func (r *Restore) Close() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return
+	}
+	r.done = true
+	<-r.started
+	if r.err == nil {
+		r.stdin.Close()
+		_ = r.cmd.Wait()
+	}
+}
+
+func (r *Restore) apply(in string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return fmt.Errorf("%s: already used", r.f.tool("-restore"))
+	}
+	r.done = true
+	<-r.started
+	if r.err != nil {
+		return fmt.Errorf("%s --noflush: %w", r.f.tool("-restore"), r.err)
+	}
+	_, werr := io.WriteString(r.stdin, in)
+	r.stdin.Close()
+	if err := r.cmd.Wait(); err != nil {
+		msg := strings.TrimSpace(r.stderr.String())
+		if strings.Contains(msg, "holding the xtables lock") || strings.Contains(msg, "Another app is currently holding") {
+			return cni.TryAgain("%s: %v (waited %v)", r.f.tool("-restore"), ErrLocked, LockWait)
+		}
+		return fmt.Errorf("%s --noflush: %w: %s\ninput:\n%s", r.f.tool("-restore"), err, msg, in)
+	}
+	if werr != nil {
+		return fmt.Errorf("%s --noflush: write input: %w", r.f.tool("-restore"), werr)
 	}
 	return nil
 }

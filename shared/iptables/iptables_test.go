@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -141,5 +142,56 @@ func TestApplyRefusesLineBreaks(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStartRestore: a process started ahead of its input runs in the
+// caller's netns (here the test's node, never the machine's), applies
+// exactly what Apply gives it, and one that is closed unused applies
+// nothing and can no longer be used.
+func TestStartRestore(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	err := node.Do(func() error {
+		if !Usable(IPv4) {
+			t.Skip("iptables not usable here")
+		}
+		r := StartRestore(IPv4)
+		b := NewBatch("filter")
+		b.Chain("CNIBOX-EARLY")
+		b.Rule("-A CNIBOX-EARLY -j ACCEPT")
+		if err := r.Apply(b); err != nil {
+			return err
+		}
+		r.Close() // a no-op after Apply
+		if err := r.Apply(b); err == nil {
+			t.Error("a Restore applied twice")
+		}
+
+		unused := StartRestore(IPv4)
+		unused.Close()
+		unused.Close()
+		late := NewBatch("filter")
+		late.Chain("CNIBOX-UNUSED")
+		if err := unused.Apply(late); err == nil {
+			t.Error("a closed Restore applied a batch")
+		}
+
+		saved, err := Save(IPv4, "filter")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(saved, "-A CNIBOX-EARLY -j ACCEPT") {
+			t.Errorf("the early process did not apply its batch in the node:\n%s", saved)
+		}
+		if strings.Contains(saved, "CNIBOX-UNUSED") {
+			t.Errorf("a closed process applied something:\n%s", saved)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("iptables-save", "-t", "filter").Output(); err == nil && strings.Contains(string(out), "CNIBOX-EARLY") {
+		t.Fatal("the early process wrote to the machine's own iptables")
 	}
 }
