@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
@@ -125,7 +126,13 @@ func DuplicateEnv(environ []string) string {
 // writes the error JSON to stdout, logs it to stderr and returns 1.
 func Run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer) int {
 	log := logging.New(a.Name, stderr)
+	start := time.Now()
 	req, result, err := run(a, getenv, stdin, stdout, stderr, log)
+	if req != nil {
+		// At debug level every invocation says how long it took: what an
+		// operator chasing slow pod starts needs first.
+		log.Debugf("%s took %v", req.Command, time.Since(start).Round(time.Microsecond))
+	}
 	if err != nil {
 		e := AsError(err)
 		if req != nil {
