@@ -244,15 +244,30 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	}
 	defer podNS.Close()
 
+	// The masquerade rules' iptables-restore starts now: its start-up
+	// overlaps with the link and IPAM work, and it gets its input once
+	// IPAM has given the addresses.
+	var masq *ipmasq.Ready
+	if c.IPMasq {
+		masq = ipmasq.Prestart(c.IPMasqBackend)
+		defer masq.Close() // after the undo below: that waits for Setup
+	}
+
 	// Anything that fails from here on undoes what was done, so that a
 	// failed ADD leaves neither a veth, an address nor a rule behind. IPAM
 	// is released first, while the pod's interface still exists (dhcp
 	// sends its DHCPRELEASE from it).
 	var ipamDone, spoofDone bool
 	var masqDone func() error
+	var early *earlyIPAM
 	defer func() {
 		if err == nil {
 			return
+		}
+		if early != nil {
+			// It may still be running: its reservation and rules must
+			// be undone too.
+			_, ipamDone, masqDone, _ = early.wait()
 		}
 		if ipamDone {
 			_ = delegate.Del(req, c.IPAM.Type)
@@ -274,6 +289,9 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		if _, err := delegate.Find(req, c.IPAM.Type); err != nil {
 			return nil, err
 		}
+		if delegate.Standalone(req, c.IPAM.Type) {
+			early = startIPAM(req, c, masq)
+		}
 	}
 	br, err := ensureBridge(c)
 	if err != nil {
@@ -290,22 +308,20 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	}
 
 	var ipamRes *current.Result
-	if c.IPAM.Type != "" {
-		if ipamRes, err = delegate.Add(req, c.IPAM.Type); err != nil {
-			return nil, err
+	switch {
+	case early != nil:
+		e := early
+		early = nil
+		var ipamErr error
+		if ipamRes, ipamDone, masqDone, ipamErr = e.wait(); ipamErr != nil {
+			return nil, ipamErr
 		}
-		ipamDone = true
-		if len(ipamRes.IPs) == 0 {
-			return nil, fmt.Errorf("bridge: IPAM plugin %q returned no addresses", c.IPAM.Type)
+	case c.IPAM.Type != "":
+		var ipamErr error
+		if ipamRes, ipamDone, ipamErr = ipamAdd(req, c); ipamErr != nil {
+			return nil, ipamErr
 		}
-		if c.IPMasq {
-			// The masquerade rules need only the addresses: make them
-			// while the pod is configured.
-			nets := ipmasq.Nets(ipamRes)
-			masqDone = ipmasq.InBackground(func() error {
-				return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets)
-			})
-		}
+		masqDone = c.startMasq(req, masq, ipamRes)
 	}
 
 	hostName := pair.Host.Attrs().Name
@@ -385,6 +401,60 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		result.Interfaces[0].Mac = l.Attrs().HardwareAddr.String()
 	}
 	return result, nil
+}
+
+// ipamAdd runs the IPAM plugin's ADD. reserved reports that it succeeded,
+// so that a later failure must release what it holds.
+func ipamAdd(req *cni.Request, c *Config) (res *current.Result, reserved bool, err error) {
+	res, err = delegate.Add(req, c.IPAM.Type)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(res.IPs) == 0 {
+		return nil, true, fmt.Errorf("bridge: IPAM plugin %q returned no addresses", c.IPAM.Type)
+	}
+	return res, true, nil
+}
+
+// startMasq makes the masquerade rules of ipMasq (masq, nil without it)
+// in the background: they need only the pod's addresses, so they are made
+// while the pod is configured. It returns the wait for them, or nil.
+func (c *Config) startMasq(req *cni.Request, masq *ipmasq.Ready, res *current.Result) (wait func() error) {
+	if masq == nil {
+		return nil
+	}
+	nets := ipmasq.Nets(res)
+	return ipmasq.InBackground(func() error { return masq.Setup(c.masqAttachment(req), nets) })
+}
+
+// earlyIPAM is an allocator's ADD, and the masquerade rules that follow
+// from its addresses, running while the bridge and veth are made:
+// host-local and static need nothing from the pod's interface, and
+// iptables-restore is the slowest step of an ADD, so starting it a few
+// milliseconds earlier takes that much off every pod start.
+type earlyIPAM struct {
+	done     chan struct{}
+	res      *current.Result
+	reserved bool
+	err      error
+	masq     func() error
+}
+
+func startIPAM(req *cni.Request, c *Config, masq *ipmasq.Ready) *earlyIPAM {
+	e := &earlyIPAM{done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		if e.res, e.reserved, e.err = ipamAdd(req, c); e.err == nil {
+			e.masq = c.startMasq(req, masq, e.res)
+		}
+	}()
+	return e
+}
+
+// wait returns what ipamAdd and startMasq returned, once IPAM is done.
+func (e *earlyIPAM) wait() (res *current.Result, reserved bool, masq func() error, err error) {
+	<-e.done
+	return e.res, e.reserved, e.masq, e.err
 }
 
 // gateways works out the gateway of every pod address (IPAM's, or the
@@ -663,11 +733,19 @@ func Del(req *cni.Request) error {
 		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
 	}
 	// IPAM first, while the pod's interface exists: dhcp releases the
-	// lease from it.
-	if c.IPAM.Type != "" {
-		errs = append(errs, delegate.Del(req, c.IPAM.Type))
+	// lease from it. host-local and static need no interface: they run
+	// while the veth is deleted (which waits for an RCU grace period).
+	ipamErr := make(chan error, 1)
+	switch {
+	case c.IPAM.Type == "":
+		ipamErr <- nil
+	case delegate.Standalone(req, c.IPAM.Type):
+		go func() { ipamErr <- delegate.Del(req, c.IPAM.Type) }()
+	default:
+		ipamErr <- delegate.Del(req, c.IPAM.Type)
 	}
 	errs = append(errs, veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns))
+	errs = append(errs, <-ipamErr)
 	if c.MacSpoofChk {
 		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
 	}

@@ -729,6 +729,23 @@ func TestIPAMExhausted(t *testing.T) {
 	e.assertClean("full")
 }
 
+// TestFailedAddUndoesEarlyIPAM: host-local runs, and the masquerade
+// rules are written, while the veth is made; when making the veth fails
+// (the pod already has an eth0) the ADD must still release the address
+// and remove the rules, however far they got.
+func TestFailedAddUndoesEarlyIPAM(t *testing.T) {
+	e := newEnv(t)
+	l := e.net("undo", "1.0.0", `"bridge":"cni-undo","isGateway":true,"ipMasq":true,"ipam":`+e.hostLocal("10.98.0.0/24", ""))
+	for i := 0; i < 5; i++ {
+		pod := e.Pod(t)
+		pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")
+		if _, err := e.Add(l.libcniList, e.Attach(pod, "eth0")); err == nil || !strings.Contains(err.Error(), "already exists") {
+			t.Fatalf("ADD into a pod that has an eth0: %v", err)
+		}
+		e.assertClean("undo")
+	}
+}
+
 // TestInteropWithReference: a node can switch between the reference
 // bridge and cnibox's in either direction: what one ADDed (veth, address
 // reservation, masquerade chain) the other CHECKs and DELs without a trace.

@@ -83,6 +83,13 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 		return nil, err
 	}
 	defer podNS.Close()
+	// The masquerade rules' iptables-restore starts now, so that its
+	// start-up overlaps with IPAM and the links.
+	var masq *ipmasq.Ready
+	if c.IPMasq {
+		masq = ipmasq.Prestart(c.IPMasqBackend)
+		defer masq.Close() // runs after the undo below, which waits for Setup
+	}
 
 	ipamRes, err := delegate.Add(req, c.IPAM.Type)
 	if err != nil {
@@ -112,7 +119,7 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 		// The masquerade rules need only the addresses: make them while
 		// the links are made.
 		nets := ipmasq.Nets(ipamRes)
-		masqDone = ipmasq.InBackground(func() error { return ipmasq.Setup(c.IPMasqBackend, c.masqAttachment(req), nets) })
+		masqDone = ipmasq.InBackground(func() error { return masq.Setup(c.masqAttachment(req), nets) })
 	}
 
 	pair, err := veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})

@@ -72,6 +72,19 @@ func Find(req *cni.Request, plugin string) (string, error) {
 	return path, nil
 }
 
+// Standalone reports whether plugin is one of cnibox's own allocators that
+// work from the configuration alone (host-local, static), run in-process.
+// Their ADD needs nothing from the pod's interface, so a main applet may
+// run it while it makes the interface; dhcp, or any plugin that is not
+// this binary, runs after the interface exists, as the spec's order has it.
+func Standalone(req *cni.Request, plugin string) bool {
+	if plugin != "host-local" && plugin != "static" {
+		return false
+	}
+	path, err := Find(req, plugin)
+	return err == nil && selfApplet(path) != nil
+}
+
 func run(req *cni.Request, cmd, plugin string) (types.Result, error) {
 	path, err := Find(req, plugin)
 	if err != nil {

@@ -75,14 +75,42 @@ func Usable(backend string) error {
 // subnet mask) to anything outside their subnet, except multicast.
 // Setting up the same attachment again replaces its rules.
 func Setup(backend string, a Attachment, ips []*net.IPNet) error {
+	return (&Ready{backend: backend}).Setup(a, ips)
+}
+
+// Ready is a Setup whose slow part was started before the pod's addresses
+// were known; see Prestart.
+type Ready struct {
+	backend string
+	v4      *iptables.Restore
+}
+
+// Prestart starts what Setup with the backend will need: for iptables,
+// the IPv4 iptables-restore process, whose start-up is most of Setup's
+// time and can overlap with the caller's link and IPAM work. The caller
+// must Close it (after Setup, that is a no-op).
+func Prestart(backend string) *Ready {
+	r := &Ready{backend: backend}
+	if backend != NFTables {
+		r.v4 = iptables.StartRestore(iptables.IPv4)
+	}
+	return r
+}
+
+// Setup is the package-level Setup through the prestarted process.
+func (r *Ready) Setup(a Attachment, ips []*net.IPNet) error {
+	defer r.Close() // an IPv6-only pod leaves the IPv4 process unused
 	if len(ips) == 0 {
 		return nil
 	}
-	if backend == NFTables {
+	if r.backend == NFTables {
 		return setupNFT(a, ips)
 	}
-	return setupIPT(a, ips)
+	return setupIPT(a, ips, r.v4)
 }
+
+// Close ends the prestarted process if Setup did not use it.
+func (r *Ready) Close() { r.v4.Close() }
 
 // Check verifies that the attachment's rules for ips are in place.
 func Check(backend string, a Attachment, ips []*net.IPNet) error {

@@ -65,7 +65,9 @@ func jumpsTo(line, chain string) bool {
 	return strings.HasSuffix(line, " -j "+chain) || strings.Contains(line, " -j "+chain+" ")
 }
 
-func setupIPT(a Attachment, ips []*net.IPNet) error {
+// setupIPT writes the rules, the IPv4 ones through v4 when the caller
+// started that process early (nil: start one now).
+func setupIPT(a Attachment, ips []*net.IPNet, v4 *iptables.Restore) error {
 	chain := ChainName(a.Network, a.ContainerID)
 	comment := strconv.Quote(Comment(a.Network, a.ContainerID))
 	byFamily := map[iptables.Family][]*net.IPNet{}
@@ -86,7 +88,11 @@ func setupIPT(a Attachment, ips []*net.IPNet) error {
 		for _, ipn := range ipns {
 			b.Rule("-A POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
 		}
-		if err := iptables.Apply(f, b); err != nil {
+		apply := func() error { return iptables.Apply(f, b) }
+		if f == iptables.IPv4 && v4 != nil {
+			apply = func() error { return v4.Apply(b) }
+		}
+		if err := apply(); err != nil {
 			return fmt.Errorf("ipMasq: %w", err)
 		}
 	}
