@@ -49,20 +49,27 @@ func (l *lease) result() (*current.Result, error) {
 	return resultFromACK(l.ack, l.conf.IPAM.Priority)
 }
 
+// minLease is the shortest lease the daemon keeps: a shorter one is
+// renewed as if it were this long (renewal after 2 s).
+const minLease = 4 * time.Second
+
 // times returns when to renew (T1), rebind (T2) and when the lease
 // expires, from the options of the last ACK (RFC 2131 4.4.5 defaults).
 func (l *lease) times() (t1, t2, expiry time.Time) {
 	l.mu.Lock()
 	ack, bound := l.ack, l.bound
 	l.mu.Unlock()
-	total := ack.IPAddressLeaseTime(time.Hour)
+	// A server may offer a lease of 0 or 1 s: without a floor the daemon
+	// would renew it in a tight loop. total/8*7 because total*7 overflows
+	// for the longest leases (0xffffffff s, "infinity").
+	total := max(ack.IPAddressLeaseTime(time.Hour), minLease)
 	r := ack.IPAddressRenewalTime(total / 2)
-	b := ack.IPAddressRebindingTime(total * 7 / 8)
+	b := ack.IPAddressRebindingTime(total / 8 * 7)
 	if b > total || b <= 0 {
-		b = total * 7 / 8
+		b = total / 8 * 7
 	}
 	if r > b || r <= 0 {
-		r = total / 2
+		r = min(total/2, b)
 	}
 	return bound.Add(r), bound.Add(b), bound.Add(total)
 }

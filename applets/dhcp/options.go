@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -206,9 +207,15 @@ func resultFromACK(ack *dhcpv4.DHCPv4, priority int) (*current.Result, error) {
 	if ip == nil || ip.IsUnspecified() {
 		return nil, fmt.Errorf("DHCPACK carries no address")
 	}
+	if !ip.IsGlobalUnicast() && !ip.IsLinkLocalUnicast() {
+		return nil, fmt.Errorf("DHCPACK offers %s, not a unicast address", ip)
+	}
 	mask := ack.SubnetMask()
 	if len(mask) != net.IPv4len {
 		return nil, fmt.Errorf("DHCPACK for %s carries no subnet mask (option 1)", ip)
+	}
+	if ones, _ := mask.Size(); !bytes.Equal(mask, net.CIDRMask(ones, 32)) {
+		return nil, fmt.Errorf("DHCPACK for %s carries a non-contiguous subnet mask %s (option 1)", ip, net.IP(mask))
 	}
 	res := &current.Result{IPs: []*current.IPConfig{{Address: net.IPNet{IP: ip, Mask: mask}}}}
 	var gw net.IP
@@ -219,7 +226,11 @@ func resultFromACK(ack *dhcpv4.DHCPv4, priority int) (*current.Result, error) {
 
 	if classless := ack.ClasslessStaticRoute(); len(classless) > 0 {
 		for _, r := range classless {
-			route := &types.Route{Dst: *r.Dest}
+			// RFC 3442 sends only the significant octets of the
+			// destination, whose bits past the prefix may be set: the
+			// kernel refuses such a route, so they are cleared.
+			dst := net.IPNet{IP: r.Dest.IP.Mask(r.Dest.Mask), Mask: r.Dest.Mask}
+			route := &types.Route{Dst: dst}
 			if r.Router.IsUnspecified() {
 				scope := scopeLink
 				route.Scope = &scope
@@ -242,11 +253,36 @@ func resultFromACK(ack *dhcpv4.DHCPv4, priority int) (*current.Result, error) {
 	for _, s := range ack.DNS() {
 		res.DNS.Nameservers = append(res.DNS.Nameservers, s.String())
 	}
-	res.DNS.Domain = ack.DomainName()
+	// Names end up in resolv.conf: one with a space or a line break could
+	// add a nameserver of the server's choosing there, so such names are
+	// dropped.
+	if name := ack.DomainName(); dnsName(name) {
+		res.DNS.Domain = name
+	}
 	if labels := ack.DomainSearch(); labels != nil {
-		res.DNS.Search = labels.Labels
+		for _, name := range labels.Labels {
+			if dnsName(name) {
+				res.DNS.Search = append(res.DNS.Search, name)
+			}
+		}
 	}
 	return res, nil
+}
+
+// dnsName says whether s is a domain name fit for resolv.conf: 1 to 253
+// letters, digits, '-', '_' and '.'.
+func dnsName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // staticRoutes decodes option 33: pairs of (destination, router) with

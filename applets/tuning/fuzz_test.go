@@ -3,6 +3,7 @@ package tuning
 import (
 	"errors"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -51,6 +52,42 @@ func FuzzLoad(f *testing.F) {
 			if !errors.As(err, &e) || e.Code == 0 || e.Code == cni.ErrInternal {
 				t.Fatalf("refusal is not a CNI config error: %#v", err)
 			}
+		}
+	})
+}
+
+// FuzzAllowlist: an allowlist file either fails to parse (and then tuning
+// refuses every sysctl: fail closed) or yields one regex per non-blank
+// line, none skipped, and a key is allowed exactly when one of those lines
+// matches it.
+func FuzzAllowlist(f *testing.F) {
+	f.Add([]byte("^net\\.core\\.somaxconn$\n\n  ^net\\.ipv4\\.conf\\.[^.]+\\.arp_notify$  \r\n"), "net.core.somaxconn")
+	f.Add([]byte("net.ipv4.(\n"), "net.ipv4.ip_forward")
+	f.Add([]byte(" \t\r\n\v\n"), "net.ipv4.ip_forward")
+	f.Add([]byte("a\x00b\n[[:alpha:]]+"), "net")
+	f.Fuzz(func(t *testing.T, data []byte, key string) {
+		res, err := parseAllowlist(data)
+		if err != nil {
+			return
+		}
+		var lines []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				lines = append(lines, l)
+			}
+		}
+		if len(res) != len(lines) {
+			t.Fatalf("%d regexes from %d lines %q", len(res), len(lines), lines)
+		}
+		want := false
+		for i, l := range lines {
+			if res[i].String() != l {
+				t.Fatalf("line %d is %q, compiled %q", i+1, l, res[i])
+			}
+			want = want || regexp.MustCompile(l).MatchString(key)
+		}
+		if got := allowed(key, res); got != want {
+			t.Fatalf("allowed(%q) = %v, want %v", key, got, want)
 		}
 	})
 }

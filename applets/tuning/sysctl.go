@@ -128,6 +128,15 @@ func readAllowlist(path string) ([]*regexp.Regexp, error) {
 		}
 		return nil, fmt.Errorf("sysctl allowlist: %w", err)
 	}
+	out, err := parseAllowlist(data)
+	if err != nil {
+		return nil, fmt.Errorf("sysctl allowlist %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// parseAllowlist compiles an allowlist's lines; blank lines are skipped.
+func parseAllowlist(data []byte) ([]*regexp.Regexp, error) {
 	var out []*regexp.Regexp
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
@@ -137,7 +146,7 @@ func readAllowlist(path string) ([]*regexp.Regexp, error) {
 		}
 		re, err := regexp.Compile(line)
 		if err != nil {
-			return nil, fmt.Errorf("sysctl allowlist %s: line %d: %v", path, n, err)
+			return nil, fmt.Errorf("line %d: %v", n, err)
 		}
 		out = append(out, re)
 	}
