@@ -24,9 +24,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
+	"unicode"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
@@ -299,6 +302,11 @@ func load(req *cni.Request, needPrev bool) (*attachment, *current.Result, error)
 			return nil, nil, cni.ConfigError("ingressPolicy: %q needs the bridge as prevResult.interfaces[0]: chain firewall after bridge", a.Policy)
 		}
 		a.Bridge = prev.Interfaces[0].Name
+		// The name goes into iptables rules as an argument and into
+		// nftables as IFNAMSIZ bytes: it must be an interface name.
+		if e := utils.ValidateInterfaceName(a.Bridge); e != nil || strings.ContainsFunc(a.Bridge, unicode.IsControl) {
+			return nil, nil, cni.ConfigError("prevResult.interfaces[0].name: %q is not an interface name (1-15 characters, no '/', ':', space or control character)", a.Bridge)
+		}
 	}
 	return a, prev, nil
 }

@@ -5,7 +5,9 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unicode"
 
+	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
@@ -372,6 +374,12 @@ func parseConditions(conds []string, v6 bool) ([]expr.Any, error) {
 				return nil, fmt.Errorf("%s needs an interface name", toks[0])
 			}
 			name := strings.Trim(toks[1], `"`)
+			// The kernel compares IFNAMSIZ bytes: a longer name would be
+			// cut into another one, and nft's "eth*" prefix match is not
+			// what a literal compare does.
+			if e := utils.ValidateInterfaceName(name); e != nil || strings.ContainsFunc(name, func(r rune) bool { return r == '*' || unicode.IsControl(r) }) {
+				return nil, fmt.Errorf("%s %q is not an interface name (1-15 characters, no '/', ':', space, control character or wildcard)", toks[0], toks[1])
+			}
 			if toks[0] == "iifname" {
 				out = append(out, nft.IIfName(name, neg)...)
 			} else {

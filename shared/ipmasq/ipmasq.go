@@ -139,11 +139,25 @@ func GC(network string, valid map[cni.Attachment]bool) error {
 }
 
 // Nets are a result's addresses with their subnet masks: what Setup,
-// Check and Teardown take.
+// Check and Teardown take. IPv4 addresses come with 4-byte masks: an
+// IPv4-mapped IPv6 address ("::ffff:10.0.0.2/120") is taken as the IPv4
+// address it maps with its prefix less 96 bits, and left out when that
+// prefix is shorter than /96, as it then names no IPv4 subnet (its rules
+// would compare an IPv4 address with an IPv6 mask).
 func Nets(res *current.Result) []*net.IPNet {
 	var out []*net.IPNet
 	for _, ipc := range res.IPs {
 		a := ipc.Address
+		if v4 := a.IP.To4(); v4 != nil {
+			ones, bits := a.Mask.Size()
+			if bits == 8*net.IPv6len {
+				ones -= 96
+			}
+			if bits == 0 || ones < 0 {
+				continue
+			}
+			a = net.IPNet{IP: v4, Mask: net.CIDRMask(ones, 32)}
+		}
 		out = append(out, &a)
 	}
 	return out

@@ -68,12 +68,27 @@ func jumpsTo(line, chain string) bool {
 // setupIPT writes the rules, the IPv4 ones through v4 when the caller
 // started that process early (nil: start one now).
 func setupIPT(a Attachment, ips []*net.IPNet, v4 *iptables.Restore) error {
+	for f, b := range setupBatches(a, ips) {
+		apply := func() error { return iptables.Apply(f, b) }
+		if f == iptables.IPv4 && v4 != nil {
+			apply = func() error { return v4.Apply(b) }
+		}
+		if err := apply(); err != nil {
+			return fmt.Errorf("ipMasq: %w", err)
+		}
+	}
+	return nil
+}
+
+// setupBatches are the nat batches of setupIPT, by family.
+func setupBatches(a Attachment, ips []*net.IPNet) map[iptables.Family]*iptables.Batch {
 	chain := ChainName(a.Network, a.ContainerID)
 	comment := strconv.Quote(Comment(a.Network, a.ContainerID))
 	byFamily := map[iptables.Family][]*net.IPNet{}
 	for _, ipn := range ips {
 		byFamily[family(ipn.IP)] = append(byFamily[family(ipn.IP)], ipn)
 	}
+	out := map[iptables.Family]*iptables.Batch{}
 	for f, ipns := range byFamily {
 		// No iptables-save first: a new attachment has no rules, and the
 		// chain is declared (so emptied) anyway. Only the jumps from
@@ -88,15 +103,9 @@ func setupIPT(a Attachment, ips []*net.IPNet, v4 *iptables.Restore) error {
 		for _, ipn := range ipns {
 			b.Rule("-A POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
 		}
-		apply := func() error { return iptables.Apply(f, b) }
-		if f == iptables.IPv4 && v4 != nil {
-			apply = func() error { return v4.Apply(b) }
-		}
-		if err := apply(); err != nil {
-			return fmt.Errorf("ipMasq: %w", err)
-		}
+		out[f] = b
 	}
-	return nil
+	return out
 }
 
 func checkIPT(a Attachment, ips []*net.IPNet) error {
