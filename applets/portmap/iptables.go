@@ -33,7 +33,8 @@ const (
 	topJump      = "-m addrtype --dst-type LOCAL -j " + dnatChain
 	masqJump     = `-m comment --comment "CNI portfwd requiring masquerade" -j ` + masqChain
 	guardJump    = "-j " + guardChain
-	guardRule    = `-d 127.0.0.0/8 ! -i lo -m comment --comment "cnibox portmap: drop martians to 127.0.0.0/8 that route_localnet lets in" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`
+	guardComment = "cnibox portmap: drop martians to 127.0.0.0/8 that route_localnet lets in"
+	guardRule    = `-d 127.0.0.0/8 ! -i lo -m comment --comment "` + guardComment + `" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`
 	setMarkFmt   = `-m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark %#x/%#x`
 	masqRuleFmt  = "-m mark --mark %#x/%#x -j MASQUERADE"
 	maxMultiport = 15
@@ -112,17 +113,34 @@ func (iptBackend) add(a *attachment) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d, err := loadForAdd(a, f)
+			nat, filter, err := planAddIn(a, f)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			nat, filter := planAdd(d, a, f)
 			errs[i] = iptables.Apply(f, nat, filter)
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// planAddIn reads the family's chains and plans ADD's batches: over
+// netlink when iptables is iptables-nft and every rule read is recognized,
+// else by listing the chains with iptables.
+func planAddIn(a *attachment, f iptables.Family) (nat, filter *iptables.Batch, err error) {
+	if iptables.NFT(f) {
+		if s, ok := stateOfNFT(a, f); ok {
+			nat, filter = planFrom(s, a, f)
+			return nat, filter, nil
+		}
+	}
+	d, err := loadForAdd(a, f)
+	if err != nil {
+		return nil, nil, err
+	}
+	nat, filter = planAdd(d, a, f)
+	return nat, filter, nil
 }
 
 // loadForAdd reads the chains ADD looks at (never the whole table: on a
@@ -136,10 +154,10 @@ func loadForAdd(a *attachment, f iptables.Family) (iptables.Dump, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d["filter"], filterErr = iptables.LoadChains(f, "filter", "INPUT", guardChain)
+			d["filter"], filterErr = iptables.LoadChains(f, "filter", filterChains...)
 		}()
 	}
-	nt, err := iptables.LoadChains(f, "nat", "PREROUTING", "OUTPUT", "POSTROUTING", dnatChain, setMarkChain, masqChain)
+	nt, err := iptables.LoadChains(f, "nat", natChains...)
 	wg.Wait()
 	if err != nil {
 		return nil, err
@@ -155,45 +173,88 @@ func loadForAdd(a *attachment, f iptables.Family) (iptables.Dump, error) {
 // brings the dump d to the attachment's rules, whatever part of them
 // already exists (a repeated ADD replaces the pod's rules).
 func planAdd(d iptables.Dump, a *attachment, f iptables.Family) (nat, filter *iptables.Batch) {
+	return planFrom(stateOfDump(d, a, f), a, f)
+}
+
+// addState is what ADD needs to know of one family's chains: which of the
+// shared chains, rules and jumps exist, and the pod's stale entry rules.
+type addState struct {
+	setMarkChain, setMarkRule             bool
+	masqChain, masqRule, postroutingJump  bool
+	dnatChain, preroutingJump, outputJump bool
+	// stale are the rules of CNI-HOSTPORT-DNAT (as iptables -S prints
+	// them) that jump to the pod's chain: a repeated ADD replaces them.
+	stale                            []string
+	guardChain, guardRule, inputJump bool
+}
+
+// stateOfDump reads the addState from the listed chains.
+func stateOfDump(d iptables.Dump, a *attachment, f iptables.Family) addState {
+	var s addState
 	nt := d["nat"]
+	if a.snat && a.markJump == setMarkChain {
+		mark := uint32(1) << a.markBit
+		s.setMarkChain = nt.HasChain(setMarkChain)
+		s.setMarkRule = slices.Contains(nt.Rules(setMarkChain), fmt.Sprintf(setMarkFmt, mark, mark))
+		s.masqChain = nt.HasChain(masqChain)
+		s.masqRule = slices.Contains(nt.Rules(masqChain), fmt.Sprintf(masqRuleFmt, mark, mark))
+		s.postroutingJump = jumpsTo(nt.Rules("POSTROUTING"), masqChain)
+	}
+	s.dnatChain = nt.HasChain(dnatChain)
+	s.preroutingJump = jumpsTo(nt.Rules("PREROUTING"), dnatChain)
+	s.outputJump = jumpsTo(nt.Rules("OUTPUT"), dnatChain)
+	chain := dnChain(a.net, a.id)
+	for _, r := range nt.Rules(dnatChain) {
+		if iptables.Jumps(r, chain) {
+			s.stale = append(s.stale, r)
+		}
+	}
+	if f == iptables.IPv4 && a.snat {
+		ft := d["filter"]
+		s.guardChain = ft.HasChain(guardChain)
+		s.guardRule = slices.Contains(ft.Rules(guardChain), guardRule)
+		s.inputJump = jumpsTo(ft.Rules("INPUT"), guardChain)
+	}
+	return s
+}
+
+// planFrom computes ADD's batches from the state of the chains.
+func planFrom(s addState, a *attachment, f iptables.Family) (nat, filter *iptables.Batch) {
 	nat = iptables.NewBatch("nat")
 	if a.snat && a.markJump == setMarkChain {
 		mark := uint32(1) << a.markBit
-		rule := fmt.Sprintf(setMarkFmt, mark, mark)
-		if !nt.HasChain(setMarkChain) {
+		if !s.setMarkChain {
 			nat.Chain(setMarkChain)
 		}
-		if !slices.Contains(nt.Rules(setMarkChain), rule) {
-			nat.Rule("-A %s %s", setMarkChain, rule)
+		if !s.setMarkRule {
+			nat.Rule("-A %s %s", setMarkChain, fmt.Sprintf(setMarkFmt, mark, mark))
 		}
-		rule = fmt.Sprintf(masqRuleFmt, mark, mark)
-		if !nt.HasChain(masqChain) {
+		if !s.masqChain {
 			nat.Chain(masqChain)
 		}
-		if !slices.Contains(nt.Rules(masqChain), rule) {
-			nat.Rule("-A %s %s", masqChain, rule)
+		if !s.masqRule {
+			nat.Rule("-A %s %s", masqChain, fmt.Sprintf(masqRuleFmt, mark, mark))
 		}
 		// Prepended, as the reference does: bridge's and ptp's own
 		// masquerade rules must not see these connections first.
-		if !jumpsTo(nt.Rules("POSTROUTING"), masqChain) {
+		if !s.postroutingJump {
 			nat.Rule("-I POSTROUTING 1 %s", masqJump)
 		}
 	}
-	if !nt.HasChain(dnatChain) {
+	if !s.dnatChain {
 		nat.Chain(dnatChain)
 	}
 	// Appended, never prepended (CVE-2019-9946): a host firewall's rules
 	// in PREROUTING and OUTPUT come first.
-	for _, c := range []string{"PREROUTING", "OUTPUT"} {
-		if !jumpsTo(nt.Rules(c), dnatChain) {
-			nat.Rule("-A %s %s", c, topJump)
-		}
+	if !s.preroutingJump {
+		nat.Rule("-A %s %s", "PREROUTING", topJump)
+	}
+	if !s.outputJump {
+		nat.Rule("-A %s %s", "OUTPUT", topJump)
 	}
 	chain := dnChain(a.net, a.id)
-	for _, r := range nt.Rules(dnatChain) {
-		if iptables.Jumps(r, chain) {
-			nat.Rule("-D %s %s", dnatChain, r)
-		}
+	for _, r := range s.stale {
+		nat.Rule("-D %s %s", dnatChain, r)
 	}
 	nat.Chain(chain) // created, or flushed when it exists
 	for _, r := range dnRules(a, f) {
@@ -204,16 +265,15 @@ func planAdd(d iptables.Dump, a *attachment, f iptables.Family) (nat, filter *ip
 	}
 
 	if f == iptables.IPv4 && a.snat {
-		ft := d["filter"]
 		filter = iptables.NewBatch("filter")
-		if !ft.HasChain(guardChain) {
+		if !s.guardChain {
 			filter.Chain(guardChain)
 		}
-		if !slices.Contains(ft.Rules(guardChain), guardRule) {
+		if !s.guardRule {
 			filter.Rule("-A %s %s", guardChain, guardRule)
 		}
 		// First in INPUT: it only drops what must never be accepted.
-		if !jumpsTo(ft.Rules("INPUT"), guardChain) {
+		if !s.inputJump {
 			filter.Rule("-I INPUT 1 %s", guardJump)
 		}
 	}
@@ -432,6 +492,9 @@ func (iptBackend) remove(known []string, pick func(*iptables.Table) []string) er
 func removeIn(f iptables.Family, known []string, pick func(*iptables.Table) []string) (loadErr, err error) {
 	entries := []string{dnatChain, oldSNATChain}
 	chains := known
+	if pick == nil && iptables.NFT(f) && nothingToRemove(f, entries, chains) {
+		return nil, nil
+	}
 	if pick != nil {
 		t, err := iptables.LoadChains(f, "nat", entries...)
 		if err != nil {

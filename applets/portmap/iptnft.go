@@ -1,0 +1,237 @@
+package portmap
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+
+	"github.com/cnibox/cnibox/shared/iptables"
+)
+
+// With iptables-nft, ADD and DEL read the chains over netlink (one
+// process fewer per chain) when they can positively recognize every rule
+// they look at; anything else (legacy iptables, a rule of unknown shape,
+// a chain iptables could not list, a repeated ADD whose old entry rules
+// must be deleted by their text) takes the "iptables -S" path. The state
+// read either way is the same addState, so the batch is the same.
+
+// natChains and filterChains are the chains ADD reads.
+var (
+	natChains    = []string{"PREROUTING", "OUTPUT", "POSTROUTING", dnatChain, setMarkChain, masqChain}
+	filterChains = []string{"INPUT", guardChain}
+)
+
+// stateOfNFT reads the addState over netlink; ok is false when any part
+// of it is not positively known.
+func stateOfNFT(a *attachment, f iptables.Family) (s addState, ok bool) {
+	nt, err := iptables.ReadNFT(f, "nat", natChains...)
+	if err != nil {
+		return s, false
+	}
+	var ft *iptables.NFTTable
+	if f == iptables.IPv4 && a.snat {
+		if ft, err = iptables.ReadNFT(f, "filter", filterChains...); err != nil {
+			return s, false
+		}
+	}
+	return stateFromNFT(nt, ft, a, f)
+}
+
+// stateFromNFT is stateOfDump for tables read over netlink.
+func stateFromNFT(nt, ft *iptables.NFTTable, a *attachment, f iptables.Family) (s addState, ok bool) {
+	ok = true
+	know := func(v, known bool) bool {
+		ok = ok && known
+		return v
+	}
+	if a.snat && a.markJump == setMarkChain {
+		mark := uint32(1) << a.markBit
+		s.setMarkChain = nt.Chain(setMarkChain) != nil
+		s.setMarkRule = know(hasRule(nt.Chain(setMarkChain), f, fmt.Sprintf(setMarkFmt, mark, mark)))
+		s.masqChain = nt.Chain(masqChain) != nil
+		s.masqRule = know(hasRule(nt.Chain(masqChain), f, fmt.Sprintf(masqRuleFmt, mark, mark)))
+		s.postroutingJump = know(nt.Chain("POSTROUTING").JumpsTo(masqChain))
+	}
+	s.dnatChain = nt.Chain(dnatChain) != nil
+	s.preroutingJump = know(nt.Chain("PREROUTING").JumpsTo(dnatChain))
+	s.outputJump = know(nt.Chain("OUTPUT").JumpsTo(dnatChain))
+	// A repeated ADD deletes its old entry rules by their text, which
+	// only iptables prints: that is the slow path's job.
+	if stale := know(nt.Chain(dnatChain).JumpsTo(dnChain(a.net, a.id))); stale {
+		return s, false
+	}
+	if f == iptables.IPv4 && a.snat {
+		s.guardChain = ft.Chain(guardChain) != nil
+		s.guardRule = know(hasRule(ft.Chain(guardChain), f, guardRule))
+		s.inputJump = know(ft.Chain("INPUT").JumpsTo(guardChain))
+	}
+	return s, ok
+}
+
+// hasRule reports whether the chain has a rule that iptables -S prints as
+// want. known is false unless every rule of the chain is one of the shapes
+// render knows (so the answer "no" is certain too).
+func hasRule(c *iptables.NFTChain, f iptables.Family, want string) (has, known bool) {
+	if c == nil {
+		return false, true
+	}
+	if !c.Compatible {
+		return false, false
+	}
+	for _, r := range c.Rules {
+		text, ok := render(r, f)
+		if !ok {
+			return false, false
+		}
+		has = has || text == want
+	}
+	return has, true
+}
+
+// render prints the rules of the shared chains (SETMARK, MASQ, GUARD) as
+// iptables -S does, for the exact shapes iptables-nft 1.8 writes them in;
+// ok is false for anything else.
+func render(r iptables.NFTRule, f iptables.Family) (text string, ok bool) {
+	if r.Userdata {
+		return "", false
+	}
+	e := r.Exprs
+	// -m comment --comment C -j MARK --set-xmark V/M
+	if n := len(e); n >= 1 && n <= 2 && len(r.Comments) == n-1 {
+		t, isTarget := e[n-1].(*expr.Target)
+		if isTarget && t.Name == "MARK" && t.Rev == 2 {
+			raw, isRaw := t.Info.(*xt.Unknown)
+			if !isRaw || len(*raw) != 8 {
+				return "", false
+			}
+			text = fmt.Sprintf("-j MARK --set-xmark %#x/%#x", binary.NativeEndian.Uint32((*raw)[0:4]), binary.NativeEndian.Uint32((*raw)[4:8]))
+			if n == 2 {
+				if m, isMatch := e[0].(*expr.Match); !isMatch || m.Name != "comment" {
+					return "", false
+				}
+				text = "-m comment --comment " + iptables.SaveString(r.Comments[0]) + " " + text
+			}
+			return text, true
+		}
+	}
+	// -m mark --mark V/M -j MASQUERADE
+	if len(e) == 4 && len(r.Comments) == 0 {
+		meta, ok1 := e[0].(*expr.Meta)
+		bw, ok2 := e[1].(*expr.Bitwise)
+		cmp, ok3 := e[2].(*expr.Cmp)
+		t, ok4 := e[3].(*expr.Target)
+		if ok1 && ok2 && ok3 && ok4 && meta.Key == expr.MetaKeyMARK && !meta.SourceRegister &&
+			bw.SourceRegister == meta.Register && bw.DestRegister == meta.Register && bw.Len == 4 &&
+			len(bw.Mask) == 4 && slices.Equal(bw.Xor, []byte{0, 0, 0, 0}) &&
+			cmp.Op == expr.CmpOpEq && cmp.Register == meta.Register && len(cmp.Data) == 4 &&
+			t.Name == "MASQUERADE" && t.Rev == 0 && plainMasquerade(t.Info) {
+			mask := binary.NativeEndian.Uint32(bw.Mask)
+			if mask == 0xffffffff {
+				return "", false // printed without the mask
+			}
+			return fmt.Sprintf("-m mark --mark %#x/%#x -j MASQUERADE", binary.NativeEndian.Uint32(cmp.Data), mask), true
+		}
+		return "", false
+	}
+	// The martian guard, exactly.
+	if f == iptables.IPv4 && len(e) == 7 && slices.Equal(r.Comments, []string{guardComment}) {
+		meta, ok1 := e[0].(*expr.Meta)
+		ifc, ok2 := e[1].(*expr.Cmp)
+		pl, ok3 := e[2].(*expr.Payload)
+		dst, ok4 := e[3].(*expr.Cmp)
+		cm, ok5 := e[4].(*expr.Match)
+		ct, ok6 := e[5].(*expr.Match)
+		v, ok7 := e[6].(*expr.Verdict)
+		if ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7 &&
+			meta.Key == expr.MetaKeyIIFNAME && ifc.Register == meta.Register && ifc.Op == expr.CmpOpNeq && string(ifc.Data) == "lo\x00" &&
+			pl.Base == expr.PayloadBaseNetworkHeader && pl.Offset == 16 && pl.Len == 1 &&
+			dst.Register == pl.DestRegister && dst.Op == expr.CmpOpEq && slices.Equal(dst.Data, []byte{127}) &&
+			cm.Name == "comment" && ct.Name == "conntrack" && ct.Rev == 3 && guardConntrack(ct.Info) &&
+			v.Kind == expr.VerdictDrop {
+			return guardRule, true
+		}
+	}
+	return "", false
+}
+
+// plainMasquerade reports whether a MASQUERADE target has no options.
+func plainMasquerade(info xt.InfoAny) bool {
+	switch x := info.(type) {
+	case *xt.NatIPv4MultiRangeCompat:
+		if len(*x) != 1 {
+			return false
+		}
+		r := (*x)[0]
+		return r.Flags == 0 && (len(r.MinIP) == 0 || r.MinIP.IsUnspecified()) &&
+			(len(r.MaxIP) == 0 || r.MaxIP.IsUnspecified()) && r.MinPort == 0 && r.MaxPort == 0
+	case *xt.Unknown:
+		for _, b := range *x {
+			if b != 0 {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// The conntrack match state bits (linux/netfilter/xt_conntrack.h).
+const (
+	ctMatchState   = 1 << 0
+	ctStateEst     = 1 << (1 + 0) // IP_CT_ESTABLISHED
+	ctStateRelated = 1 << (1 + 1) // IP_CT_RELATED
+	ctStateDNAT    = 1 << (5 + 2) // IP_CT_NUMBER + 2
+)
+
+// guardConntrack reports whether the match is exactly
+// "! --ctstate RELATED,ESTABLISHED,DNAT".
+func guardConntrack(info xt.InfoAny) bool {
+	c, ok := info.(*xt.ConntrackMtinfo3)
+	if !ok {
+		return false
+	}
+	want := xt.ConntrackMtinfo3{}
+	want.MatchFlags = ctMatchState
+	want.InvertFlags = ctMatchState
+	want.StateMask = ctStateEst | ctStateRelated | ctStateDNAT
+	got := *c
+	// Addresses and masks decode as zero-length or zero IPs alike.
+	for _, p := range []*[]byte{
+		(*[]byte)(&got.OrigSrcAddr), (*[]byte)(&got.OrigSrcMask), (*[]byte)(&got.OrigDstAddr), (*[]byte)(&got.OrigDstMask),
+		(*[]byte)(&got.ReplSrcAddr), (*[]byte)(&got.ReplSrcMask), (*[]byte)(&got.ReplDstAddr), (*[]byte)(&got.ReplDstMask),
+	} {
+		for _, b := range *p {
+			if b != 0 {
+				return false
+			}
+		}
+		*p = nil
+	}
+	return fmt.Sprint(got) == fmt.Sprint(want)
+}
+
+// nothingToRemove reports, over netlink, that none of chains exists and no
+// rule of the entry chains jumps to one: a repeated DEL, or a DEL after
+// GC, runs no process. false when unsure.
+func nothingToRemove(f iptables.Family, entries, chains []string) bool {
+	nt, err := iptables.ReadNFT(f, "nat", append(slices.Clip(entries), chains...)...)
+	if err != nil {
+		return false
+	}
+	for _, c := range chains {
+		if nt.Chain(c) != nil {
+			return false
+		}
+	}
+	for _, e := range entries {
+		for _, c := range chains {
+			if jumps, known := nt.Chain(e).JumpsTo(c); jumps || !known {
+				return false
+			}
+		}
+	}
+	return true
+}

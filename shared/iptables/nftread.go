@@ -1,0 +1,435 @@
+package iptables
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// iptables-nft keeps its tables as ordinary nftables tables (family ip or
+// ip6, the iptables table and chain names), so with that variant the
+// chains an applet looks at can be read in process over netlink instead of
+// one "iptables -S" process per chain (~2-3 ms of CPU each). The reader
+// here only reports what it can decode with certainty; an applet that
+// cannot positively recognize what it reads falls back to the iptables
+// listing, never guesses.
+
+// NFT reports whether the family's iptables and iptables-restore in PATH
+// are the nf_tables variant (xtables-nft-multi), found by following their
+// symlinks, without running them. Unsure (not found, a wrapper script,
+// legacy) is false.
+func NFT(f Family) bool {
+	if f == IPv6 {
+		return nft6()
+	}
+	return nft4()
+}
+
+var (
+	nft4 = sync.OnceValue(func() bool { return NFTIn(os.Getenv("PATH"), IPv4) })
+	nft6 = sync.OnceValue(func() bool { return NFTIn(os.Getenv("PATH"), IPv6) })
+)
+
+// NFTIn is NFT for a given PATH.
+func NFTIn(path string, f Family) bool {
+	for _, tool := range []string{f.tool(""), f.tool("-restore")} {
+		found := ""
+		for _, dir := range filepath.SplitList(path) {
+			if dir == "" {
+				dir = "."
+			}
+			p := filepath.Join(dir, tool)
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+				found = p
+				break
+			}
+		}
+		if found == "" {
+			return false
+		}
+		real, err := filepath.EvalSymlinks(found)
+		if err != nil || filepath.Base(real) != "xtables-nft-multi" {
+			return false
+		}
+	}
+	return true
+}
+
+// NFTTable is what ReadNFT read of one iptables-nft table.
+type NFTTable struct {
+	Name   string
+	chains map[string]*NFTChain
+}
+
+// Chain returns the named chain, nil when it does not exist.
+func (t *NFTTable) Chain(name string) *NFTChain {
+	if t == nil {
+		return nil
+	}
+	return t.chains[name]
+}
+
+// NFTChain is one chain as read over netlink.
+type NFTChain struct {
+	Name string
+	// Compatible says iptables-nft could list the chain: a built-in chain
+	// has its standard hook, priority and type, a user chain is no base
+	// chain, and every rule is Compatible. Only then do its rules say
+	// what "iptables -S" would print.
+	Compatible bool
+	Rules      []NFTRule
+}
+
+// JumpsTo reports whether a rule of the chain jumps or goes to target,
+// what Jumps says of the "iptables -S" text of its rules. known is false
+// when the chain is not Compatible. A nil chain (absent) has no rules.
+func (c *NFTChain) JumpsTo(target string) (jumps, known bool) {
+	if c == nil {
+		return false, true
+	}
+	if !c.Compatible {
+		return false, false
+	}
+	for _, r := range c.Rules {
+		if r.Target == target {
+			return true, true
+		}
+	}
+	return false, true
+}
+
+// NFTRule is one rule of an NFTChain.
+type NFTRule struct {
+	Handle uint64
+	// Exprs are the rule's expressions without its counter (every rule
+	// iptables-nft writes has one; iptables -S does not print it).
+	Exprs []expr.Any
+	// Target is the chain the rule jumps or goes to ("" if none): the
+	// final verdict, which iptables prints last as -j/-g CHAIN.
+	Target string
+	// Comments are the texts of the rule's -m comment matches, in order.
+	Comments []string
+	// Userdata says the rule carries a comment in its userdata (as nft(8)
+	// writes it) rather than as an xtables match.
+	Userdata bool
+	// Compatible says every expression is of a kind iptables-nft writes
+	// and reads back (xtables matches and targets, the payload, meta,
+	// cmp and bitwise forms of its native matches, counter, verdict).
+	Compatible bool
+}
+
+// ReadNFT reads the named chains of an iptables-nft table over netlink, in
+// the calling thread's network namespace. Chains that do not exist (or a
+// table that does not exist) are absent from the result.
+func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: open netlink: %w", err)
+	}
+	defer conn.Close()
+	fam := byte(unix.NFPROTO_IPV4)
+	if f == IPv6 {
+		fam = unix.NFPROTO_IPV6
+	}
+	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}}
+	for _, name := range chains {
+		if t.chains[name] != nil {
+			continue
+		}
+		c, err := readChain(conn, fam, table, name)
+		if err != nil {
+			return nil, fmt.Errorf("nftables: read %s %s %s: %w", f.Name(), table, name, err)
+		}
+		if c != nil {
+			t.chains[name] = c
+		}
+	}
+	return t, nil
+}
+
+func request(msgType int, flags netlink.HeaderFlags, fam byte, attrs []netlink.Attribute) (netlink.Message, error) {
+	ae := netlink.NewAttributeEncoder()
+	for _, a := range attrs {
+		ae.Bytes(a.Type, a.Data)
+	}
+	b, err := ae.Encode()
+	if err != nil {
+		return netlink.Message{}, err
+	}
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType), Flags: netlink.Request | flags},
+		// struct nfgenmsg: family, version, resource id.
+		Data: append([]byte{fam, unix.NFNETLINK_V0, 0, 0}, b...),
+	}, nil
+}
+
+// builtin are the standard base chains of the tables iptables-nft makes:
+// hook number and priority.
+var builtin = map[string]map[string][2]int32{
+	"nat": {
+		"PREROUTING": {unix.NF_INET_PRE_ROUTING, -100}, "INPUT": {unix.NF_INET_LOCAL_IN, 100},
+		"OUTPUT": {unix.NF_INET_LOCAL_OUT, -100}, "POSTROUTING": {unix.NF_INET_POST_ROUTING, 100},
+	},
+	"filter": {
+		"INPUT": {unix.NF_INET_LOCAL_IN, 0}, "FORWARD": {unix.NF_INET_FORWARD, 0}, "OUTPUT": {unix.NF_INET_LOCAL_OUT, 0},
+	},
+}
+
+// readChain reads one chain and its rules; nil when it does not exist.
+func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, error) {
+	attrs := []netlink.Attribute{
+		{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")},
+		{Type: unix.NFTA_CHAIN_NAME, Data: []byte(name + "\x00")},
+	}
+	req, err := request(unix.NFT_MSG_GETCHAIN, 0, fam, attrs)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := conn.Execute(req)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil // no such chain or table
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(msgs) != 1 {
+		return nil, fmt.Errorf("get chain: %d answers", len(msgs))
+	}
+	base, hook, prio, typ, err := parseChain(msgs[0].Data)
+	if err != nil {
+		return nil, err
+	}
+	c := &NFTChain{Name: name}
+	if std, ok := builtin[table][name]; ok {
+		wantType := table
+		c.Compatible = base && int32(hook) == std[0] && prio == std[1] && typ == wantType
+	} else {
+		c.Compatible = !base && builtin[table] != nil
+	}
+
+	req, err = request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")},
+		{Type: unix.NFTA_RULE_CHAIN, Data: []byte(name + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err = conn.Execute(req)
+	if err != nil {
+		return nil, fmt.Errorf("list rules: %w", err)
+	}
+	for _, m := range msgs {
+		r, chain, err := parseRule(fam, m.Data)
+		if err != nil {
+			return nil, err
+		}
+		if chain != name {
+			// The kernel filters the dump by chain; a rule of another
+			// chain means it did not, and the view is not what we asked.
+			return nil, fmt.Errorf("list rules: got a rule of chain %q", chain)
+		}
+		c.Compatible = c.Compatible && r.Compatible
+		c.Rules = append(c.Rules, r)
+	}
+	return c, nil
+}
+
+func parseChain(b []byte) (base bool, hook uint32, prio int32, typ string, err error) {
+	if len(b) < 4 {
+		return false, 0, 0, "", fmt.Errorf("short chain message")
+	}
+	ad, err := netlink.NewAttributeDecoder(b[4:])
+	if err != nil {
+		return false, 0, 0, "", err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_CHAIN_HOOK:
+			base = true
+			ad.Nested(func(nd *netlink.AttributeDecoder) error {
+				for nd.Next() {
+					switch nd.Type() {
+					case unix.NFTA_HOOK_HOOKNUM:
+						hook = nd.Uint32()
+					case unix.NFTA_HOOK_PRIORITY:
+						prio = int32(nd.Uint32())
+					}
+				}
+				return nil
+			})
+		case unix.NFTA_CHAIN_TYPE:
+			typ = ad.String()
+		}
+	}
+	return base, hook, prio, typ, ad.Err()
+}
+
+func parseRule(fam byte, b []byte) (r NFTRule, chain string, err error) {
+	if len(b) < 4 {
+		return r, "", fmt.Errorf("short rule message")
+	}
+	ad, err := netlink.NewAttributeDecoder(b[4:])
+	if err != nil {
+		return r, "", err
+	}
+	ad.ByteOrder = binary.BigEndian
+	r.Compatible = true
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_RULE_HANDLE:
+			r.Handle = ad.Uint64()
+		case unix.NFTA_RULE_USERDATA:
+			if _, ok := userdata.GetString(ad.Bytes(), userdata.TypeComment); ok {
+				r.Userdata = true
+			}
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Nested(func(ld *netlink.AttributeDecoder) error {
+				for ld.Next() {
+					if ld.Type() != unix.NFTA_LIST_ELEM {
+						r.Compatible = false
+						continue
+					}
+					ld.Nested(func(ed *netlink.AttributeDecoder) error {
+						var name string
+						var data []byte
+						for ed.Next() {
+							switch ed.Type() {
+							case unix.NFTA_EXPR_NAME:
+								name = ed.String()
+							case unix.NFTA_EXPR_DATA:
+								data = ed.Bytes()
+							}
+						}
+						r.add(fam, name, data)
+						return nil
+					})
+				}
+				return nil
+			})
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return r, chain, err
+	}
+	// iptables prints the verdict last: one anywhere else is not a rule
+	// it wrote.
+	for i, e := range r.Exprs {
+		if v, ok := e.(*expr.Verdict); ok {
+			if i != len(r.Exprs)-1 {
+				r.Compatible = false
+			} else if v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto {
+				r.Target = v.Chain
+			}
+		}
+	}
+	return r, chain, nil
+}
+
+// add decodes one expression into r, marking r incompatible when it is of
+// a kind (or form) iptables-nft does not write.
+func (r *NFTRule) add(fam byte, name string, data []byte) {
+	var e expr.Any
+	switch name {
+	case "counter":
+		return
+	case "match":
+		e = &expr.Match{}
+	case "target":
+		e = &expr.Target{}
+	case "payload":
+		e = &expr.Payload{}
+	case "meta":
+		e = &expr.Meta{}
+	case "cmp":
+		e = &expr.Cmp{}
+	case "bitwise":
+		e = &expr.Bitwise{}
+	case "immediate":
+		e = &expr.Verdict{}
+	default:
+		r.Compatible = false
+		return
+	}
+	if err := expr.Unmarshal(fam, data, e); err != nil {
+		r.Compatible = false
+		return
+	}
+	switch x := e.(type) {
+	case *expr.Verdict:
+		// An immediate that is no verdict loads a register: not iptables'.
+		var imm expr.Immediate
+		if expr.Unmarshal(fam, data, &imm) != nil || imm.Register != unix.NFT_REG_VERDICT {
+			r.Compatible = false
+		}
+	case *expr.Match:
+		if c, ok := x.Info.(*xt.Comment); ok && x.Name == "comment" {
+			r.Comments = append(r.Comments, string(*c))
+		}
+	case *expr.Meta:
+		switch x.Key {
+		case expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME, expr.MetaKeyL4PROTO, expr.MetaKeyMARK:
+		default:
+			r.Compatible = false
+		}
+		if x.SourceRegister {
+			r.Compatible = false
+		}
+	case *expr.Payload:
+		if x.OperationType != expr.PayloadLoad || !payloadIPTables(fam, x) {
+			r.Compatible = false
+		}
+	}
+	r.Exprs = append(r.Exprs, e)
+}
+
+// payloadIPTables reports whether a payload load is one of iptables-nft's
+// native matches: source or destination address, transport ports.
+func payloadIPTables(fam byte, p *expr.Payload) bool {
+	switch p.Base {
+	case expr.PayloadBaseNetworkHeader:
+		if fam == unix.NFPROTO_IPV4 {
+			return (p.Offset == 12 || p.Offset == 16) && p.Len >= 1 && p.Len <= 4
+		}
+		return (p.Offset == 8 || p.Offset == 24) && p.Len >= 1 && p.Len <= 16
+	case expr.PayloadBaseTransportHeader:
+		return (p.Offset == 0 || p.Offset == 2) && p.Len == 2
+	}
+	return false
+}
+
+// SaveString writes an argument as iptables -S and iptables-save print it
+// (xtables_save_string): bare when it is only letters, digits, '_' and
+// '-', else in double quotes with '"', '\' and '\” escaped.
+func SaveString(s string) string {
+	bare := s != ""
+	for _, c := range s {
+		if !(c == '_' || c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			bare = false
+			break
+		}
+	}
+	if bare {
+		return s
+	}
+	var b []byte
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		if s[i] == '"' || s[i] == '\\' || s[i] == '\'' {
+			b = append(b, '\\')
+		}
+		b = append(b, s[i])
+	}
+	return string(append(b, '"'))
+}
