@@ -237,4 +237,3 @@ func text(b *iptables.Batch) string {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
