@@ -492,7 +492,7 @@ func (iptBackend) remove(known []string, pick func(*iptables.Table) []string) er
 func removeIn(f iptables.Family, known []string, pick func(*iptables.Table) []string) (loadErr, err error) {
 	entries := []string{dnatChain, oldSNATChain}
 	chains := known
-	if pick == nil && iptables.NFT(f) && nothingToRemove(f, entries, chains) {
+	if pick == nil && iptables.NFT(f) && removeNFT(f, entries, chains) {
 		return nil, nil
 	}
 	if pick != nil {

@@ -213,25 +213,55 @@ func guardConntrack(info xt.InfoAny) bool {
 	return fmt.Sprint(got) == fmt.Sprint(want)
 }
 
-// nothingToRemove reports, over netlink, that none of chains exists and no
-// rule of the entry chains jumps to one: a repeated DEL, or a DEL after
-// GC, runs no process. false when unsure.
-func nothingToRemove(f iptables.Family, entries, chains []string) bool {
+// removeNFT is removeIn over netlink: it reads the entry chains and the
+// pod's chains and deletes what planRemove would (the rules that jump to
+// the chains, then the chains) by handle, in one transaction. A DEL with
+// nothing to delete runs no process; one with something runs none either.
+// false when it declined or the transaction failed (nothing changed then):
+// the caller takes the iptables path.
+func removeNFT(f iptables.Family, entries, chains []string) bool {
 	nt, err := iptables.ReadNFT(f, "nat", append(slices.Clip(entries), chains...)...)
 	if err != nil {
 		return false
 	}
-	for _, c := range chains {
-		if nt.Chain(c) != nil {
-			return false
-		}
+	rules, drop, ok := planRemoveNFT(nt, entries, chains)
+	if !ok {
+		return false
 	}
-	for _, e := range entries {
-		for _, c := range chains {
-			if jumps, known := nt.Chain(e).JumpsTo(c); jumps || !known {
-				return false
+	if len(rules) == 0 && len(drop) == 0 {
+		return true
+	}
+	return iptables.DeleteNFT(f, "nat", rules, drop) == nil
+}
+
+// planRemoveNFT is planRemove for a table read over netlink: the rules
+// (by handle) that jump to chains, and those of chains that exist. ok is
+// false when a chain read is one iptables could not list, or when a chain
+// to delete jumps to another (planRemove would delete that rule after its
+// chain, which fails).
+func planRemoveNFT(nt *iptables.NFTTable, entries, chains []string) (rules []iptables.NFTRuleRef, drop []string, ok bool) {
+	for _, name := range append(slices.Clip(entries), chains...) {
+		c := nt.Chain(name)
+		if c == nil {
+			continue
+		}
+		if !c.Compatible {
+			return nil, nil, false
+		}
+		for _, r := range c.Rules {
+			if !slices.Contains(chains, r.Target) {
+				continue
 			}
+			if slices.Contains(chains, name) {
+				return nil, nil, false
+			}
+			rules = append(rules, iptables.NFTRuleRef{Chain: name, Handle: r.Handle})
 		}
 	}
-	return true
+	for _, name := range chains {
+		if nt.Chain(name) != nil {
+			drop = append(drop, name)
+		}
+	}
+	return rules, drop, true
 }

@@ -1,6 +1,7 @@
 package portmap
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,11 +21,6 @@ func TestNFTStateEquivalence(t *testing.T) {
 		t.Skip("iptables here is not iptables-nft")
 	}
 	node := testnet.NewNS(t, "node")
-	pod := func(id string, bit int) *attachment {
-		a := testAttachment()
-		a.id, a.markBit = id, bit
-		return a
-	}
 	// compare asks both planners about a in both families.
 	// want says whether the netlink planner must recognize the state, in
 	// IPv4 and IPv6.
@@ -93,7 +89,15 @@ func TestNFTStateEquivalence(t *testing.T) {
 					return err
 				}
 				slow = planRemove(nt, chains)
-				nothing = nothingToRemove(f, entries, chains)
+				view, err := iptables.ReadNFT(f, "nat", append(entries, chains...)...)
+				if err != nil {
+					return err
+				}
+				rules, drop, ok := planRemoveNFT(view, entries, chains)
+				nothing = ok && len(rules) == 0 && len(drop) == 0
+				if ok && !nothing && slow.Empty() {
+					t.Errorf("%s, %s: netlink plans to delete %v and chains %v, iptables -S nothing", step, f.Name(), rules, drop)
+				}
 				return nil
 			}); err != nil {
 				t.Fatal(err)
@@ -237,3 +241,126 @@ func text(b *iptables.Batch) string {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestNFTRemoveEquivalence runs DEL's two paths on twin nodes built alike,
+// the iptables -S + iptables-restore one on node a and the netlink one on
+// node b, and compares what iptables-save prints afterwards.
+func TestNFTRemoveEquivalence(t *testing.T) {
+	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
+		t.Skip("iptables here is not iptables-nft")
+	}
+	na, nb := testnet.NewNS(t, "node"), testnet.NewNS(t, "node")
+	both := func(cmd ...string) {
+		t.Helper()
+		na.MustRun(cmd[0], cmd[1:]...)
+		nb.MustRun(cmd[0], cmd[1:]...)
+	}
+	add := func(a *attachment) {
+		t.Helper()
+		for _, n := range []*testnet.NS{na, nb} {
+			for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+				if err := n.Do(func() error {
+					d, err := loadHere(a, f)
+					if err != nil {
+						return err
+					}
+					nat, filter := planAdd(d, a, f)
+					return iptables.Apply(f, nat, filter)
+				}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	save := func(n *testnet.NS) string {
+		var out []string
+		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+			for _, line := range strings.Split(n.MustRun(tool), "\n") {
+				if !strings.HasPrefix(line, "#") {
+					out = append(out, line)
+				}
+			}
+		}
+		return strings.Join(out, "\n")
+	}
+	entries := []string{dnatChain, oldSNATChain}
+	del := func(step, id string, want4, want6 bool) {
+		t.Helper()
+		chains := []string{dnChain("net", id), chainName("CNI-SN-", "net", id)}
+		var slowErr error
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+			var done bool
+			if err := na.Do(func() error {
+				nt, err := iptables.LoadChains(f, "nat", append(entries, chains...)...)
+				if err != nil {
+					return err
+				}
+				slowErr = errors.Join(slowErr, iptables.Apply(f, planRemove(nt, chains)))
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			before := save(nb)
+			if err := nb.Do(func() error { done = removeNFT(f, entries, chains); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			wantNetlink := want4
+			if f == iptables.IPv6 {
+				wantNetlink = want6
+			}
+			if done != wantNetlink {
+				t.Errorf("%s, %s: netlink DEL done = %v, want %v", step, f.Name(), done, wantNetlink)
+			}
+			if !done {
+				if after := save(nb); after != before {
+					t.Errorf("%s, %s: a declined netlink DEL changed the node:\n%s\nwas:\n%s", step, f.Name(), after, before)
+				}
+				if err := nb.Do(func() error {
+					nt, err := iptables.LoadChains(f, "nat", append(entries, chains...)...)
+					if err != nil {
+						return err
+					}
+					return iptables.Apply(f, planRemove(nt, chains))
+				}); (err != nil) != (slowErr != nil) {
+					t.Errorf("%s, %s: fallback error %v, iptables path error %v", step, f.Name(), err, slowErr)
+				}
+			}
+		}
+		if a, b := save(na), save(nb); a != b {
+			t.Errorf("%s: after DEL the nodes differ\niptables path:\n%s\nnetlink path:\n%s", step, a, b)
+		}
+	}
+
+	add(pod("p1", 13))
+	add(pod("p2", 13))
+	del("DEL of one of two pods", "p1", true, true)
+	del("repeated DEL", "p1", true, true)
+	p3 := pod("p3", 13)
+	add(p3)
+	entry := entryRules(p3, iptables.IPv4)[0]
+	both("sh", "-c", "iptables -t nat -A "+dnatChain+" "+entry)
+	del("DEL with a duplicate entry rule", "p3", true, true)
+	// The old reference's SNAT chain and a pod chain of it.
+	sn := chainName("CNI-SN-", "net", "p4")
+	both("iptables", "-t", "nat", "-N", oldSNATChain)
+	both("iptables", "-t", "nat", "-N", sn)
+	both("iptables", "-t", "nat", "-A", oldSNATChain, "-s", "10.88.0.4/32", "-j", sn)
+	both("iptables", "-t", "nat", "-A", sn, "-j", "MASQUERADE")
+	add(pod("p4", 13))
+	del("DEL with an old SNAT chain", "p4", true, true)
+	// A chain DEL does not read still jumps to the pod's chain: both
+	// paths fail and change nothing.
+	add(pod("p5", 13))
+	both("iptables", "-t", "nat", "-N", "USER")
+	both("iptables", "-t", "nat", "-A", "USER", "-j", dnChain("net", "p5"))
+	del("DEL of a chain still referenced", "p5", false, true)
+	both("iptables", "-t", "nat", "-F", "USER")
+	del("DEL after the reference is gone", "p5", true, true)
+	del("DEL of the last pod", "p2", true, true)
+}
+
+func pod(id string, bit int) *attachment {
+	a := testAttachment()
+	a.id, a.markBit = id, bit
+	return a
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/google/nftables/xt"
@@ -432,4 +433,42 @@ func SaveString(s string) string {
 		b = append(b, s[i])
 	}
 	return string(append(b, '"'))
+}
+
+// NFTRuleRef names one rule of an NFTTable by its chain and handle.
+type NFTRuleRef struct {
+	Chain  string
+	Handle uint64
+}
+
+// DeleteNFT deletes, in one atomic nftables transaction, the rules by
+// handle and then the chains (flushed first) of an iptables-nft table: the
+// same change as iptables-restore's "-D CHAIN rule", "-F CHAIN", "-X CHAIN"
+// lines, without the process. It fails as a whole if any rule or chain is
+// gone or a chain is still referenced; the caller then falls back to
+// iptables.
+func DeleteNFT(f Family, table string, rules []NFTRuleRef, chains []string) error {
+	fam := nftables.TableFamilyIPv4
+	if f == IPv6 {
+		fam = nftables.TableFamilyIPv6
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("nftables: open netlink: %w", err)
+	}
+	t := &nftables.Table{Name: table, Family: fam}
+	for _, r := range rules {
+		if err := c.DelRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: r.Chain, Table: t}, Handle: r.Handle}); err != nil {
+			return fmt.Errorf("nftables: delete %s %s rule %d: %w", f.Name(), table, r.Handle, err)
+		}
+	}
+	for _, name := range chains {
+		ch := &nftables.Chain{Name: name, Table: t}
+		c.FlushChain(ch)
+		c.DelChain(ch)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables: delete from %s %s: %w", f.Name(), table, err)
+	}
+	return nil
 }
