@@ -72,23 +72,9 @@ func stateFromNFT(nt, ft *iptables.NFTTable, a *attachment, f iptables.Family) (
 }
 
 // hasRule reports whether the chain has a rule that iptables -S prints as
-// want. known is false unless every rule of the chain is one of the shapes
-// render knows (so the answer "no" is certain too).
+// want; known is false when that is not certain.
 func hasRule(c *iptables.NFTChain, f iptables.Family, want string) (has, known bool) {
-	if c == nil {
-		return false, true
-	}
-	if !c.Compatible {
-		return false, false
-	}
-	for _, r := range c.Rules {
-		text, ok := render(r, f)
-		if !ok {
-			return false, false
-		}
-		has = has || text == want
-	}
-	return has, true
+	return c.Has(want, func(r iptables.NFTRule) (string, bool) { return render(r, f) })
 }
 
 // render prints the rules of the shared chains (SETMARK, MASQ, GUARD) as

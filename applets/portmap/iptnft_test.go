@@ -158,8 +158,11 @@ func TestNFTStateEquivalence(t *testing.T) {
 	node.MustRun("iptables", "-t", "nat", "-D", setMarkChain, "-s", "10.1.0.0/16", "-m", "comment", "--comment", "CNI portfwd masquerade mark", "-j", "MARK", "--set-xmark", "0x2000/0x2000")
 	compare("extra rule gone", pod("p3", 13), true, true)
 	node.MustRun("iptables", "-t", "filter", "-A", guardChain, "-d", "127.0.0.0/8", "-j", "LOG")
-	compare("GUARD with a second rule", pod("p3", 13), false, true)
+	compare("GUARD with a LOG rule (another target)", pod("p3", 13), true, true)
 	node.MustRun("iptables", "-t", "filter", "-D", guardChain, "-d", "127.0.0.0/8", "-j", "LOG")
+	node.MustRun("iptables", "-t", "filter", "-A", guardChain, "-d", "127.0.0.0/8", "-j", "DROP")
+	compare("GUARD with another DROP rule", pod("p3", 13), false, true)
+	node.MustRun("iptables", "-t", "filter", "-D", guardChain, "-d", "127.0.0.0/8", "-j", "DROP")
 	// A rule iptables cannot list makes its chain unknown.
 	node.MustRun("nft", "add", "rule", "ip", "nat", "OUTPUT", "ct", "state", "new", "counter")
 	compare("a native nft rule in OUTPUT", pod("p3", 13), false, true)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -471,4 +472,85 @@ func DeleteNFT(f Family, table string, rules []NFTRuleRef, chains []string) erro
 		return fmt.Errorf("nftables: delete from %s %s: %w", f.Name(), table, err)
 	}
 	return nil
+}
+
+// Find returns the handles of the chain's rules that iptables -S prints as
+// want (a rule text without "-A CHAIN", ending in "-j TARGET ..."). render
+// prints the rule shapes the caller knows. A rule it does not know is told
+// apart from want by what it ends in (a verdict or target other than
+// want's prints another "-j"); one that ends like want but cannot be
+// printed leaves the answer unknown. known is false when the chain is not
+// Compatible; a nil chain has no rules.
+func (c *NFTChain) Find(want string, render func(NFTRule) (string, bool)) (handles []uint64, known bool) {
+	if c == nil {
+		return nil, true
+	}
+	if !c.Compatible {
+		return nil, false
+	}
+	target := targetOf(want)
+	for _, r := range c.Rules {
+		if end, ok := r.end(); ok && end != target {
+			continue
+		}
+		text, ok := render(r)
+		if !ok {
+			return nil, false
+		}
+		if text == want {
+			handles = append(handles, r.Handle)
+		}
+	}
+	return handles, true
+}
+
+// Has reports whether a rule of the chain prints as want (see Find).
+func (c *NFTChain) Has(want string, render func(NFTRule) (string, bool)) (has, known bool) {
+	h, known := c.Find(want, render)
+	return len(h) > 0, known
+}
+
+// targetOf is the TARGET of a rule text's last "-j TARGET" ("" if none).
+func targetOf(rule string) string {
+	i := strings.LastIndex(" "+rule, " -j ")
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(rule[i+3:])
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
+}
+
+// end is what iptables prints after the rule's "-j": the verdict, the
+// chain jumped to or the target's name, "" for a rule with none. ok is
+// false when that is not certain (a goto, which prints "-g", or a verdict
+// iptables has no name for).
+func (r NFTRule) end() (string, bool) {
+	if len(r.Exprs) == 0 {
+		return "", true
+	}
+	switch x := r.Exprs[len(r.Exprs)-1].(type) {
+	case *expr.Verdict:
+		switch x.Kind {
+		case expr.VerdictAccept:
+			return "ACCEPT", true
+		case expr.VerdictDrop:
+			return "DROP", true
+		case expr.VerdictReturn:
+			return "RETURN", true
+		case expr.VerdictJump:
+			return x.Chain, true
+		}
+		return "", false
+	case *expr.Target:
+		return x.Name, true
+	}
+	for _, e := range r.Exprs {
+		if _, ok := e.(*expr.Target); ok {
+			return "", false // a target that is not last
+		}
+	}
+	return "", true
 }
