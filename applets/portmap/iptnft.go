@@ -135,7 +135,7 @@ func render(r iptables.NFTRule, f iptables.Family) (text string, ok bool) {
 			meta.Key == expr.MetaKeyIIFNAME && ifc.Register == meta.Register && ifc.Op == expr.CmpOpNeq && string(ifc.Data) == "lo\x00" &&
 			pl.Base == expr.PayloadBaseNetworkHeader && pl.Offset == 16 && pl.Len == 1 &&
 			dst.Register == pl.DestRegister && dst.Op == expr.CmpOpEq && slices.Equal(dst.Data, []byte{127}) &&
-			cm.Name == "comment" && ct.Name == "conntrack" && ct.Rev == 3 && guardConntrack(ct.Info) &&
+			cm.Name == "comment" && ct.Name == "conntrack" && guardConntrack(ct) &&
 			v.Kind == expr.VerdictDrop {
 			return guardRule, true
 		}
@@ -164,39 +164,11 @@ func plainMasquerade(info xt.InfoAny) bool {
 	return false
 }
 
-// The conntrack match state bits (linux/netfilter/xt_conntrack.h).
-const (
-	ctMatchState   = 1 << 0
-	ctStateEst     = 1 << (1 + 0) // IP_CT_ESTABLISHED
-	ctStateRelated = 1 << (1 + 1) // IP_CT_RELATED
-	ctStateDNAT    = 1 << (5 + 2) // IP_CT_NUMBER + 2
-)
-
 // guardConntrack reports whether the match is exactly
 // "! --ctstate RELATED,ESTABLISHED,DNAT".
-func guardConntrack(info xt.InfoAny) bool {
-	c, ok := info.(*xt.ConntrackMtinfo3)
-	if !ok {
-		return false
-	}
-	want := xt.ConntrackMtinfo3{}
-	want.MatchFlags = ctMatchState
-	want.InvertFlags = ctMatchState
-	want.StateMask = ctStateEst | ctStateRelated | ctStateDNAT
-	got := *c
-	// Addresses and masks decode as zero-length or zero IPs alike.
-	for _, p := range []*[]byte{
-		(*[]byte)(&got.OrigSrcAddr), (*[]byte)(&got.OrigSrcMask), (*[]byte)(&got.OrigDstAddr), (*[]byte)(&got.OrigDstMask),
-		(*[]byte)(&got.ReplSrcAddr), (*[]byte)(&got.ReplSrcMask), (*[]byte)(&got.ReplDstAddr), (*[]byte)(&got.ReplDstMask),
-	} {
-		for _, b := range *p {
-			if b != 0 {
-				return false
-			}
-		}
-		*p = nil
-	}
-	return fmt.Sprint(got) == fmt.Sprint(want)
+func guardConntrack(m *expr.Match) bool {
+	states, invert, ok := iptables.CtState(m)
+	return ok && invert && states == iptables.CtStateRelated|iptables.CtStateEstablished|iptables.CtStateDNAT
 }
 
 // removeNFT is removeIn over netlink: it reads the entry chains and the

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -553,4 +554,69 @@ func (r NFTRule) end() (string, bool) {
 		}
 	}
 	return "", true
+}
+
+// AddrMatch prints a payload load of the source or destination address and
+// the compare that follows it as iptables does ("-s 10.0.0.2/32"); only
+// the forms iptables-nft writes for a byte-aligned prefix (no bitwise).
+func AddrMatch(p *expr.Payload, c *expr.Cmp, f Family) (string, bool) {
+	full, src, dst := uint32(4), uint32(12), uint32(16)
+	if f == IPv6 {
+		full, src, dst = 16, 8, 24
+	}
+	if p.Base != expr.PayloadBaseNetworkHeader || p.OperationType != expr.PayloadLoad ||
+		c.Op != expr.CmpOpEq || c.Register != p.DestRegister || uint32(len(c.Data)) != p.Len ||
+		p.Len == 0 || p.Len > full {
+		return "", false
+	}
+	flag := ""
+	switch p.Offset {
+	case src:
+		flag = "-s "
+	case dst:
+		flag = "-d "
+	default:
+		return "", false
+	}
+	ip := make(net.IP, full)
+	copy(ip, c.Data)
+	return fmt.Sprintf("%s%s/%d", flag, ip, p.Len*8), true
+}
+
+// The conntrack match's flag and state bits (linux/netfilter/xt_conntrack.h).
+const (
+	ctMatchState = 1 << 0
+	// CtStateEstablished and the others are the --ctstate bits.
+	CtStateEstablished = 1 << (1 + 0) // IP_CT_ESTABLISHED
+	CtStateRelated     = 1 << (1 + 1) // IP_CT_RELATED
+	CtStateDNAT        = 1 << (5 + 2) // IP_CT_NUMBER + 2
+)
+
+// CtState decodes a conntrack match (revision 3, as iptables-nft writes
+// it) that tests only --ctstate: the state bits and whether it is negated.
+func CtState(m *expr.Match) (states uint16, invert, ok bool) {
+	c, isCt := m.Info.(*xt.ConntrackMtinfo3)
+	if m.Name != "conntrack" || m.Rev != 3 || !isCt {
+		return 0, false, false
+	}
+	got := *c
+	for _, p := range []*[]byte{
+		(*[]byte)(&got.OrigSrcAddr), (*[]byte)(&got.OrigSrcMask), (*[]byte)(&got.OrigDstAddr), (*[]byte)(&got.OrigDstMask),
+		(*[]byte)(&got.ReplSrcAddr), (*[]byte)(&got.ReplSrcMask), (*[]byte)(&got.ReplDstAddr), (*[]byte)(&got.ReplDstMask),
+	} {
+		for _, b := range *p {
+			if b != 0 {
+				return 0, false, false
+			}
+		}
+		*p = nil
+	}
+	want := xt.ConntrackMtinfo3{}
+	want.MatchFlags = ctMatchState
+	want.InvertFlags = got.InvertFlags
+	want.StateMask = got.StateMask
+	if fmt.Sprint(got) != fmt.Sprint(want) || got.InvertFlags&^ctMatchState != 0 {
+		return 0, false, false
+	}
+	return got.StateMask, got.InvertFlags != 0, true
 }
