@@ -67,8 +67,10 @@ func (iptBackend) usable() error {
 
 // apply runs plan against each family of a's addresses, with the chains it
 // looks at listed (concurrently, never the whole table), then at most one
-// iptables-restore per family, under cnibox's lock.
-func apply(a *attachment, chains []string, plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
+// iptables-restore per family, under cnibox's lock. fast, when given, is
+// tried first with iptables-nft: it returns the batch without listing (or
+// does the change itself and returns an empty batch), ok false to decline.
+func apply(a *attachment, chains []string, fast func(f iptables.Family) (*iptables.Batch, bool), plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
 	unlock, err := iptables.Lock("firewall")
 	if err != nil {
 		return err
@@ -77,6 +79,14 @@ func apply(a *attachment, chains []string, plan func(t *iptables.Table, f iptabl
 	for _, f := range a.families() {
 		if !iptables.Installed(f) {
 			continue
+		}
+		if fast != nil && iptables.NFT(f) {
+			if b, ok := fast(f); ok {
+				if err := iptables.Apply(f, b); err != nil {
+					return err
+				}
+				continue
+			}
 		}
 		t, err := iptables.LoadChains(f, "filter", chains...)
 		if err != nil {
@@ -92,28 +102,69 @@ func apply(a *attachment, chains []string, plan func(t *iptables.Table, f iptabl
 }
 
 func (iptBackend) add(a *attachment) error {
-	return apply(a, []string{"FORWARD", forwardChain, a.Admin}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
+	fast := func(f iptables.Family) (*iptables.Batch, bool) {
+		s, ok := stateOfNFT(a, f)
+		if !ok {
+			return nil, false
+		}
+		b := iptables.NewBatch("filter")
+		planFrom(s, a, f, b)
+		return b, true
+	}
+	return apply(a, addChains(a), fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
 }
 
+// addChains are the chains ADD reads.
+func addChains(a *attachment) []string { return []string{"FORWARD", forwardChain, a.Admin} }
+
 func planAdd(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Batch) {
+	planFrom(stateOfTable(t, a, f), a, f, b)
+}
+
+// addState is what ADD needs to know of one family's filter chains.
+type addState struct {
+	chains                 map[string]bool // of CNI-FORWARD and the admin chain, those that exist
+	forwardJump, adminJump bool
+	podRules               map[string]bool // of the pod's rules, those CNI-FORWARD has
+}
+
+// stateOfTable reads the addState from the listed chains.
+func stateOfTable(t *iptables.Table, a *attachment, f iptables.Family) addState {
+	s := addState{chains: map[string]bool{}, podRules: map[string]bool{}}
 	for _, c := range []string{forwardChain, a.Admin} {
-		if !t.HasChain(c) {
+		s.chains[c] = t.HasChain(c)
+	}
+	s.forwardJump = slices.Contains(t.Rules("FORWARD"), forwardJump)
+	s.adminJump = slices.Contains(t.Rules(forwardChain), fmt.Sprintf(adminJumpFmt, a.Admin))
+	for _, ip := range a.IPs {
+		if familyOf(ip) == f {
+			for _, r := range podRules(ip) {
+				s.podRules[r] = slices.Contains(t.Rules(forwardChain), r)
+			}
+		}
+	}
+	return s
+}
+
+// planFrom computes ADD's batch from the state of the chains.
+func planFrom(s addState, a *attachment, f iptables.Family, b *iptables.Batch) {
+	for _, c := range []string{forwardChain, a.Admin} {
+		if !s.chains[c] {
 			b.Chain(c)
 		}
 	}
-	if !slices.Contains(t.Rules("FORWARD"), forwardJump) {
+	if !s.forwardJump {
 		b.Rule("-I FORWARD 1 %s", forwardJump)
 	}
-	admin := fmt.Sprintf(adminJumpFmt, a.Admin)
-	if !slices.Contains(t.Rules(forwardChain), admin) {
-		b.Rule("-I %s 1 %s", forwardChain, admin)
+	if !s.adminJump {
+		b.Rule("-I %s 1 %s", forwardChain, fmt.Sprintf(adminJumpFmt, a.Admin))
 	}
 	for _, ip := range a.IPs {
 		if familyOf(ip) != f {
 			continue
 		}
 		for _, r := range podRules(ip) {
-			if !slices.Contains(t.Rules(forwardChain), r) {
+			if !s.podRules[r] {
 				b.Rule("-A %s %s", forwardChain, r)
 			}
 		}
@@ -121,20 +172,23 @@ func planAdd(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Ba
 }
 
 func (iptBackend) del(a *attachment) error {
-	return apply(a, []string{forwardChain}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
-		for _, ip := range a.IPs {
-			if familyOf(ip) != f {
-				continue
-			}
-			for _, r := range podRules(ip) {
-				for _, have := range t.Rules(forwardChain) {
-					if have == r {
-						b.Rule("-D %s %s", forwardChain, r)
-					}
+	fast := func(f iptables.Family) (*iptables.Batch, bool) { return iptables.NewBatch("filter"), delNFT(a, f) }
+	return apply(a, []string{forwardChain}, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planDel(t, a, f, b) })
+}
+
+func planDel(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Batch) {
+	for _, ip := range a.IPs {
+		if familyOf(ip) != f {
+			continue
+		}
+		for _, r := range podRules(ip) {
+			for _, have := range t.Rules(forwardChain) {
+				if have == r {
+					b.Rule("-D %s %s", forwardChain, r)
 				}
 			}
 		}
-	})
+	}
 }
 
 func (iptBackend) check(a *attachment) error {
@@ -175,7 +229,7 @@ func isolationRules(bridge, policy string) (s1, s2 []string) {
 }
 
 func (iptBackend) isolate(a *attachment) error {
-	return apply(a, []string{"FORWARD", stage1, stage2}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(a, []string{"FORWARD", stage1, stage2}, nil, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		for _, c := range []string{stage1, stage2} {
 			if !t.HasChain(c) {
 				b.Chain(c)
@@ -205,7 +259,7 @@ func (iptBackend) isolate(a *attachment) error {
 // stay, as shared base chains.
 func (iptBackend) unisolate(a *attachment) error {
 	all := &attachment{IPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128")}}
-	return apply(all, []string{stage1, stage2}, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(all, []string{stage1, stage2}, nil, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		done := map[string]bool{}
 		for _, policy := range []string{policySameBridge, policyIsolated} {
 			s1, s2 := isolationRules(a.Bridge, policy)
