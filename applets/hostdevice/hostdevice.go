@@ -1,11 +1,17 @@
 // Package hostdevice is the host-device applet: it moves an existing
 // network device of the node into the pod, and back on DEL.
 //
-// The move goes through a temporary netns that nobody watches: the device
-// is renamed there (to the pod's interface name, with its original name
-// kept in the link alias), so udev or NetworkManager never see a renamed
-// device on the node, and no name in the node or the pod can collide with
-// it half-way. Every step is undone when a later one fails.
+// A physical device moves through a temporary netns that nobody watches:
+// the device is renamed there (to the pod's interface name, with its
+// original name kept in the link alias), so udev or NetworkManager never
+// see a renamed device on the node, and no name in the node or the pod
+// can collide with it half-way. A virtual device (veth, macvlan...) is
+// destroyed with the netns it is in, and the temporary netns dies with a
+// plugin that is killed: it moves straight between the node and the pod
+// and is renamed in the pod (where no udev watches), so that a kill at
+// any point leaves it in the node or the pod, where DEL finds it (in the
+// pod under its pod name, or under its original name with the alias set).
+// Every step is undone when a later one fails.
 //
 // When the pod's netns is gone at DEL, the kernel has already dealt with
 // the device: a physical device is returned to the initial netns (the
@@ -28,6 +34,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/delegate"
@@ -183,9 +190,22 @@ func dpdkResult(req *cni.Request, c *Config) (types.Result, error) {
 	return r, nil
 }
 
-// moveIn moves dev from node to pod as ifName, through a temporary netns
-// where it is renamed and gets its original name as alias.
+// virtual reports whether the kernel destroys l with its netns rather
+// than handing it back to the initial one: a link with a kind (veth,
+// macvlan, dummy...), not a bare hardware device.
+func virtual(l netlink.Link) bool { return l.Type() != "device" }
+
+// moveIn moves dev from node to pod as ifName, with its original name as
+// alias: a virtual device straight (moveInDirect), a physical one, or a
+// virtual one whose name the pod already has, through a temporary netns
+// where it is renamed.
 func moveIn(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.Link, error) {
+	if virtual(dev) {
+		link, err := moveInDirect(node, pod, dev, ifName)
+		if err != errNameInPod {
+			return link, err
+		}
+	}
 	orig := dev.Attrs().Name
 	tmp, err := ns.TempNetNS()
 	if err != nil {
@@ -230,6 +250,66 @@ func moveIn(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.Link, 
 	return link, nil
 }
 
+// errNameInPod: the pod has a link of the device's name; nothing was done.
+var errNameInPod = errors.New("the pod has a link of that name")
+
+// moveInDirect moves a virtual device into the pod under its own name
+// (errNameInPod when the pod has that name), sets its alias and renames
+// it to ifName there. On failure it is back on the node.
+func moveInDirect(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.Link, error) {
+	orig := dev.Attrs().Name
+	if err := netlink.LinkSetNsFd(dev, int(pod.Fd())); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, errNameInPod
+		}
+		return nil, fmt.Errorf("move %q into the pod: %w", orig, err)
+	}
+	var link netlink.Link
+	err := pod.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(orig)
+		if err != nil {
+			return fmt.Errorf("find %q in the pod: %w", orig, err)
+		}
+		if err := netlink.LinkSetAlias(l, orig); err != nil {
+			return fmt.Errorf("set alias of %q: %w", orig, err)
+		}
+		if ifName != orig {
+			if err := netlink.LinkSetName(l, ifName); err != nil {
+				return fmt.Errorf("rename %q to %q in the pod: %w", orig, ifName, err)
+			}
+		}
+		link, err = netlinksafe.LinkByName(ifName)
+		return err
+	})
+	if err != nil {
+		if uerr := pod.Do(func(ns.NetNS) error { return sendHomeDirect(node, orig, ifName) }); uerr != nil {
+			return nil, fmt.Errorf("%w (and putting it back failed: %v)", err, uerr)
+		}
+		return nil, err
+	}
+	return link, nil
+}
+
+// sendHomeDirect (rollback of moveInDirect, in the pod) renames the
+// device, named orig or ifName with alias orig, to orig, clears its alias
+// and moves it to node.
+func sendHomeDirect(node ns.NetNS, orig, ifName string) error {
+	l, err := netlinksafe.LinkByName(orig)
+	if err != nil || l.Attrs().Alias != orig {
+		if l, err = netlinksafe.LinkByName(ifName); err != nil || l.Attrs().Alias != orig {
+			return fmt.Errorf("find %q in the pod: %v", orig, err)
+		}
+		if err := netlink.LinkSetName(l, orig); err != nil {
+			return fmt.Errorf("rename %q back to %q: %w", ifName, orig, err)
+		}
+	}
+	_ = netlink.LinkSetAlias(l, "")
+	if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
+		return fmt.Errorf("move %q back to the node's netns: %w", orig, err)
+	}
+	return nil
+}
+
 // sendHome (rollback of moveIn) gives the device in tmp, named ifName or
 // orig, its original name back, clears the alias and moves it to node.
 func sendHome(tmp, node ns.NetNS, ifName, orig string) error {
@@ -256,11 +336,61 @@ func sendHome(tmp, node ns.NetNS, ifName, orig string) error {
 var errNotInPod = errors.New("not in the pod")
 
 // moveOut moves ifName from pod back to node under its original name
-// (its alias, or fallback when the alias is empty), through a temporary
-// netns. When the node already has a link of that name, the device goes
-// back into the pod and the error says so.
+// (its alias, or fallback when the alias is empty): a virtual device
+// straight, renamed in the pod, a physical one through a temporary netns.
+// A device a killed ADD or DEL left half-way, in the pod under its
+// original name, is moved back too. When the node already has a link of
+// that name, the device goes back into the pod and the error says so.
 func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 	var orig string
+	direct := false
+	err := pod.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifName)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if !errors.As(err, &nf) {
+				return fmt.Errorf("find %q in the pod: %w", ifName, err)
+			}
+			if l = halfMoved(fallback); l == nil {
+				return errNotInPod
+			}
+			ifName = l.Attrs().Name
+		}
+		orig = l.Attrs().Alias
+		if orig == "" {
+			orig = fallback
+		}
+		if orig == "" {
+			return fmt.Errorf("%q has no alias: its name on the node is unknown", ifName)
+		}
+		if !virtual(l) {
+			return nil
+		}
+		_ = netlink.LinkSetDown(l)
+		if l.Attrs().Name != orig {
+			if err := netlink.LinkSetName(l, orig); err != nil {
+				if errors.Is(err, unix.EEXIST) {
+					return nil // the pod has a link named orig: through a temporary netns
+				}
+				return fmt.Errorf("rename %q back to %q in the pod: %w", ifName, orig, err)
+			}
+		}
+		direct = true
+		if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
+			if orig != ifName {
+				_ = netlink.LinkSetName(l, ifName)
+			}
+			return fmt.Errorf("move %q back to the node's netns as %q: %w", ifName, orig, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if direct {
+		clearAlias(node, orig)
+		return nil
+	}
 	tmp, err := ns.TempNetNS()
 	if err != nil {
 		return fmt.Errorf("create a temporary netns: %w", err)
@@ -269,18 +399,7 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 	err = pod.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
-			var nf netlink.LinkNotFoundError
-			if errors.As(err, &nf) {
-				return errNotInPod
-			}
 			return fmt.Errorf("find %q in the pod: %w", ifName, err)
-		}
-		orig = l.Attrs().Alias
-		if orig == "" {
-			orig = fallback
-		}
-		if orig == "" {
-			return fmt.Errorf("%q has no alias: its name on the node is unknown", ifName)
 		}
 		_ = netlink.LinkSetDown(l)
 		if err := netlink.LinkSetNsFd(l, int(tmp.Fd())); err != nil {
@@ -309,13 +428,36 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 			}
 			return err
 		}
-		return node.Do(func(ns.NetNS) error {
-			if l, err := netlinksafe.LinkByName(orig); err == nil {
-				_ = netlink.LinkSetAlias(l, "")
-			}
-			return nil
-		})
+		clearAlias(node, orig)
+		return nil
 	})
+}
+
+// clearAlias clears the alias of the device that is home as name.
+func clearAlias(node ns.NetNS, name string) {
+	_ = node.Do(func(ns.NetNS) error {
+		if l, err := netlinksafe.LinkByName(name); err == nil && l.Attrs().Alias != "" {
+			_ = netlink.LinkSetAlias(l, "")
+		}
+		return nil
+	})
+}
+
+// halfMoved (in the pod) finds a device that a killed ADD or DEL left in
+// the pod under its original name: named like its alias, or, without an
+// alias, named fallback (the config's device).
+func halfMoved(fallback string) netlink.Link {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if (a.Alias != "" && a.Alias == a.Name) || (fallback != "" && a.Name == fallback && a.Alias == "") {
+			return l
+		}
+	}
+	return nil
 }
 
 func backToPod(l netlink.Link, pod ns.NetNS) error {
@@ -379,7 +521,7 @@ func restoreReturned(sel selector) error {
 			return fmt.Errorf("list links: %w", err)
 		}
 		for _, cand := range links {
-			if cand.Attrs().Alias == sel.value && cand.Attrs().Name != sel.value {
+			if cand.Attrs().Alias == sel.value {
 				l = cand
 				break
 			}
@@ -387,8 +529,15 @@ func restoreReturned(sel selector) error {
 	} else if found, err := hostSysfs.find(sel); err == nil {
 		l = found
 	}
-	if l == nil || l.Attrs().Alias == "" || l.Attrs().Alias == l.Attrs().Name {
-		return nil // gone with the pod, or already home
+	if l == nil || l.Attrs().Alias == "" {
+		return nil // gone with the pod, or home
+	}
+	if l.Attrs().Alias == l.Attrs().Name {
+		// Home, but a DEL was killed before it cleared the alias.
+		if err := netlink.LinkSetAlias(l, ""); err != nil {
+			return fmt.Errorf("clear alias of %q: %w", l.Attrs().Name, err)
+		}
+		return nil
 	}
 	orig, name := l.Attrs().Alias, l.Attrs().Name
 	if _, err := netlinksafe.LinkByName(orig); err == nil {

@@ -434,3 +434,56 @@ func TestGCRestoresReturnedDevice(t *testing.T) {
 		t.Errorf("GC left allocations: %v", got)
 	}
 }
+
+// TestKilledHalfway: a virtual device moves straight between node and
+// pod (a temporary netns would destroy it with a killed plugin). DEL
+// brings it home from every state a kill can leave: in the pod under its
+// own name, with or without its alias, or home with the alias still set.
+// And when the pod has a link of the device's name, ADD goes through a
+// temporary netns.
+func TestKilledHalfway(t *testing.T) {
+	r := node(t)
+	l := list(t, r, ipamVersion(t), `"device":"hd0"`)
+	for _, c := range []struct {
+		name string
+		prep func(pod *testnet.NS)
+	}{
+		{"in the pod with alias", func(pod *testnet.NS) {
+			r.Node.MustRun("ip", "link", "set", "hd0", "alias", "hd0")
+			r.Node.MustRun("ip", "link", "set", "hd0", "netns", pod.Name)
+		}},
+		{"in the pod without alias", func(pod *testnet.NS) {
+			r.Node.MustRun("ip", "link", "set", "hd0", "netns", pod.Name)
+		}},
+		{"home with alias", func(pod *testnet.NS) {
+			r.Node.MustRun("ip", "link", "set", "hd0", "alias", "hd0")
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pod := r.Pod(t)
+			c.prep(pod)
+			if err := r.Del(l, r.Attach(pod, "eth0")); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			home(t, r, pod)
+		})
+	}
+	t.Run("pod has the device's name", func(t *testing.T) {
+		pod := r.Pod(t)
+		pod.MustRun("ip", "link", "add", "hd0", "type", "veth", "peer", "name", "y0")
+		a := r.Attach(pod, "eth0")
+		if _, err := r.Add(l, a); err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		if got := linkMap(t, pod)["eth0"]; got.Alias != "hd0" {
+			t.Errorf("eth0 in the pod: %+v", got)
+		}
+		if err := r.Del(l, a); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+		home(t, r, nil)
+		if got := keys(linkMap(t, pod)); !slices.Equal(got, []string{"hd0", "lo", "y0"}) {
+			t.Errorf("pod links %v", got)
+		}
+	})
+}
