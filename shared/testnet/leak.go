@@ -23,7 +23,7 @@ import (
 //
 // Volatile parts are dropped so that equal state compares equal: link
 // flags and operstate, packet counters, ifindexes, address lifetimes and
-// flags, route expiries. A link is its name, kind and master; an address is
+// flags, route expiries. A link is its name, kind, master and alias; an address is
 // its device and prefix; a file is its path, mode and content.
 type Snapshot struct {
 	Sections map[string][]string
@@ -185,10 +185,11 @@ func (r *Runtime) AssertNoLeaks(t testing.TB, before *Snapshot, what string) {
 var (
 	linkRe  = regexp.MustCompile(`^\d+: ([^:@ ]+)(@[^: ]+)?: `)
 	kindRe  = regexp.MustCompile(`\n?\s+(veth|bridge|ifb|macvlan|ipvlan|vlan|dummy|vxlan|vrf|ipip|gre|tun|bridge_slave)\s`)
-	keepTok = map[string]bool{"master": true}
+	keepTok = map[string]bool{"master": true, "alias": true}
 )
 
-// linkLines turns "ip -o -d link" into "name kind master=X" lines.
+// linkLines turns "ip -o -d link" into "name kind master=X alias=Y" lines
+// (host-device keeps a moved device's node name in its alias).
 func linkLines(out string) []string {
 	var lines []string
 	for _, l := range strings.Split(out, "\n") {

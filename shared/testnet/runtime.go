@@ -39,6 +39,10 @@ type Runtime struct {
 	// ExecHook, when set, is called with every plugin process libcni
 	// starts, right after it started (crash-injection tests kill it).
 	ExecHook func(plugin string, p *os.Process)
+	// Env is added to the environment of every plugin libcni starts (a
+	// private DBUS_SYSTEM_BUS_ADDRESS, for one) without changing this
+	// process's, which tests running in parallel share.
+	Env []string
 }
 
 // NewRuntime makes a node and a runtime around it.
@@ -259,6 +263,9 @@ func (e *isolatedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin 
 	cmd := exec.CommandContext(ctx, pluginPath)
 	isolate(cmd, e.state)
 	cmd.Env = environ
+	if e.r != nil {
+		cmd.Env = append(cmd.Env, e.r.Env...)
+	}
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
