@@ -159,27 +159,71 @@ func teardownIPT(a Attachment, ips []*net.IPNet) error {
 		if !available(f) {
 			continue
 		}
-		if len(byFamily[f]) > 0 {
-			// The fast path: exactly the rules ADD made, in one restore.
-			b := iptables.NewBatch("nat")
-			for _, ipn := range byFamily[f] {
-				b.Rule("-D POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
-			}
-			b.Chain(chain)
-			b.Rule("-X %s", chain)
-			if iptables.Apply(f, b) == nil {
-				continue
-			}
+		if iptables.NFT(f) && teardownIPTNFT(f, chain) {
+			continue
 		}
-		err := removeChains(f, func(rules natRules) []string {
-			if rules.hasChain(chain) || len(rules.jumps(chain)) > 0 {
-				return []string{chain}
-			}
-			return nil
-		})
-		errs = append(errs, err)
+		errs = append(errs, teardownIn(f, chain, comment, byFamily[f]))
 	}
 	return errors.Join(errs...)
+}
+
+// teardownIPTNFT is teardownIPT with iptables-nft, over netlink: it deletes the
+// POSTROUTING rules that jump to the chain (by handle) and the chain in one
+// transaction, no process; what removeChains ends with. false when it
+// declined (a chain iptables could not list, a goto) or the transaction
+// failed (the chain is still used elsewhere, say), nothing changed then.
+func teardownIPTNFT(f iptables.Family, chain string) bool {
+	nt, err := iptables.ReadNFT(f, "nat", "POSTROUTING", chain)
+	if err != nil {
+		return false
+	}
+	var refs []iptables.NFTRuleRef
+	var drop []string
+	if c := nt.Chain(chain); c != nil {
+		if !c.Compatible {
+			return false
+		}
+		drop = append(drop, chain)
+	}
+	if post := nt.Chain("POSTROUTING"); post != nil {
+		if !post.Compatible {
+			return false
+		}
+		for _, r := range post.Rules {
+			if r.Target == chain {
+				if r.Goto {
+					return false // iptables-save's -g: removeChains leaves it
+				}
+				refs = append(refs, iptables.NFTRuleRef{Chain: "POSTROUTING", Handle: r.Handle})
+			}
+		}
+	}
+	if len(refs) == 0 && len(drop) == 0 {
+		return true
+	}
+	return iptables.DeleteNFT(f, "nat", refs, drop) == nil
+}
+
+// teardownIn is teardown of one family with iptables processes.
+func teardownIn(f iptables.Family, chain, comment string, ipns []*net.IPNet) error {
+	if len(ipns) > 0 {
+		// The fast path: exactly the rules ADD made, in one restore.
+		b := iptables.NewBatch("nat")
+		for _, ipn := range ipns {
+			b.Rule("-D POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
+		}
+		b.Chain(chain)
+		b.Rule("-X %s", chain)
+		if iptables.Apply(f, b) == nil {
+			return nil
+		}
+	}
+	return removeChains(f, func(rules natRules) []string {
+		if rules.hasChain(chain) || len(rules.jumps(chain)) > 0 {
+			return []string{chain}
+		}
+		return nil
+	})
 }
 
 // removeChains deletes the chains pick chooses and every POSTROUTING rule

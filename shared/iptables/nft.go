@@ -117,8 +117,10 @@ type NFTRule struct {
 	// iptables-nft writes has one; iptables -S does not print it).
 	Exprs []expr.Any
 	// Target is the chain the rule jumps or goes to ("" if none): the
-	// final verdict, which iptables prints last as -j/-g CHAIN.
+	// final verdict, which iptables prints last as -j/-g CHAIN; Goto says
+	// it is a goto (-g).
 	Target string
+	Goto   bool
 	// Comments are the texts of the rule's -m comment matches, in order.
 	Comments []string
 	// Userdata says the rule carries a comment in its userdata (as nft(8)
@@ -330,10 +332,13 @@ func parseRule(fam byte, b []byte) (r NFTRule, chain string, err error) {
 	// it wrote.
 	for i, e := range r.Exprs {
 		if v, ok := e.(*expr.Verdict); ok {
-			if i != len(r.Exprs)-1 {
+			switch {
+			case i != len(r.Exprs)-1:
 				r.Compatible = false
-			} else if v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto {
-				r.Target = v.Chain
+			case v.Kind == expr.VerdictJump || v.Kind == expr.VerdictGoto:
+				r.Target, r.Goto = v.Chain, v.Kind == expr.VerdictGoto
+			case v.Kind != expr.VerdictAccept && v.Kind != expr.VerdictDrop && v.Kind != expr.VerdictReturn:
+				r.Compatible = false // continue, break, queue: not iptables'
 			}
 		}
 	}
