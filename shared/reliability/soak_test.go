@@ -1,7 +1,6 @@
 package reliability
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"os"
@@ -37,11 +36,8 @@ func soakSize(t *testing.T, small int) int {
 
 // defaultList reads conflists/default.conflist, the chain a node gets by
 // default: bridge (host-local, ipMasq), loopback, portmap, firewall,
-// tuning, bandwidth.
-//
-// tuning keeps its backups in /run/cni/tuning by default, which the
-// harness does not isolate: the test's copy puts them under /var/lib/cni,
-// which is the test's StateDir, so the leak checker sees them too.
+// tuning, bandwidth. It is used as shipped: tuning's default backup dir
+// (/run/cni/tuning) is the test's RunDir, which the leak checker sees.
 func defaultList(t *testing.T, r *testnet.Runtime) *libcni.NetworkConfigList {
 	return r.Conflist(defaultConf(t))
 }
@@ -51,20 +47,7 @@ func defaultConf(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var conf map[string]any
-	if err := json.Unmarshal(data, &conf); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range conf["plugins"].([]any) {
-		if p := p.(map[string]any); p["type"] == "tuning" {
-			p["dataDir"] = "/var/lib/cni/cnibox-tuning"
-		}
-	}
-	out, err := json.Marshal(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out)
+	return string(data)
 }
 
 var hostPort atomic.Int32

@@ -47,12 +47,13 @@ var DefaultIgnore = []*regexp.Regexp{
 	regexp.MustCompile(`^files: .*/\.cnibox(/| )`),
 }
 
-// Snapshotter returns a snapshotter of the runtime's node and state dir.
+// Snapshotter returns a snapshotter of the runtime's node and its state
+// and run dirs (/var/lib/cni and /run/cni of its plugins).
 func (r *Runtime) Snapshotter() *Snapshotter {
-	return &Snapshotter{Node: r.Node, Dirs: []string{r.StateDir}, Ignore: DefaultIgnore}
+	return &Snapshotter{Node: r.Node, Dirs: []string{r.StateDir, r.RunDir}, Ignore: DefaultIgnore}
 }
 
-// Snapshot takes a snapshot of the runtime's node and state dir.
+// Snapshot takes a snapshot of the runtime's node and state and run dirs.
 func (r *Runtime) Snapshot(t testing.TB) *Snapshot {
 	t.Helper()
 	return r.Snapshotter().Take(t)

@@ -22,9 +22,13 @@ import (
 // which every plugin runs, a config dir, a libcni result cache and a state
 // directory, all removed when the test ends.
 //
-// Plugins run in a private mount namespace where /var/lib is a fresh tmpfs
-// and /var/lib/cni is the test's own StateDir: even a config that forgets
-// dataDir cannot write to the machine's /var/lib/cni.
+// Plugins run in a private mount namespace where /var/lib is a fresh tmpfs,
+// /var/lib/cni is the test's own StateDir and /run/cni its own RunDir: even
+// a config that forgets dataDir cannot write to the machine's /var/lib/cni
+// or /run/cni (tuning's default backups), and two tests with the same
+// network name cannot GC each other's state there. /run/cnibox stays the
+// machine's: its lock files serialize writers per netns inode, and each
+// test's netns is its own anyway.
 type Runtime struct {
 	t        testing.TB
 	Node     *NS
@@ -32,6 +36,10 @@ type Runtime struct {
 	ConfDir  string // NETCONFPATH
 	CacheDir string // libcni's result cache
 	StateDir string // mounted at /var/lib/cni for every plugin
+	// RunDir is mounted at /run/cni for every plugin. A daemon a test
+	// starts outside (dhcp daemon -socketpath RunDir/dhcp.sock) is where
+	// plugins look by default (/run/cni/dhcp.sock).
+	RunDir string
 	// Path is the CNI_PATH given to plugins; BinDir unless a test changes it
 	// (to put a reference plugin first, for one).
 	Path string
@@ -57,11 +65,17 @@ func NewRuntime(t testing.TB) *Runtime {
 		ConfDir:  filepath.Join(dir, "net.d"),
 		CacheDir: filepath.Join(dir, "cache"),
 		StateDir: filepath.Join(dir, "state"),
+		RunDir:   filepath.Join(dir, "run"),
 	}
-	for _, d := range []string{r.ConfDir, r.CacheDir, r.StateDir} {
+	for _, d := range []string{r.ConfDir, r.CacheDir, r.StateDir, r.RunDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The mount point of RunDir. On a machine without it, this leaves an
+	// empty /run/cni (a tmpfs: gone at the next boot).
+	if err := os.MkdirAll("/run/cni", 0o755); err != nil {
+		t.Fatal(err)
 	}
 	r.SetPath(r.BinDir)
 	return r
@@ -70,7 +84,7 @@ func NewRuntime(t testing.TB) *Runtime {
 // SetPath changes CNI_PATH (a ':'-separated list).
 func (r *Runtime) SetPath(path string) {
 	r.Path = path
-	r.CNI = libcni.NewCNIConfigWithCacheDir(filepath.SplitList(path), r.CacheDir, &isolatedExec{state: r.StateDir, r: r})
+	r.CNI = libcni.NewCNIConfigWithCacheDir(filepath.SplitList(path), r.CacheDir, &isolatedExec{r: r})
 }
 
 // Pod makes a pod netns.
@@ -188,7 +202,7 @@ func (r *Runtime) Cnitool(verb, network string, pod *NS, env ...string) (string,
 		args = append(args, "")
 	}
 	cmd := exec.Command(args[0], args[1:]...)
-	isolate(cmd, r.StateDir)
+	r.isolate(cmd)
 	cmd.Env = append(os.Environ(), "NETCONFPATH="+r.ConfDir, "CNI_PATH="+r.Path)
 	cmd.Env = append(cmd.Env, env...)
 	var stdout, stderr bytes.Buffer
@@ -211,7 +225,7 @@ func CnitoolContainerID(netns string) string {
 func (r *Runtime) Exec(applet string, env []string, stdin []byte) (stdout, stderr []byte, code int) {
 	r.t.Helper()
 	cmd := exec.Command(filepath.Join(r.BinDir, applet))
-	isolate(cmd, r.StateDir)
+	r.isolate(cmd)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errb bytes.Buffer
@@ -239,12 +253,12 @@ func ParseError(t testing.TB, stdout []byte) *types.Error {
 }
 
 // isolate makes cmd run in a private mount namespace in which /var/lib is
-// an empty tmpfs and /var/lib/cni is state, so plugins and runtimes write
-// their default state into the test's directories (cnitool's result cache
-// included).
-func isolate(cmd *exec.Cmd, state string) {
-	script := `mount -t tmpfs cnibox-test /var/lib && mkdir /var/lib/cni && mount --bind "$0" /var/lib/cni && exec "$@"`
-	argv := append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-c", script, state, cmd.Path}, cmd.Args[1:]...)
+// an empty tmpfs, /var/lib/cni is StateDir and /run/cni is RunDir, so
+// plugins and runtimes write their default state into the test's
+// directories (cnitool's result cache included).
+func (r *Runtime) isolate(cmd *exec.Cmd) {
+	script := `mount -t tmpfs cnibox-test /var/lib && mkdir /var/lib/cni && mount --bind "$0" /var/lib/cni && mount --bind "$1" /run/cni && shift && exec "$@"`
+	argv := append([]string{"unshare", "--mount", "--propagation", "private", "sh", "-c", script, r.StateDir, r.RunDir, cmd.Path}, cmd.Args[1:]...)
 	path, err := exec.LookPath("unshare")
 	if err != nil {
 		path = "/usr/bin/unshare"
@@ -255,13 +269,12 @@ func isolate(cmd *exec.Cmd, state string) {
 
 // isolatedExec is libcni's plugin exec, run through isolate.
 type isolatedExec struct {
-	state string
-	r     *Runtime
+	r *Runtime
 }
 
 func (e *isolatedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, pluginPath)
-	isolate(cmd, e.state)
+	e.r.isolate(cmd)
 	cmd.Env = environ
 	if e.r != nil {
 		cmd.Env = append(cmd.Env, e.r.Env...)
@@ -271,7 +284,7 @@ func (e *isolatedExec) ExecPlugin(ctx context.Context, pluginPath string, stdin 
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Start()
 	if err == nil {
-		if e.r != nil && e.r.ExecHook != nil {
+		if e.r.ExecHook != nil {
 			e.r.ExecHook(pluginPath, cmd.Process)
 		}
 		err = cmd.Wait()
