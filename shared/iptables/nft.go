@@ -140,7 +140,9 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
 	}
-	defer conn.Close()
+	// Closing a netfilter socket waits while the kernel frees rules that
+	// any commit (in any netns) deleted: in the background (see DeleteNFT).
+	defer func() { go conn.Close() }()
 	fam := byte(unix.NFPROTO_IPV4)
 	if f == IPv6 {
 		fam = unix.NFPROTO_IPV6
@@ -459,10 +461,16 @@ func DeleteNFT(f Family, table string, rules []NFTRuleRef, chains []string) erro
 	if f == IPv6 {
 		fam = nftables.TableFamilyIPv6
 	}
-	c, err := nftables.New()
+	c, err := nftables.New(nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("nftables: open netlink: %w", err)
 	}
+	// Closing a netfilter socket after a commit that deleted rules waits
+	// until the kernel has freed them (an RCU grace period, 10-15 ms here;
+	// iptables-restore pays it at exit). The close runs in the background
+	// so that the caller does not hold its lock meanwhile; the process's
+	// exit still waits for it.
+	defer func() { go c.CloseLasting() }()
 	t := &nftables.Table{Name: table, Family: fam}
 	for _, r := range rules {
 		if err := c.DelRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: r.Chain, Table: t}, Handle: r.Handle}); err != nil {
