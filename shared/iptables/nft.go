@@ -235,14 +235,14 @@ func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, err
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
 	for _, m := range msgs {
-		r, chain, err := parseRule(fam, m.Data)
+		r, tbl, chain, err := parseRule(fam, m.Data)
 		if err != nil {
 			return nil, err
 		}
-		if chain != name {
-			// The kernel filters the dump by chain; a rule of another
-			// chain means it did not, and the view is not what we asked.
-			return nil, fmt.Errorf("list rules: got a rule of chain %q", chain)
+		if tbl != table || chain != name {
+			// The kernel filters the dump by table and chain; a rule of
+			// another means it did not, and the view is not what we asked.
+			return nil, fmt.Errorf("list rules: got a rule of %s %s", tbl, chain)
 		}
 		c.Compatible = c.Compatible && r.Compatible
 		c.Rules = append(c.Rules, r)
@@ -281,18 +281,20 @@ func parseChain(b []byte) (base bool, hook uint32, prio int32, typ string, err e
 	return base, hook, prio, typ, ad.Err()
 }
 
-func parseRule(fam byte, b []byte) (r NFTRule, chain string, err error) {
+func parseRule(fam byte, b []byte) (r NFTRule, table, chain string, err error) {
 	if len(b) < 4 {
-		return r, "", fmt.Errorf("short rule message")
+		return r, "", "", fmt.Errorf("short rule message")
 	}
 	ad, err := netlink.NewAttributeDecoder(b[4:])
 	if err != nil {
-		return r, "", err
+		return r, "", "", err
 	}
 	ad.ByteOrder = binary.BigEndian
 	r.Compatible = true
 	for ad.Next() {
 		switch ad.Type() {
+		case unix.NFTA_RULE_TABLE:
+			table = ad.String()
 		case unix.NFTA_RULE_CHAIN:
 			chain = ad.String()
 		case unix.NFTA_RULE_HANDLE:
@@ -328,7 +330,7 @@ func parseRule(fam byte, b []byte) (r NFTRule, chain string, err error) {
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return r, chain, err
+		return r, table, chain, err
 	}
 	// iptables prints the verdict last: one anywhere else is not a rule
 	// it wrote.
@@ -344,7 +346,7 @@ func parseRule(fam byte, b []byte) (r NFTRule, chain string, err error) {
 			}
 		}
 	}
-	return r, chain, nil
+	return r, table, chain, nil
 }
 
 // add decodes one expression into r, marking r incompatible when it is of
