@@ -147,6 +147,13 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 	if f == IPv6 {
 		fam = unix.NFPROTO_IPV6
 	}
+	// The chains are read one request at a time: the ruleset's generation
+	// before and after proves that no commit came in between, so the view
+	// is one state of the ruleset (as one iptables-save would be).
+	gen, err := generation(conn, fam)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
+	}
 	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}}
 	for _, name := range chains {
 		if t.chains[name] != nil {
@@ -160,7 +167,37 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 			t.chains[name] = c
 		}
 	}
+	if again, err := generation(conn, fam); err != nil || again != gen {
+		return nil, fmt.Errorf("nftables: read %s %s: the ruleset changed while reading it", f.Name(), table)
+	}
 	return t, nil
+}
+
+// generation returns the ruleset's generation id, which every commit
+// changes.
+func generation(conn *netlink.Conn, fam byte) (uint32, error) {
+	req, err := request(unix.NFT_MSG_GETGEN, 0, fam, nil)
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := conn.Execute(req)
+	if err != nil {
+		return 0, fmt.Errorf("get generation: %w", err)
+	}
+	if len(msgs) != 1 || len(msgs[0].Data) < 4 {
+		return 0, fmt.Errorf("get generation: %d answers", len(msgs))
+	}
+	ad, err := netlink.NewAttributeDecoder(msgs[0].Data[4:])
+	if err != nil {
+		return 0, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_GEN_ID {
+			return ad.Uint32(), ad.Err()
+		}
+	}
+	return 0, fmt.Errorf("get generation: no id")
 }
 
 func request(msgType int, flags netlink.HeaderFlags, fam byte, attrs []netlink.Attribute) (netlink.Message, error) {
@@ -235,6 +272,9 @@ func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, err
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
 	for _, m := range msgs {
+		if m.Header.Flags&netlink.DumpInterrupted != 0 {
+			return nil, fmt.Errorf("list rules: dump interrupted")
+		}
 		r, tbl, chain, err := parseRule(fam, m.Data)
 		if err != nil {
 			return nil, err
