@@ -1,7 +1,7 @@
 package iface
 
 import (
-	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,18 +21,21 @@ import (
 // only the final name. With masterInNetns (linkInContainer) ParentIndex is
 // an index in netns and everything happens inside it.
 //
+// The temporary name is StagingName(ifName): a plugin killed between the
+// creation and the rename leaves a link of that name in the pod, which
+// DeleteLink removes and the next Create replaces.
+//
 // It returns the link as netns sees it. On failure nothing is left behind.
 // An ifName that already exists in the pod is an error naming CNI_IFNAME.
 func Create(netns ns.NetNS, link netlink.Link, ifName string, masterInNetns bool) (netlink.Link, error) {
 	attrs := link.Attrs()
-	var tmp string
+	tmp := StagingName(ifName)
 	add := func() error {
 		for try := 0; ; try++ {
-			tmp = TempName()
 			attrs.Name = tmp
 			err := netlink.LinkAdd(link)
-			if errors.Is(err, unix.EEXIST) && try < 3 {
-				continue // a temporary name collided: draw another
+			if errors.Is(err, unix.EEXIST) && try == 0 && removeLink(netns, tmp) {
+				continue // left by a killed ADD for the same ifName
 			}
 			if err != nil {
 				return fmt.Errorf("create %s link: %w", link.Type(), err)
@@ -77,17 +80,33 @@ func Create(netns ns.NetNS, link netlink.Link, ifName string, masterInNetns bool
 	return out, nil
 }
 
-// TempName returns a random interface name for a link on its way to its
-// final name ("cni" + 10 hex digits: 13 bytes, within IFNAMSIZ).
-func TempName() string {
-	b := make([]byte, 5)
-	_, _ = rand.Read(b)
-	return "cni" + hex.EncodeToString(b)
+// StagingName is the name Create gives a link on its way to ifName in the
+// pod ("cni" + 10 hex digits of a hash of ifName: 13 bytes, within
+// IFNAMSIZ). It is the same for every ADD of ifName, so a link that a
+// killed plugin left under it is found again; one pod has one attachment
+// per ifName, so two ADDs never race for it.
+func StagingName(ifName string) string {
+	sum := sha256.Sum256([]byte(ifName))
+	return "cni" + hex.EncodeToString(sum[:5])
 }
 
-// DeleteLink deletes ifName in the netns at nspath. A netns or a link that
-// does not exist (any more) is success: DEL must be idempotent, and a
-// deleted netns takes its virtual links with it.
+// removeLink deletes the link name in netns and reports whether there was
+// one.
+func removeLink(netns ns.NetNS, name string) bool {
+	found := false
+	_ = netns.Do(func(ns.NetNS) error {
+		if l, err := netlinksafe.LinkByName(name); err == nil {
+			found = netlink.LinkDel(l) == nil
+		}
+		return nil
+	})
+	return found
+}
+
+// DeleteLink deletes ifName in the netns at nspath, and a link Create left
+// under StagingName(ifName) when its plugin was killed before the rename.
+// A netns or a link that does not exist (any more) is success: DEL must be
+// idempotent, and a deleted netns takes its virtual links with it.
 func DeleteLink(nspath, ifName string) error {
 	if nspath == "" {
 		return nil
@@ -100,6 +119,7 @@ func DeleteLink(nspath, ifName string) error {
 		return fmt.Errorf("open netns %q: %w", nspath, err)
 	}
 	defer netns.Close()
+	removeLink(netns, StagingName(ifName))
 	return netns.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {

@@ -161,3 +161,47 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("OpenNetns of a deleted netns: %v", err)
 	}
 }
+
+// TestStagingLeftover: a plugin killed between Create's link creation and
+// its rename leaves a link named StagingName(ifName) in the pod. DeleteLink
+// removes it, and the next Create for the same ifName replaces it (a VLAN
+// ID or MAC it holds would otherwise refuse the new link).
+func TestStagingLeftover(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	pod := testnet.NewNS(t, "pod")
+	node.MustRun("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+	netns, err := iface.OpenNetns(pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Close()
+	stage := iface.StagingName("eth0")
+	if stage != iface.StagingName("eth0") || stage == iface.StagingName("eth1") || len(stage) > 15 {
+		t.Fatalf("StagingName(eth0) = %q", stage)
+	}
+	leftover := func() {
+		pod.MustRun("ip", "link", "add", stage, "type", "veth", "peer", "name", "x0")
+	}
+	leftover()
+	if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
+		t.Fatalf("DeleteLink: %v", err)
+	}
+	if n := linkCount(t, pod); n != 1 {
+		t.Errorf("pod has %d links after DeleteLink, want lo", n)
+	}
+	leftover()
+	err = node.Do(func() error {
+		master, err := netlink.LinkByName("up0")
+		if err != nil {
+			return err
+		}
+		_, err = iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, "eth0", false)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("Create over a leftover: %v", err)
+	}
+	if n := linkCount(t, pod); n != 2 {
+		t.Errorf("pod has %d links after Create, want lo and eth0", n)
+	}
+}
