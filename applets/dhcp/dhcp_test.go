@@ -672,3 +672,33 @@ func BenchmarkAddDel(b *testing.B) {
 		})
 	}
 }
+
+// TestLostACK: the server commits a lease on REQUEST, and its ACK is
+// lost (here dropped on its way out; in a crash test, the pod's interface
+// was deleted by the runtime's DEL while a killed ADD's allocation still
+// ran). The daemon gives up, and releases the address it asked for, so
+// the server does not keep it for a client that has none.
+func TestLostACK(t *testing.T) {
+	l := newMacvlanLab(t)
+	// DHCPACK: option 53 (message type) = 5, the first option dnsmasq puts,
+	// 248 bytes into the UDP header (8 + 236 of BOOTP + the magic cookie).
+	l.server.MustRun("nft", "add table inet lossy")
+	l.server.MustRun("nft", "add chain inet lossy out { type filter hook output priority 0 ; }")
+	l.server.MustRun("nft", "add rule inet lossy out udp sport 67 @th,1984,24 0x350105 drop")
+	l.startDaemon("-resendtimeout", "3s")
+	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-lost", ""))
+	a := l.r.Attach(l.r.Pod(t), "eth0")
+	if _, err := l.r.Add(list, a); err == nil {
+		t.Fatal("ADD succeeded without an ACK")
+	}
+	if l.count("DHCPACK") == 0 {
+		t.Fatalf("dnsmasq sent no ACK:\n%s", l.readLog())
+	}
+	id := hexColon(a.ContainerID + "/dhcp-lost/eth0")
+	waitFor(t, 5*time.Second, "dnsmasq to drop the lease the daemon asked for and gave up", func() bool {
+		return !strings.Contains(l.serverLeases(), id)
+	})
+	if err := l.r.Del(list, a); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+}

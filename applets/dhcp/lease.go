@@ -315,19 +315,56 @@ func (l *lease) release() error {
 	if !errors.Is(err, errGone) {
 		return err
 	}
+	if err := unicastRelease(ack, id); err != nil {
+		return fmt.Errorf("the interface is gone, and from the daemon's network: %w", err)
+	}
+	return nil
+}
+
+// unicastRelease sends DHCPRELEASE for the address of ack (an ACK or an
+// OFFER) to its server from the daemon's own network.
+func unicastRelease(ack *dhcpv4.DHCPv4, id dhcpv4.Modifier) error {
+	server := ack.ServerIdentifier()
+	if server == nil {
+		return errors.New("the lease names no server")
+	}
 	msg, err := dhcpv4.NewReleaseFromACK(ack, id)
 	if err != nil {
 		return err
 	}
 	conn, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: server, Port: nclient4.ServerPort})
 	if err != nil {
-		return fmt.Errorf("the interface is gone, and from the daemon's network: %w", err)
+		return err
 	}
 	defer conn.Close()
-	if _, err := conn.Write(msg.ToBytes()); err != nil {
-		return fmt.Errorf("the interface is gone, and from the daemon's network: %w", err)
+	_, err = conn.Write(msg.ToBytes())
+	return err
+}
+
+// unacked is an acquireOnce that sent a REQUEST and saw no answer: the
+// server may have committed the lease, and only the ACK was lost (the
+// interface was deleted meanwhile, for one).
+type unacked struct {
+	offer *dhcpv4.DHCPv4
+	err   error
+}
+
+func (u *unacked) Error() string { return u.err.Error() }
+func (u *unacked) Unwrap() error { return u.err }
+
+// releaseUnacked releases, best effort, the address a failed acquire
+// REQUESTed without an ACK, so the server does not keep it for the whole
+// lease time for a client that gave up.
+func (d *daemon) releaseUnacked(rec record, offer *dhcpv4.DHCPv4) {
+	if offer == nil {
+		return
 	}
-	return nil
+	id := dhcpv4.WithOption(dhcpv4.OptClientIdentifier(append([]byte{0}, rec.ClientID...)))
+	if err := unicastRelease(offer, id); err != nil {
+		d.logf("%s: release the unacknowledged %s: %v", rec.ClientID, offer.YourIPAddr, err)
+		return
+	}
+	d.logf("%s: gave up: released the unacknowledged %s", rec.ClientID, offer.YourIPAddr)
 }
 
 // acquire runs DISCOVER/OFFER/REQUEST/ACK on the interface until it gets
@@ -335,12 +372,17 @@ func (l *lease) release() error {
 func (d *daemon) acquire(ctx context.Context, rec record, conf *Config, want net.IP) (*dhcpv4.DHCPv4, error) {
 	deadline := time.Now().Add(d.resendTimeout)
 	var last error
+	var pending *dhcpv4.DHCPv4 // the last offer REQUESTed without an answer
 	for attempt := 1; ; attempt++ {
 		ack, err := d.acquireOnce(ctx, rec, conf, want)
 		if err == nil {
 			return ack, nil
 		}
+		if u := (*unacked)(nil); errors.As(err, &u) {
+			pending = u.offer
+		}
 		if errors.Is(err, errGone) || ctx.Err() != nil {
+			d.releaseUnacked(rec, pending)
 			return nil, err
 		}
 		var nak *nclient4.ErrNak
@@ -350,6 +392,7 @@ func (d *daemon) acquire(ctx context.Context, rec record, conf *Config, want net
 		last = err
 		wait := backoff(attempt, d.resendMax)
 		if time.Now().Add(wait).After(deadline) {
+			d.releaseUnacked(rec, pending)
 			return nil, fmt.Errorf("no DHCP lease on %s after %d attempts in %v: %w", rec.IfName, attempt, d.resendTimeout, last)
 		}
 		d.logf("%s: attempt %d: %v; next in %v", rec.ClientID, attempt, err, wait.Round(time.Millisecond))
@@ -377,6 +420,10 @@ func (d *daemon) acquireOnce(ctx context.Context, rec record, conf *Config, want
 			return fmt.Errorf("no offer: %w", err)
 		}
 		l, err := c.RequestFromOffer(ctx, offer, mods...)
+		var nak *nclient4.ErrNak
+		if err != nil && !errors.As(err, &nak) {
+			return &unacked{offer: offer, err: err}
+		}
 		if err != nil {
 			return err
 		}
