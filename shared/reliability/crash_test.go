@@ -265,12 +265,13 @@ func crash(t *testing.T, c *crashCase) {
 	if _, err := r.Add(liveList, live); err != nil {
 		t.Fatalf("ADD live pod: %v", err)
 	}
-	// The kill comes at a random moment of window after the target
-	// started: at first what the live pod's ADD took; a verb that ends
-	// before its kill narrows its window to how long it took, so that
-	// most kills land.
+	// The kill comes at a random moment of a window after the target
+	// started: at first what the live pod's ADD took; a run whose kill
+	// came too late narrows the window of its verb and target to how long
+	// the target ran (until the next plugin started or the verb ended),
+	// so that most kills land.
 	took := max(time.Since(start), 10*time.Millisecond)
-	window := map[string]time.Duration{"ADD": took, "DEL": took}
+	window := map[string]time.Duration{}
 	if c.live != nil {
 		// One ADD and DEL first, so the baseline holds what the network
 		// keeps between pods (host-local's directory).
@@ -294,10 +295,15 @@ func crash(t *testing.T, c *crashCase) {
 	for i := 0; i < c.n; i++ {
 		target := c.applets[rng.Intn(len(c.applets))]
 		verb := []string{"ADD", "DEL"}[rng.Intn(2)]
-		delay := time.Duration(rng.Int63n(int64(window[verb])))
+		key := verb + " " + target
+		if window[key] == 0 {
+			window[key] = took
+		}
+		delay := time.Duration(rng.Int63n(int64(window[key])))
 		what := fmt.Sprintf("kill %d: %s of %s after %v", i, verb, target, delay)
 		killer := c.killers[target]
 		var timer *time.Timer
+		var ran, ended time.Time // the target's run (plugin targets)
 		fired := make(chan struct{})
 		arm := func() {
 			if killer != nil {
@@ -306,8 +312,12 @@ func crash(t *testing.T, c *crashCase) {
 			}
 			r.ExecHook = func(plugin string, p *os.Process) {
 				if filepath.Base(plugin) != target {
+					if !ran.IsZero() && ended.IsZero() {
+						ended = time.Now()
+					}
 					return
 				}
+				ran = time.Now()
 				time.AfterFunc(delay, func() { _ = p.Kill() })
 			}
 		}
@@ -328,8 +338,14 @@ func crash(t *testing.T, c *crashCase) {
 			start = time.Now()
 			err = r.Del(c.list, a)
 		}
-		if took := time.Since(start); err == nil && took < window[verb] {
-			window[verb] = max(took, 10*time.Millisecond)
+		if ended.IsZero() {
+			ended = time.Now()
+		}
+		if ran.IsZero() {
+			ran = start // a killer's target: the verb's time
+		}
+		if ran := ended.Sub(ran); err == nil && ran < window[key] {
+			window[key] = max(ran, 2*time.Millisecond)
 		}
 		r.ExecHook = nil
 		if timer != nil && !timer.Stop() {
