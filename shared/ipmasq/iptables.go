@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/nftables/expr"
+
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
 )
@@ -109,6 +111,73 @@ func setupBatches(a Attachment, ips []*net.IPNet) map[iptables.Family]*iptables.
 }
 
 func checkIPT(a Attachment, ips []*net.IPNet) error {
+	if checkIPTNFT(a, ips) {
+		return nil
+	}
+	return checkIPTSave(a, ips)
+}
+
+// checkIPTNFT reports that checkIPTSave would pass, from the nat table
+// read over netlink when iptables is iptables-nft: the chain exists and
+// POSTROUTING jumps to it from each address. The whole table must be one
+// iptables can list, as iptables-save prints nothing of it otherwise.
+// false when it cannot tell: then checkIPTSave runs and says what fails.
+func checkIPTNFT(a Attachment, ips []*net.IPNet) bool {
+	chain := ChainName(a.Network, a.ContainerID)
+	tables := map[iptables.Family]*iptables.NFTTable{}
+	for _, ipn := range ips {
+		f := family(ipn.IP)
+		t := tables[f]
+		if t == nil {
+			if !iptables.NFT(f) {
+				return false
+			}
+			var err error
+			if t, err = iptables.ReadNFTTable(f, "nat"); err != nil {
+				return false
+			}
+			for _, c := range t.Chains() {
+				if !t.Chain(c).Compatible {
+					return false
+				}
+			}
+			tables[f] = t
+		}
+		post := t.Chain("POSTROUTING")
+		if t.Chain(chain) == nil || post == nil {
+			return false
+		}
+		found := false
+		for _, r := range post.Rules {
+			if r.Target == chain && !r.Goto && hasSource(r, ipn.IP, f) {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// hasSource reports whether the rule matches source address ip (any
+// prefix length), as iptables-save would print " -s IP/LEN".
+func hasSource(r iptables.NFTRule, ip net.IP, f iptables.Family) bool {
+	for i := 0; i+1 < len(r.Exprs); i++ {
+		p, ok1 := r.Exprs[i].(*expr.Payload)
+		c, ok2 := r.Exprs[i+1].(*expr.Cmp)
+		if !ok1 || !ok2 {
+			continue
+		}
+		if m, ok := iptables.AddrMatch(p, c, f); ok && strings.HasPrefix(m, "-s "+ip.String()+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// checkIPTSave is checkIPT from iptables-save's output.
+func checkIPTSave(a Attachment, ips []*net.IPNet) error {
 	chain := ChainName(a.Network, a.ContainerID)
 	saved := map[iptables.Family]natRules{}
 	for _, ipn := range ips {

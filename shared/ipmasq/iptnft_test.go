@@ -114,3 +114,49 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 	both("iptables", "-t", "nat", "-F", "USER")
 	teardown("teardown once it is not", a3, ip3, true, true)
 }
+
+// TestNFTCheckEquivalence: where the netlink CHECK passes, the
+// iptables-save one must pass too; where it cannot tell, the iptables-save
+// one decides.
+func TestNFTCheckEquivalence(t *testing.T) {
+	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
+		t.Skip("iptables here is not iptables-nft")
+	}
+	node := testnet.NewNS(t, "node")
+	a1 := Attachment{Network: "mnet", ContainerID: "c1", IfName: "eth0"}
+	ip1 := []*net.IPNet{{IP: net.ParseIP("10.1.0.2").To4(), Mask: net.CIDRMask(24, 32)}, {IP: net.ParseIP("fd00::2"), Mask: net.CIDRMask(64, 128)}}
+	check := func(step string, ipns []*net.IPNet, wantNFT, wantOK bool) {
+		t.Helper()
+		var fast bool
+		var slow error
+		if err := node.Do(func() error {
+			fast = checkIPTNFT(a1, ipns)
+			slow = checkIPTSave(a1, ipns)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if fast && slow != nil {
+			t.Errorf("%s: netlink CHECK passes, iptables-save CHECK fails: %v", step, slow)
+		}
+		if fast != wantNFT || (slow == nil) != wantOK {
+			t.Errorf("%s: netlink %v (want %v), iptables-save %v (want ok %v)", step, fast, wantNFT, slow, wantOK)
+		}
+	}
+	check("before ADD", ip1, false, false)
+	if err := node.Do(func() error { return Setup(IPTables, a1, ip1) }); err != nil {
+		t.Fatal(err)
+	}
+	check("after ADD", ip1, true, true)
+	check("another address", []*net.IPNet{{IP: net.ParseIP("10.1.0.9").To4(), Mask: net.CIDRMask(24, 32)}}, false, false)
+	// A rule iptables cannot list anywhere in the table hides the table
+	// from iptables-save.
+	node.MustRun("nft", "add", "chain", "ip", "nat", "NATIVE")
+	node.MustRun("nft", "add", "rule", "ip", "nat", "NATIVE", "ct", "state", "new", "accept")
+	check("a native rule elsewhere in nat", ip1, false, false)
+	node.MustRun("nft", "delete", "chain", "ip", "nat", "NATIVE")
+	check("native rule gone", ip1, true, true)
+	node.MustRun("iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "10.1.0.2/32", "-m", "comment", "--comment", Comment("mnet", "c1"), "-j", ChainName("mnet", "c1"))
+	check("the jump deleted", ip1, false, false)
+	check("IPv6 only", ip1[1:], true, true)
+}

@@ -71,6 +71,7 @@ func NFTIn(path string, f Family) bool {
 type NFTTable struct {
 	Name   string
 	chains map[string]*NFTChain
+	order  []string // ReadNFTTable's
 }
 
 // Chain returns the named chain, nil when it does not exist.
@@ -173,6 +174,85 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 	return t, nil
 }
 
+// ReadNFTTable reads every chain of an iptables-nft table, as iptables-save
+// does (which prints nothing of the table when one chain is not
+// Compatible); Chains lists them. A table that does not exist has none.
+func ReadNFTTable(f Family, table string) (*NFTTable, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: open netlink: %w", err)
+	}
+	defer func() { go conn.Close() }()
+	fam := byte(unix.NFPROTO_IPV4)
+	if f == IPv6 {
+		fam = unix.NFPROTO_IPV6
+	}
+	fail := func(err error) (*NFTTable, error) {
+		return nil, fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
+	}
+	gen, err := generation(conn, fam)
+	if err != nil {
+		return fail(err)
+	}
+	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}}
+	req, err := request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")}})
+	if err != nil {
+		return fail(err)
+	}
+	msgs, err := conn.Execute(req)
+	if err != nil {
+		return fail(fmt.Errorf("list chains: %w", err))
+	}
+	for _, m := range msgs {
+		ci, err := parseChain(m.Data)
+		if err != nil {
+			return fail(err)
+		}
+		if ci.table == table && t.chains[ci.name] == nil {
+			t.chains[ci.name] = &NFTChain{Name: ci.name, Compatible: ci.compatible()}
+			t.order = append(t.order, ci.name)
+		}
+	}
+	req, err = request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
+	if err != nil {
+		return fail(err)
+	}
+	msgs, err = conn.Execute(req)
+	if err != nil {
+		return fail(fmt.Errorf("list rules: %w", err))
+	}
+	for _, m := range msgs {
+		if m.Header.Flags&netlink.DumpInterrupted != 0 {
+			return fail(fmt.Errorf("list rules: dump interrupted"))
+		}
+		r, tbl, chain, err := parseRule(fam, m.Data)
+		if err != nil {
+			return fail(err)
+		}
+		if tbl != table {
+			continue
+		}
+		c := t.chains[chain]
+		if c == nil {
+			return fail(fmt.Errorf("list rules: a rule of unknown chain %s", chain))
+		}
+		c.Compatible = c.Compatible && r.Compatible
+		c.Rules = append(c.Rules, r)
+	}
+	if again, err := generation(conn, fam); err != nil || again != gen {
+		return fail(fmt.Errorf("the ruleset changed while reading it"))
+	}
+	return t, nil
+}
+
+// Chains returns the names of the chains read by ReadNFTTable.
+func (t *NFTTable) Chains() []string {
+	if t == nil {
+		return nil
+	}
+	return t.order
+}
+
 // generation returns the ruleset's generation id, which every commit
 // changes.
 func generation(conn *netlink.Conn, fam byte) (uint32, error) {
@@ -248,17 +328,14 @@ func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, err
 	if len(msgs) != 1 {
 		return nil, fmt.Errorf("get chain: %d answers", len(msgs))
 	}
-	base, hook, prio, typ, err := parseChain(msgs[0].Data)
+	ci, err := parseChain(msgs[0].Data)
 	if err != nil {
 		return nil, err
 	}
-	c := &NFTChain{Name: name}
-	if std, ok := builtin[table][name]; ok {
-		wantType := table
-		c.Compatible = base && int32(hook) == std[0] && prio == std[1] && typ == wantType
-	} else {
-		c.Compatible = !base && builtin[table] != nil
+	if ci.table != table || ci.name != name {
+		return nil, fmt.Errorf("get chain: got %s %s", ci.table, ci.name)
 	}
+	c := &NFTChain{Name: name, Compatible: ci.compatible()}
 
 	req, err = request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, []netlink.Attribute{
 		{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")},
@@ -290,35 +367,58 @@ func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, err
 	return c, nil
 }
 
-func parseChain(b []byte) (base bool, hook uint32, prio int32, typ string, err error) {
+// chainInfo is what a chain message says of the chain.
+type chainInfo struct {
+	table, name string
+	base        bool
+	hook        uint32
+	prio        int32
+	typ         string
+}
+
+// compatible reports whether iptables-nft could have made the chain: a
+// built-in chain with its standard hook, priority and type, or a user
+// chain that is no base chain, in one of the tables it knows.
+func (ci chainInfo) compatible() bool {
+	if std, ok := builtin[ci.table][ci.name]; ok {
+		return ci.base && int32(ci.hook) == std[0] && ci.prio == std[1] && ci.typ == ci.table
+	}
+	return !ci.base && builtin[ci.table] != nil
+}
+
+func parseChain(b []byte) (ci chainInfo, err error) {
 	if len(b) < 4 {
-		return false, 0, 0, "", fmt.Errorf("short chain message")
+		return ci, fmt.Errorf("short chain message")
 	}
 	ad, err := netlink.NewAttributeDecoder(b[4:])
 	if err != nil {
-		return false, 0, 0, "", err
+		return ci, err
 	}
 	ad.ByteOrder = binary.BigEndian
 	for ad.Next() {
 		switch ad.Type() {
+		case unix.NFTA_CHAIN_TABLE:
+			ci.table = ad.String()
+		case unix.NFTA_CHAIN_NAME:
+			ci.name = ad.String()
 		case unix.NFTA_CHAIN_HOOK:
-			base = true
+			ci.base = true
 			ad.Nested(func(nd *netlink.AttributeDecoder) error {
 				for nd.Next() {
 					switch nd.Type() {
 					case unix.NFTA_HOOK_HOOKNUM:
-						hook = nd.Uint32()
+						ci.hook = nd.Uint32()
 					case unix.NFTA_HOOK_PRIORITY:
-						prio = int32(nd.Uint32())
+						ci.prio = int32(nd.Uint32())
 					}
 				}
 				return nil
 			})
 		case unix.NFTA_CHAIN_TYPE:
-			typ = ad.String()
+			ci.typ = ad.String()
 		}
 	}
-	return base, hook, prio, typ, ad.Err()
+	return ci, ad.Err()
 }
 
 func parseRule(fam byte, b []byte) (r NFTRule, table, chain string, err error) {
