@@ -73,7 +73,9 @@ type Config struct {
 	// is set.
 	PreserveDefaultVlan bool `json:"preserveDefaultVlan"`
 	// MacSpoofChk drops frames from the pod whose source MAC is not the
-	// pod's (nftables, bridge family).
+	// pod's (nftables, bridge family); cnibox also drops, when IPAM gave
+	// the pod addresses, IPv4/IPv6/ARP (tagged or not) from other
+	// addresses, and QinQ frames (see spoofcheck.go).
 	MacSpoofChk bool `json:"macspoofchk"`
 	// EnableDAD runs IPv6 duplicate address detection in the pod (and
 	// waits for it); off by default because it costs ~2 s per pod.
