@@ -90,8 +90,13 @@ func saveBackup(path string, b *backup) error {
 	return nil
 }
 
-// removeBackup deletes a backup; a missing one is fine.
+// removeBackup deletes a backup, and the temporary files of saveBackup a
+// killed ADD left beside it; a missing one is fine.
 func removeBackup(path string) error {
+	stray, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".*"))
+	for _, f := range stray {
+		_ = os.Remove(f)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

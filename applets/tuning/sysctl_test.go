@@ -3,6 +3,7 @@ package tuning
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -93,5 +94,33 @@ func TestKeepOlder(t *testing.T) {
 	b.keepOlder(&backup{Mtu: 1500, Mac: "02:00:00:00:00:01", Sysctls: []sysctlBackup{{Path: "/a", Was: "0"}, {Path: "/c", Was: "5", Set: "6"}}})
 	if b.Mtu != 1500 || b.Mac != "02:00:00:00:00:01" || b.Sysctls[0].Was != "0" || b.Sysctls[1].Was != "1" || len(b.Sysctls) != 3 || b.Sysctls[2].Path != "/c" {
 		t.Fatalf("%+v", b)
+	}
+}
+
+// TestRemoveBackupStrays: a plugin killed while saveBackup wrote leaves
+// its temporary file; DEL's removeBackup takes it too, and nothing of
+// another attachment.
+func TestRemoveBackupStrays(t *testing.T) {
+	dir := t.TempDir()
+	path := backupPath(dir, "c1", "eth0")
+	other := backupPath(dir, "c1", "eth1")
+	for _, f := range []string{path, dir + "/.c1_eth0.json.123", dir + "/.c1_eth0.json.456", other, dir + "/.c1_eth1.json.789"} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := removeBackup(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeBackup(path); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{".c1_eth1.json.789", "c1_eth1.json"}; !slices.Equal(left, want) {
+		t.Errorf("left %v, want %v", left, want)
 	}
 }

@@ -18,8 +18,8 @@ import (
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
-// crashRuns is the number of kills per chain: CNIBOX_CRASH, or a few for
-// make test.
+// crashRuns is the number of runs on the default chain: CNIBOX_CRASH, or
+// a few for make test.
 func crashRuns(t *testing.T) int {
 	s := os.Getenv("CNIBOX_CRASH")
 	if s == "" {
@@ -48,8 +48,8 @@ func crashRuns(t *testing.T) int {
 // (kills of the plugin, and of the daemon, which is restarted), and
 // bridge with the firewalld firewall backend. ipvlan and vlan are in
 // TestCrashIPVlan and TestCrashVlan (kernels without them skip, the VM runs
-// them). CNIBOX_CRASH sets the number of kills on the default chain, half
-// that on the others (make test runs a few).
+// them). CNIBOX_CRASH sets the number of runs (one kill armed in each) on
+// the default chain, half that on the others (make test: 6 and 3).
 func TestCrashInjection(t *testing.T) {
 	n := crashRuns(t)
 	half := (n + 1) / 2
