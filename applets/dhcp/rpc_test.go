@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/rpc"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -184,5 +185,30 @@ func TestHandshakeBytes(t *testing.T) {
 	out.Write(buf[:n])
 	if !strings.HasPrefix(out.String(), "HTTP/1.0 405") {
 		t.Errorf("a GET got %q", out.String())
+	}
+}
+
+// TestOpenStoreStrays: a daemon killed while it wrote its lease file
+// leaves the temporary file; the next daemon's openStore removes it and
+// keeps the lease file.
+func TestOpenStoreStrays(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "leases.json")
+	if err := os.WriteFile(path, []byte(`{"version":1,"leases":[{"clientID":"c/n/eth0"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".leases.json.42"), []byte(`{"vers`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := openStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.all()) != 1 {
+		t.Errorf("leases %v", s.all())
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 || entries[0].Name() != "leases.json" {
+		t.Errorf("dir holds %v, want the lease file only", entries)
 	}
 }

@@ -40,11 +40,17 @@ type storeFile struct {
 	Leases  []record `json:"leases"`
 }
 
-// openStore loads the lease file; a missing file is an empty store.
+// openStore loads the lease file; a missing file is an empty store. It
+// runs once, when the daemon starts: temporary files a killed daemon left
+// half-written beside the lease file are removed.
 func openStore(path string) (*store, error) {
 	s := &store{path: path, recs: map[string]record{}}
 	if path == "" {
 		return s, nil
+	}
+	stray, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".*"))
+	for _, f := range stray {
+		_ = os.Remove(f)
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {

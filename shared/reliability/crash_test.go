@@ -112,7 +112,7 @@ func TestCrashInjection(t *testing.T) {
 		// after those, not after every kill.
 		l := newDHCPLab(t)
 		crash(t, &crashCase{r: l.r, list: l.list, n: half, applets: []string{"dhcp daemon"},
-			probes:  []probe{l.daemonLeases},
+			probes:  []probe{l.daemonLeases, l.daemonFiles},
 			final:   []probe{l.serverLeases},
 			killers: map[string]func(){"dhcp daemon": l.killDaemon},
 			recover: l.restartDaemon})

@@ -149,6 +149,21 @@ func (l *dhcpLab) daemonLeases(t testing.TB) (string, []string) {
 	return "dhcp-daemon", lines
 }
 
+// daemonFiles is the probe of the daemon's lease directory: a daemon
+// killed while it wrote its lease file must not leave a temporary file
+// once it is started again.
+func (l *dhcpLab) daemonFiles(t testing.TB) (string, []string) {
+	entries, err := os.ReadDir(filepath.Dir(l.leases))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, e := range entries {
+		lines = append(lines, e.Name())
+	}
+	return "dhcp-daemon-files", lines
+}
+
 // serverLeases is the probe of dnsmasq's leases: address and client ID
 // (expiry and MAC change with every renewal and pod).
 func (l *dhcpLab) serverLeases(t testing.TB) (string, []string) {
