@@ -82,7 +82,7 @@ func delNFT(a *attachment, f iptables.Family) bool {
 	if len(refs) == 0 {
 		return true
 	}
-	return iptables.DeleteNFT(f, "filter", refs, nil) == nil
+	return iptables.DeleteNFT(f, t, refs, nil) == nil
 }
 
 // render prints the rules of FORWARD and CNI-FORWARD that ADD and DEL

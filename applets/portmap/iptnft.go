@@ -189,7 +189,7 @@ func removeNFT(f iptables.Family, entries, chains []string) bool {
 	if len(rules) == 0 && len(drop) == 0 {
 		return true
 	}
-	return iptables.DeleteNFT(f, "nat", rules, drop) == nil
+	return iptables.DeleteNFT(f, nt, rules, drop) == nil
 }
 
 // planRemoveNFT is planRemove for a table read over netlink: the rules

@@ -270,7 +270,7 @@ func teardownIPTNFT(f iptables.Family, chain string) bool {
 	if len(refs) == 0 && len(drop) == 0 {
 		return true
 	}
-	return iptables.DeleteNFT(f, "nat", refs, drop) == nil
+	return iptables.DeleteNFT(f, nt, refs, drop) == nil
 }
 
 // teardownIn is teardown of one family with iptables processes.

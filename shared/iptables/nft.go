@@ -8,9 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 	"sync"
 
-	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/google/nftables/xt"
@@ -72,6 +72,7 @@ type NFTTable struct {
 	Name   string
 	chains map[string]*NFTChain
 	order  []string // ReadNFTTable's
+	gen    uint32   // the ruleset's generation it was read at
 }
 
 // Chain returns the named chain, nil when it does not exist.
@@ -155,7 +156,7 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
 	}
-	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}}
+	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}, gen: gen}
 	for _, name := range chains {
 		if t.chains[name] != nil {
 			continue
@@ -194,7 +195,7 @@ func ReadNFTTable(f Family, table string) (*NFTTable, error) {
 	if err != nil {
 		return fail(err)
 	}
-	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}}
+	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}, gen: gen}
 	req, err := request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return fail(err)
@@ -593,39 +594,82 @@ type NFTRuleRef struct {
 }
 
 // DeleteNFT deletes, in one atomic nftables transaction, the rules by
-// handle and then the chains (flushed first) of an iptables-nft table: the
-// same change as iptables-restore's "-D CHAIN rule", "-F CHAIN", "-X CHAIN"
-// lines, without the process. It fails as a whole if any rule or chain is
-// gone or a chain is still referenced; the caller then falls back to
-// iptables.
-func DeleteNFT(f Family, table string, rules []NFTRuleRef, chains []string) error {
-	fam := nftables.TableFamilyIPv4
+// handle and then the chains (flushed first) of the iptables-nft table t
+// was read from: the same change as iptables-restore's "-D CHAIN rule",
+// "-F CHAIN", "-X CHAIN" lines, without the process. The transaction
+// carries the generation t was read at, so the kernel refuses it if any
+// commit came since: it changes exactly the state that was read, or
+// nothing. It also fails as a whole if a chain is still referenced; the
+// caller then falls back to iptables.
+func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error {
+	fam := byte(unix.NFPROTO_IPV4)
 	if f == IPv6 {
-		fam = nftables.TableFamilyIPv6
+		fam = unix.NFPROTO_IPV6
 	}
-	c, err := nftables.New(nftables.AsLasting())
+	fail := func(err error) error { return fmt.Errorf("nftables: delete from %s %s: %w", f.Name(), t.Name, err) }
+	const batchGenID = 1 // NFNL_BATCH_GENID
+	gen := netlink.NewAttributeEncoder()
+	gen.ByteOrder = binary.BigEndian
+	gen.Uint32(batchGenID, t.gen)
+	genAttr, err := gen.Encode()
 	if err != nil {
-		return fmt.Errorf("nftables: open netlink: %w", err)
+		return fail(err)
+	}
+	subsys := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES} // res_id, big endian
+	msgs := []netlink.Message{{
+		Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request},
+		Data:   append(append([]byte{}, subsys...), genAttr...),
+	}}
+	add := func(msgType int, attrs []netlink.Attribute) error {
+		m, err := request(msgType, netlink.Acknowledge, fam, attrs)
+		msgs = append(msgs, m)
+		return err
+	}
+	str := func(s string) []byte { return []byte(s + "\x00") }
+	for _, r := range rules {
+		handle := binary.BigEndian.AppendUint64(nil, r.Handle)
+		if err := add(unix.NFT_MSG_DELRULE, []netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: str(t.Name)},
+			{Type: unix.NFTA_RULE_CHAIN, Data: str(r.Chain)}, {Type: unix.NFTA_RULE_HANDLE, Data: handle}}); err != nil {
+			return fail(err)
+		}
+	}
+	for _, c := range chains {
+		// A DELRULE without a handle flushes the chain.
+		if err := add(unix.NFT_MSG_DELRULE, []netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: str(t.Name)}, {Type: unix.NFTA_RULE_CHAIN, Data: str(c)}}); err != nil {
+			return fail(err)
+		}
+		if err := add(unix.NFT_MSG_DELCHAIN, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: str(t.Name)}, {Type: unix.NFTA_CHAIN_NAME, Data: str(c)}}); err != nil {
+			return fail(err)
+		}
+	}
+	msgs = append(msgs, netlink.Message{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: subsys})
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return fail(err)
 	}
 	// Closing a netfilter socket after a commit that deleted rules waits
 	// until the kernel has freed them (an RCU grace period, 10-15 ms here;
 	// iptables-restore pays it at exit). The close runs in the background
 	// so that the caller does not hold its lock meanwhile; the process's
 	// exit still waits for it.
-	defer func() { go c.CloseLasting() }()
-	t := &nftables.Table{Name: table, Family: fam}
-	for _, r := range rules {
-		if err := c.DelRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: r.Chain, Table: t}, Handle: r.Handle}); err != nil {
-			return fmt.Errorf("nftables: delete %s %s rule %d: %w", f.Name(), table, r.Handle, err)
+	defer func() { go conn.Close() }()
+	// Never hang on a missing answer: the caller then takes the iptables
+	// path, which reads the table again (and finds nothing left to delete
+	// if the transaction did apply).
+	if err := conn.SetReadDeadline(time.Now().Add(LockWait)); err != nil {
+		return fail(err)
+	}
+	if _, err := conn.SendMessages(msgs); err != nil {
+		return fail(err)
+	}
+	// Every acknowledged message is answered (an error, or the refused
+	// generation, ends the wait: the transaction was not applied).
+	for want := len(msgs) - 2; want > 0; {
+		got, err := conn.Receive()
+		if err != nil {
+			return fail(err)
 		}
-	}
-	for _, name := range chains {
-		ch := &nftables.Chain{Name: name, Table: t}
-		c.FlushChain(ch)
-		c.DelChain(ch)
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: delete from %s %s: %w", f.Name(), table, err)
+		want -= len(got)
 	}
 	return nil
 }

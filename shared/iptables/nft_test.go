@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/testnet"
@@ -98,5 +99,52 @@ func TestReadNFT(t *testing.T) {
 	}
 	if _, known := mine.Find("-s 10.0.0.3/32 -j ACCEPT", none); known {
 		t.Error("Find of an ACCEPT rule without a renderer is known")
+	}
+}
+
+// TestDeleteNFT: the deletion applies only to the state that was read; a
+// commit in between makes the kernel refuse it, and nothing changes.
+func TestDeleteNFT(t *testing.T) {
+	if !NFT(IPv4) {
+		t.Skip("iptables here is not iptables-nft")
+	}
+	node := testnet.NewNS(t, "node")
+	b := NewBatch("filter")
+	b.Chain("MINE")
+	b.Rule("-A MINE -j ACCEPT")
+	b.Rule("-A INPUT -j MINE")
+	b.Rule("-A INPUT -j MINE")
+	read := func() *NFTTable {
+		var tb *NFTTable
+		if err := node.Do(func() (err error) { tb, err = ReadNFT(IPv4, "filter", "INPUT", "MINE"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return tb
+	}
+	del := func(tb *NFTTable) error {
+		var refs []NFTRuleRef
+		for _, r := range tb.Chain("INPUT").Rules {
+			if r.Target == "MINE" {
+				refs = append(refs, NFTRuleRef{Chain: "INPUT", Handle: r.Handle})
+			}
+		}
+		return node.Do(func() error { return DeleteNFT(IPv4, tb, refs, []string{"MINE"}) })
+	}
+	if err := node.Do(func() error { return Apply(IPv4, b) }); err != nil {
+		t.Fatal(err)
+	}
+	before := read()
+	node.MustRun("iptables", "-A", "INPUT", "-s", "10.9.9.9/32", "-j", "DROP")
+	if err := del(before); err == nil {
+		t.Fatal("a deletion planned before a commit was applied after it")
+	}
+	if got := node.MustRun("iptables", "-S"); !strings.Contains(got, "-N MINE") || strings.Count(got, "-A INPUT -j MINE") != 2 {
+		t.Fatalf("a refused deletion changed the table:\n%s", got)
+	}
+	if err := del(read()); err != nil {
+		t.Fatal(err)
+	}
+	if got := node.MustRun("iptables", "-S"); strings.Contains(got, "MINE") || !strings.Contains(got, "10.9.9.9") {
+		t.Fatalf("after the deletion:\n%s", got)
 	}
 }
