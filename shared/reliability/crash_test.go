@@ -45,7 +45,8 @@ func crashRuns(t *testing.T) int {
 // nothing. Chains: the default one (bridge, host-local in-process,
 // loopback, portmap, firewall, tuning, bandwidth), conflists/ptp.conflist,
 // conflists/macvlan.conflist, macvlan with static IPAM, host-device, dhcp
-// (kills of the plugin, and of the daemon, which is restarted), and
+// under macvlan and bridge (kills of the plugin, and of the daemon, which
+// is restarted), and
 // bridge with the firewalld firewall backend. ipvlan and vlan are in
 // TestCrashIPVlan and TestCrashVlan (kernels without them skip, the VM runs
 // them). CNIBOX_CRASH sets the number of runs (one kill armed in each) on
@@ -101,6 +102,11 @@ func TestCrashInjection(t *testing.T) {
 	t.Run("dhcp", func(t *testing.T) {
 		l := newDHCPLab(t)
 		crash(t, &crashCase{r: l.r, list: l.list, n: half, applets: []string{"macvlan"},
+			probes: []probe{l.daemonLeases, l.serverLeases}})
+	})
+	t.Run("dhcp-bridge", func(t *testing.T) {
+		l := newDHCPBridgeLab(t)
+		crash(t, &crashCase{r: l.r, list: l.list, n: half, applets: []string{"bridge"},
 			probes: []probe{l.daemonLeases, l.serverLeases}})
 	})
 	t.Run("dhcp-daemon", func(t *testing.T) {

@@ -24,7 +24,8 @@ import (
 // own (10.39.0.1, serving 10.39.0.100-200), with cnibox's dhcp daemon
 // running in the node on a socket, pidfile and lease file in the test's
 // temporary directory (never the machine's /run/cni/dhcp.sock). Pods
-// attach with macvlan on uplink and dhcp IPAM (in-process in macvlan).
+// attach with macvlan on uplink (or bridge, see newDHCPBridgeLab) and
+// dhcp IPAM (in-process in the main plugin).
 type dhcpLab struct {
 	t      *testing.T
 	r      *testnet.Runtime
@@ -39,6 +40,19 @@ type dhcpLab struct {
 
 func newDHCPLab(t *testing.T) *dhcpLab {
 	t.Helper()
+	return buildDHCPLab(t, false)
+}
+
+// newDHCPBridgeLab is a dhcpLab whose pods attach with the bridge plugin
+// to br-dhcp, of which uplink is a port (the node's address is on the
+// bridge).
+func newDHCPBridgeLab(t *testing.T) *dhcpLab {
+	t.Helper()
+	return buildDHCPLab(t, true)
+}
+
+func buildDHCPLab(t *testing.T, bridge bool) *dhcpLab {
+	t.Helper()
 	if _, err := exec.LookPath("dnsmasq"); err != nil {
 		t.Skip("dnsmasq not installed (Debian package dnsmasq-base; make test-deps installs it)")
 	}
@@ -48,8 +62,15 @@ func newDHCPLab(t *testing.T) *dhcpLab {
 	l := &dhcpLab{t: t, r: r, dir: dir, sock: filepath.Join(dir, "run", "dhcp.sock"),
 		leases: filepath.Join(dir, "state", "leases.json"), server: filepath.Join(dir, "dnsmasq.leases")}
 	r.Node.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "srv0", "netns", srv.Name)
-	r.Node.MustRun("ip", "addr", "add", "10.39.0.2/24", "dev", "uplink")
-	r.Node.MustRun("ip", "link", "set", "uplink", "up")
+	if bridge {
+		r.Node.MustRun("ip", "link", "add", "br-dhcp", "type", "bridge")
+		r.Node.MustRun("ip", "link", "set", "uplink", "master", "br-dhcp", "up")
+		r.Node.MustRun("ip", "addr", "add", "10.39.0.2/24", "dev", "br-dhcp")
+		r.Node.MustRun("ip", "link", "set", "br-dhcp", "up")
+	} else {
+		r.Node.MustRun("ip", "addr", "add", "10.39.0.2/24", "dev", "uplink")
+		r.Node.MustRun("ip", "link", "set", "uplink", "up")
+	}
 	srv.MustRun("ip", "addr", "add", "10.39.0.1/24", "dev", "srv0")
 	srv.MustRun("ip", "link", "set", "srv0", "up")
 
@@ -87,8 +108,12 @@ func newDHCPLab(t *testing.T) *dhcpLab {
 			}
 		}
 	})
+	plugin := `"type":"macvlan","master":"uplink","mode":"bridge"`
+	if bridge {
+		plugin = `"type":"bridge","bridge":"br-dhcp"`
+	}
 	l.list = r.Conflist(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-net","plugins":[
-		{"type":"macvlan","master":"uplink","mode":"bridge","ipam":{"type":"dhcp","daemonSocketPath":%q}}]}`, l.sock))
+		{%s,"ipam":{"type":"dhcp","daemonSocketPath":%q}}]}`, plugin, l.sock))
 	return l
 }
 
