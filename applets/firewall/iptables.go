@@ -71,6 +71,26 @@ func (iptBackend) usable() error {
 // tried first with iptables-nft: it returns the batch without listing (or
 // does the change itself and returns an empty batch), ok false to decline.
 func apply(a *attachment, chains []string, fast func(f iptables.Family) (*iptables.Batch, bool), plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
+	return applyWith(a, chains, false, fast, plan)
+}
+
+// applyWith is apply; with early, each family's iptables-restore starts
+// before the lock is taken and the chains are read (ADD always ends in
+// one, and its start-up then overlaps with the reads).
+func applyWith(a *attachment, chains []string, early bool, fast func(f iptables.Family) (*iptables.Batch, bool), plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
+	restores := map[iptables.Family]*iptables.Restore{}
+	for _, f := range a.families() {
+		if early && iptables.Installed(f) {
+			restores[f] = iptables.StartRestore(f)
+			defer restores[f].Close()
+		}
+	}
+	applyIn := func(f iptables.Family, b *iptables.Batch) error {
+		if r := restores[f]; r != nil {
+			return r.Apply(b)
+		}
+		return iptables.Apply(f, b)
+	}
 	unlock, err := iptables.Lock("firewall")
 	if err != nil {
 		return err
@@ -82,7 +102,7 @@ func apply(a *attachment, chains []string, fast func(f iptables.Family) (*iptabl
 		}
 		if fast != nil && iptables.NFT(f) {
 			if b, ok := fast(f); ok {
-				if err := iptables.Apply(f, b); err != nil {
+				if err := applyIn(f, b); err != nil {
 					return err
 				}
 				continue
@@ -94,7 +114,7 @@ func apply(a *attachment, chains []string, fast func(f iptables.Family) (*iptabl
 		}
 		b := iptables.NewBatch("filter")
 		plan(t, f, b)
-		if err := iptables.Apply(f, b); err != nil {
+		if err := applyIn(f, b); err != nil {
 			return err
 		}
 	}
@@ -111,7 +131,7 @@ func (iptBackend) add(a *attachment) error {
 		planFrom(s, a, f, b)
 		return b, true
 	}
-	return apply(a, addChains(a), fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
+	return applyWith(a, addChains(a), true, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
 }
 
 // addChains are the chains ADD reads.

@@ -101,12 +101,19 @@ func (a *attachment) podNet(f iptables.Family) *net.IPNet {
 // like every exec of this applet they run in the process's netns, which is
 // the runtime's.
 func (iptBackend) add(a *attachment) error {
+	// ADD always ends in one iptables-restore per family: they start
+	// first, so that their start-up overlaps with the lock and the reads.
+	fams := a.families()
+	restores := make([]*iptables.Restore, len(fams))
+	for i, f := range fams {
+		restores[i] = iptables.StartRestore(f)
+		defer restores[i].Close()
+	}
 	unlock, err := iptables.Lock("portmap")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	fams := a.families()
 	errs := make([]error, len(fams))
 	var wg sync.WaitGroup
 	for i, f := range fams {
@@ -118,7 +125,7 @@ func (iptBackend) add(a *attachment) error {
 				errs[i] = err
 				return
 			}
-			errs[i] = iptables.Apply(f, nat, filter)
+			errs[i] = restores[i].Apply(nat, filter)
 		}()
 	}
 	wg.Wait()
