@@ -138,6 +138,29 @@ type NFTRule struct {
 // the calling thread's network namespace. Chains that do not exist (or a
 // table that does not exist) are absent from the result.
 func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
+	return readTable(f, table, func(conn *netlink.Conn, fam byte, t *NFTTable) error {
+		for _, name := range chains {
+			if t.chains[name] != nil {
+				continue
+			}
+			c, err := readChain(conn, fam, table, name)
+			if err != nil {
+				return fmt.Errorf("nftables: read %s %s %s: %w", f.Name(), table, name, err)
+			}
+			if c != nil {
+				t.chains[name] = c
+			}
+		}
+		return nil
+	})
+}
+
+// readTable reads an iptables-nft table with read, in the calling
+// thread's network namespace. The chains are read one request at a time:
+// the ruleset's generation before and after proves that no commit came
+// in between, so the view is one state of the ruleset (as one
+// iptables-save would be).
+func readTable(f Family, table string, read func(conn *netlink.Conn, fam byte, t *NFTTable) error) (*NFTTable, error) {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
@@ -145,29 +168,14 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 	// Closing a netfilter socket waits while the kernel frees rules that
 	// any commit (in any netns) deleted: in the background (see DeleteNFT).
 	defer func() { go conn.Close() }()
-	fam := byte(unix.NFPROTO_IPV4)
-	if f == IPv6 {
-		fam = unix.NFPROTO_IPV6
-	}
-	// The chains are read one request at a time: the ruleset's generation
-	// before and after proves that no commit came in between, so the view
-	// is one state of the ruleset (as one iptables-save would be).
+	fam := f.nfproto()
 	gen, err := generation(conn, fam)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
 	}
 	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}, gen: gen}
-	for _, name := range chains {
-		if t.chains[name] != nil {
-			continue
-		}
-		c, err := readChain(conn, fam, table, name)
-		if err != nil {
-			return nil, fmt.Errorf("nftables: read %s %s %s: %w", f.Name(), table, name, err)
-		}
-		if c != nil {
-			t.chains[name] = c
-		}
+	if err := read(conn, fam, t); err != nil {
+		return nil, err
 	}
 	if again, err := generation(conn, fam); err != nil || again != gen {
 		return nil, fmt.Errorf("nftables: read %s %s: the ruleset changed while reading it", f.Name(), table)
@@ -175,75 +183,56 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 	return t, nil
 }
 
+// nfproto is the nftables family of f.
+func (f Family) nfproto() byte {
+	if f == IPv6 {
+		return unix.NFPROTO_IPV6
+	}
+	return unix.NFPROTO_IPV4
+}
+
 // ReadNFTTable reads every chain of an iptables-nft table, as iptables-save
 // does (which prints nothing of the table when one chain is not
 // Compatible); Chains lists them. A table that does not exist has none.
 func ReadNFTTable(f Family, table string) (*NFTTable, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: open netlink: %w", err)
-	}
-	defer func() { go conn.Close() }()
-	fam := byte(unix.NFPROTO_IPV4)
-	if f == IPv6 {
-		fam = unix.NFPROTO_IPV6
-	}
-	fail := func(err error) (*NFTTable, error) {
-		return nil, fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
-	}
-	gen, err := generation(conn, fam)
-	if err != nil {
-		return fail(err)
-	}
-	t := &NFTTable{Name: table, chains: map[string]*NFTChain{}, gen: gen}
-	req, err := request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")}})
-	if err != nil {
-		return fail(err)
-	}
-	msgs, err := conn.Execute(req)
-	if err != nil {
-		return fail(fmt.Errorf("list chains: %w", err))
-	}
-	for _, m := range msgs {
-		ci, err := parseChain(m.Data)
+	return readTable(f, table, func(conn *netlink.Conn, fam byte, t *NFTTable) error {
+		fail := func(err error) error {
+			return fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
+		}
+		req, err := request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")}})
 		if err != nil {
 			return fail(err)
 		}
-		if ci.table == table && t.chains[ci.name] == nil {
-			t.chains[ci.name] = &NFTChain{Name: ci.name, Compatible: ci.compatible()}
-			t.order = append(t.order, ci.name)
+		msgs, err := conn.Execute(req)
+		if err != nil {
+			return fail(fmt.Errorf("list chains: %w", err))
 		}
-	}
-	req, err = request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
-	if err != nil {
-		return fail(err)
-	}
-	msgs, err = conn.Execute(req)
-	if err != nil {
-		return fail(fmt.Errorf("list rules: %w", err))
-	}
-	for _, m := range msgs {
-		if m.Header.Flags&netlink.DumpInterrupted != 0 {
-			return fail(fmt.Errorf("list rules: dump interrupted"))
+		for _, m := range msgs {
+			ci, err := parseChain(m.Data)
+			if err != nil {
+				return fail(err)
+			}
+			if ci.table == table && t.chains[ci.name] == nil {
+				t.chains[ci.name] = &NFTChain{Name: ci.name, Compatible: ci.compatible()}
+				t.order = append(t.order, ci.name)
+			}
 		}
-		r, tbl, chain, err := parseRule(fam, m.Data)
+		err = dumpRules(conn, fam, []netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}}, func(r NFTRule, tbl, chain string) error {
+			if tbl != table {
+				return nil
+			}
+			c := t.chains[chain]
+			if c == nil {
+				return fmt.Errorf("list rules: a rule of unknown chain %s", chain)
+			}
+			c.add(r)
+			return nil
+		})
 		if err != nil {
 			return fail(err)
 		}
-		if tbl != table {
-			continue
-		}
-		c := t.chains[chain]
-		if c == nil {
-			return fail(fmt.Errorf("list rules: a rule of unknown chain %s", chain))
-		}
-		c.Compatible = c.Compatible && r.Compatible
-		c.Rules = append(c.Rules, r)
-	}
-	if again, err := generation(conn, fam); err != nil || again != gen {
-		return fail(fmt.Errorf("the ruleset changed while reading it"))
-	}
-	return t, nil
+		return nil
+	})
 }
 
 // Chains returns the names of the chains read by ReadNFTTable.
@@ -338,34 +327,54 @@ func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, err
 	}
 	c := &NFTChain{Name: name, Compatible: ci.compatible()}
 
-	req, err = request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, []netlink.Attribute{
+	err = dumpRules(conn, fam, []netlink.Attribute{
 		{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")},
 		{Type: unix.NFTA_RULE_CHAIN, Data: []byte(name + "\x00")},
+	}, func(r NFTRule, tbl, chain string) error {
+		if tbl != table || chain != name {
+			// The kernel filters the dump by table and chain; a rule of
+			// another means it did not, and the view is not what we asked.
+			return fmt.Errorf("list rules: got a rule of %s %s", tbl, chain)
+		}
+		c.add(r)
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	msgs, err = conn.Execute(req)
+	return c, nil
+}
+
+// dumpRules dumps the rules that attrs select (a table, and a chain of it)
+// and passes each to each with the table and chain it says it is of.
+func dumpRules(conn *netlink.Conn, fam byte, attrs []netlink.Attribute, each func(r NFTRule, table, chain string) error) error {
+	req, err := request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, attrs)
 	if err != nil {
-		return nil, fmt.Errorf("list rules: %w", err)
+		return err
+	}
+	msgs, err := conn.Execute(req)
+	if err != nil {
+		return fmt.Errorf("list rules: %w", err)
 	}
 	for _, m := range msgs {
 		if m.Header.Flags&netlink.DumpInterrupted != 0 {
-			return nil, fmt.Errorf("list rules: dump interrupted")
+			return fmt.Errorf("list rules: dump interrupted")
 		}
 		r, tbl, chain, err := parseRule(fam, m.Data)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if tbl != table || chain != name {
-			// The kernel filters the dump by table and chain; a rule of
-			// another means it did not, and the view is not what we asked.
-			return nil, fmt.Errorf("list rules: got a rule of %s %s", tbl, chain)
+		if err := each(r, tbl, chain); err != nil {
+			return err
 		}
-		c.Compatible = c.Compatible && r.Compatible
-		c.Rules = append(c.Rules, r)
 	}
-	return c, nil
+	return nil
+}
+
+// add appends r to the chain's rules.
+func (c *NFTChain) add(r NFTRule) {
+	c.Compatible = c.Compatible && r.Compatible
+	c.Rules = append(c.Rules, r)
 }
 
 // chainInfo is what a chain message says of the chain.
@@ -602,10 +611,7 @@ type NFTRuleRef struct {
 // nothing. It also fails as a whole if a chain is still referenced; the
 // caller then falls back to iptables.
 func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error {
-	fam := byte(unix.NFPROTO_IPV4)
-	if f == IPv6 {
-		fam = unix.NFPROTO_IPV6
-	}
+	fam := f.nfproto()
 	fail := func(err error) error { return fmt.Errorf("nftables: delete from %s %s: %w", f.Name(), t.Name, err) }
 	const batchGenID = 1 // NFNL_BATCH_GENID
 	gen := netlink.NewAttributeEncoder()
