@@ -296,16 +296,7 @@ func otherInterface(res *current.Result, idx int) string {
 
 // GC passes GC on to the IPAM plugin, which owns the only state ipvlan
 // leaves outside pods.
-func GC(req *cni.Request) error {
-	c := &Config{}
-	if err := req.Decode(c); err != nil {
-		return err
-	}
-	if c.IPAM.Type == "" {
-		return nil
-	}
-	return delegate.GC(req, c.IPAM.Type)
-}
+func GC(req *cni.Request) error { return delegate.IPAMGC(req, &Config{}) }
 
 // Status says whether ADD can work: the master must exist (unless it lives
 // in the pod, or comes from a chain's prevResult), then IPAM answers.

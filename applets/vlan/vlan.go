@@ -212,16 +212,7 @@ func Check(req *cni.Request) error {
 
 // GC passes GC on to the IPAM plugin, which owns the only state vlan
 // leaves outside pods.
-func GC(req *cni.Request) error {
-	c := &Config{}
-	if err := req.Decode(c); err != nil {
-		return err
-	}
-	if c.IPAM.Type == "" {
-		return nil
-	}
-	return delegate.GC(req, c.IPAM.Type)
-}
+func GC(req *cni.Request) error { return delegate.IPAMGC(req, &Config{}) }
 
 // Status says whether ADD can work: the master must exist (unless it lives
 // in the pod), then IPAM answers.

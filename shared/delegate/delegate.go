@@ -158,3 +158,21 @@ func inProcess(req *cni.Request, cmd string, a *cni.Applet) (types.Result, error
 	}
 	return nil, f(&sub)
 }
+
+// IPAMGC is the GC of an applet whose only state outside pods is its IPAM
+// plugin's: it decodes the config into conf, the applet's whole config
+// type (so that GC refuses what ADD refuses), and passes GC on to the IPAM
+// plugin the config names, if any.
+func IPAMGC(req *cni.Request, conf any) error {
+	if err := req.Decode(conf); err != nil {
+		return err
+	}
+	var n cni.NetConf
+	if err := req.Decode(&n); err != nil {
+		return err
+	}
+	if n.IPAM.Type == "" {
+		return nil
+	}
+	return GC(req, n.IPAM.Type)
+}
