@@ -216,17 +216,9 @@ func moveIn(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.Link, 
 		return nil, fmt.Errorf("move %q out of the node's netns: %w", orig, err)
 	}
 	err = tmp.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(orig)
+		l, err := aliasAndRename("temporary netns", orig, ifName)
 		if err != nil {
-			return fmt.Errorf("find %q in the temporary netns: %w", orig, err)
-		}
-		if err := netlink.LinkSetAlias(l, orig); err != nil {
-			return fmt.Errorf("set alias of %q: %w", orig, err)
-		}
-		if ifName != orig {
-			if err := netlink.LinkSetName(l, ifName); err != nil {
-				return fmt.Errorf("rename %q to %q: %w", orig, ifName, err)
-			}
+			return err
 		}
 		if err := netlink.LinkSetNsFd(l, int(pod.Fd())); err != nil {
 			return fmt.Errorf("move %q into the pod as %q: %w", orig, ifName, err)
@@ -266,18 +258,10 @@ func moveInDirect(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.
 	}
 	var link netlink.Link
 	err := pod.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(orig)
-		if err != nil {
-			return fmt.Errorf("find %q in the pod: %w", orig, err)
+		if _, err := aliasAndRename("pod", orig, ifName); err != nil {
+			return err
 		}
-		if err := netlink.LinkSetAlias(l, orig); err != nil {
-			return fmt.Errorf("set alias of %q: %w", orig, err)
-		}
-		if ifName != orig {
-			if err := netlink.LinkSetName(l, ifName); err != nil {
-				return fmt.Errorf("rename %q to %q in the pod: %w", orig, ifName, err)
-			}
-		}
+		var err error
 		link, err = netlinksafe.LinkByName(ifName)
 		return err
 	})
@@ -308,6 +292,25 @@ func sendHomeDirect(node ns.NetNS, orig, ifName string) error {
 		return fmt.Errorf("move %q back to the node's netns: %w", orig, err)
 	}
 	return nil
+}
+
+// aliasAndRename finds the device orig in the current netns (where, for
+// errors), keeps orig as its alias (what DEL names it back to) and renames
+// it to ifName.
+func aliasAndRename(where, orig, ifName string) (netlink.Link, error) {
+	l, err := netlinksafe.LinkByName(orig)
+	if err != nil {
+		return nil, fmt.Errorf("find %q in the %s: %w", orig, where, err)
+	}
+	if err := netlink.LinkSetAlias(l, orig); err != nil {
+		return nil, fmt.Errorf("set alias of %q: %w", orig, err)
+	}
+	if ifName != orig {
+		if err := netlink.LinkSetName(l, ifName); err != nil {
+			return nil, fmt.Errorf("rename %q to %q in the %s: %w", orig, ifName, where, err)
+		}
+	}
+	return l, nil
 }
 
 // sendHome (rollback of moveIn) gives the device in tmp, named ifName or
