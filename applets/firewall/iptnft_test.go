@@ -2,10 +2,10 @@ package firewall
 
 import (
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
+	"github.com/cnibox/cnibox/shared/iptables/iptablestest"
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
@@ -17,21 +17,12 @@ func pod(admin string, ips ...string) *attachment {
 	return a
 }
 
-func text(b *iptables.Batch) string {
-	if b == nil {
-		return "(none)\n"
-	}
-	return b.String()
-}
-
 // TestNFTStateEquivalence walks a node through real states and asks both
 // ADD planners each time: the netlink planner's batch must equal the
 // iptables -S planner's, or it must decline; where the state is one it is
 // meant to recognize, declining is a failure too.
 func TestNFTStateEquivalence(t *testing.T) {
-	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
-		t.Skip("iptables here is not iptables-nft")
-	}
+	iptablestest.NeedNFT(t)
 	node := testnet.NewNS(t, "node")
 	compare := func(step string, a *attachment, want4, want6 bool) {
 		t.Helper()
@@ -52,17 +43,14 @@ func TestNFTStateEquivalence(t *testing.T) {
 			}); err != nil {
 				t.Fatalf("%s: %v", step, err)
 			}
-			want := want4
-			if f == iptables.IPv6 {
-				want = want6
-			}
+			want := iptablestest.Want(f, want4, want6)
 			switch {
 			case !ok && want:
 				t.Errorf("%s, %s: the netlink planner declined a state it should recognize:\n%s", step, f.Name(), node.MustRun(f.Name()+"-save", "-t", "filter"))
 			case ok && !want:
 				t.Errorf("%s, %s: the netlink planner recognized a state it must decline", step, f.Name())
-			case ok && text(fast) != text(slow):
-				t.Errorf("%s, %s: batches differ\nnetlink:\n%s\niptables -S:\n%s", step, f.Name(), text(fast), text(slow))
+			case ok && iptablestest.Text(fast) != iptablestest.Text(slow):
+				t.Errorf("%s, %s: batches differ\nnetlink:\n%s\niptables -S:\n%s", step, f.Name(), iptablestest.Text(fast), iptablestest.Text(slow))
 			}
 		}
 	}
@@ -114,93 +102,36 @@ func TestNFTStateEquivalence(t *testing.T) {
 // TestNFTDelEquivalence runs DEL's two paths on twin nodes built alike and
 // compares what iptables-save prints afterwards.
 func TestNFTDelEquivalence(t *testing.T) {
-	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
-		t.Skip("iptables here is not iptables-nft")
-	}
-	na, nb := testnet.NewNS(t, "node"), testnet.NewNS(t, "node")
-	both := func(cmd ...string) {
-		t.Helper()
-		na.MustRun(cmd[0], cmd[1:]...)
-		nb.MustRun(cmd[0], cmd[1:]...)
-	}
+	iptablestest.NeedNFT(t)
+	tw := iptablestest.NewTwins(t)
 	add := func(a *attachment) {
 		t.Helper()
-		for _, n := range []*testnet.NS{na, nb} {
-			for _, f := range a.families() {
-				if err := n.Do(func() error {
-					tb, err := iptables.LoadChains(f, "filter", addChains(a)...)
-					if err != nil {
-						return err
-					}
-					b := iptables.NewBatch("filter")
-					planAdd(tb, a, f, b)
-					return iptables.Apply(f, b)
-				}); err != nil {
-					t.Fatal(err)
+		for _, f := range a.families() {
+			tw.Do(t, func() error {
+				tb, err := iptables.LoadChains(f, "filter", addChains(a)...)
+				if err != nil {
+					return err
 				}
-			}
+				b := iptables.NewBatch("filter")
+				planAdd(tb, a, f, b)
+				return iptables.Apply(f, b)
+			})
 		}
-	}
-	save := func(n *testnet.NS) string {
-		var out []string
-		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-			for _, line := range strings.Split(n.MustRun(tool), "\n") {
-				if !strings.HasPrefix(line, "#") {
-					out = append(out, line)
-				}
-			}
-		}
-		return strings.Join(out, "\n")
 	}
 	del := func(step string, a *attachment, want4, want6 bool) {
 		t.Helper()
 		for _, f := range a.families() {
-			var slowErr error
-			if err := na.Do(func() error {
+			tw.Delete(t, step, f, iptablestest.Want(f, want4, want6), func() error {
 				tb, err := iptables.LoadChains(f, "filter", forwardChain)
 				if err != nil {
 					return err
 				}
 				b := iptables.NewBatch("filter")
 				planDel(tb, a, f, b)
-				slowErr = iptables.Apply(f, b)
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			before := save(nb)
-			var done bool
-			if err := nb.Do(func() error { done = delNFT(a, f); return nil }); err != nil {
-				t.Fatal(err)
-			}
-			want := want4
-			if f == iptables.IPv6 {
-				want = want6
-			}
-			if done != want {
-				t.Errorf("%s, %s: netlink DEL done = %v, want %v", step, f.Name(), done, want)
-			}
-			if !done {
-				if after := save(nb); after != before {
-					t.Errorf("%s, %s: a declined netlink DEL changed the node", step, f.Name())
-				}
-				err := nb.Do(func() error {
-					tb, err := iptables.LoadChains(f, "filter", forwardChain)
-					if err != nil {
-						return err
-					}
-					b := iptables.NewBatch("filter")
-					planDel(tb, a, f, b)
-					return iptables.Apply(f, b)
-				})
-				if (err != nil) != (slowErr != nil) {
-					t.Errorf("%s, %s: fallback error %v, iptables path error %v", step, f.Name(), err, slowErr)
-				}
-			}
+				return iptables.Apply(f, b)
+			}, func() bool { return delNFT(a, f) })
 		}
-		if a, b := save(na), save(nb); a != b {
-			t.Errorf("%s: after DEL the nodes differ\niptables path:\n%s\nnetlink path:\n%s", step, a, b)
-		}
+		tw.Same(t, step)
 	}
 	p1 := pod("CNI-ADMIN", "10.0.0.2/32", "fd00::2/128")
 	p2 := pod("CNI-ADMIN", "10.0.0.3/32", "fd00::3/128")
@@ -209,12 +140,12 @@ func TestNFTDelEquivalence(t *testing.T) {
 	del("DEL of one of two pods", p1, true, true)
 	del("repeated DEL", p1, true, true)
 	// A rule added twice (by hand, or by an old ADD racing) goes twice.
-	both("iptables", "-A", forwardChain, "-s", "10.0.0.3/32", "-j", "ACCEPT")
-	both("iptables", "-A", forwardChain, "-i", "eth0", "-j", "ACCEPT")
+	tw.Run("iptables", "-A", forwardChain, "-s", "10.0.0.3/32", "-j", "ACCEPT")
+	tw.Run("iptables", "-A", forwardChain, "-i", "eth0", "-j", "ACCEPT")
 	del("DEL with a duplicate rule and a rule of another shape", p2, false, true)
-	both("iptables", "-D", forwardChain, "-i", "eth0", "-j", "ACCEPT")
+	tw.Run("iptables", "-D", forwardChain, "-i", "eth0", "-j", "ACCEPT")
 	add(p1)
-	both("iptables", "-A", forwardChain, "-s", "10.0.0.2/32", "-j", "ACCEPT")
+	tw.Run("iptables", "-A", forwardChain, "-s", "10.0.0.2/32", "-j", "ACCEPT")
 	del("DEL of the last pod, its rule twice", p1, true, true)
 	del("DEL on a node without the chain", pod("CNI-ADMIN", "10.1.0.2/32"), true, true)
 }

@@ -1,13 +1,13 @@
 package portmap
 
 import (
-	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
+	"github.com/cnibox/cnibox/shared/iptables/iptablestest"
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
@@ -17,9 +17,7 @@ import (
 // batches must equal the iptables -S planner's, or it must decline. Where
 // the state is one it is meant to recognize, declining is a failure too.
 func TestNFTStateEquivalence(t *testing.T) {
-	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
-		t.Skip("iptables here is not iptables-nft")
-	}
+	iptablestest.NeedNFT(t)
 	node := testnet.NewNS(t, "node")
 	// compare asks both planners about a in both families.
 	// want says whether the netlink planner must recognize the state, in
@@ -27,10 +25,7 @@ func TestNFTStateEquivalence(t *testing.T) {
 	compare := func(step string, a *attachment, want4, want6 bool) {
 		t.Helper()
 		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			wantRecognized := want4
-			if f == iptables.IPv6 {
-				wantRecognized = want6
-			}
+			wantRecognized := iptablestest.Want(f, want4, want6)
 			var slowNat, slowFilter, fastNat, fastFilter *iptables.Batch
 			var ok bool
 			err := node.Do(func() error {
@@ -53,8 +48,8 @@ func TestNFTStateEquivalence(t *testing.T) {
 				t.Errorf("%s, %s: the netlink planner declined a state it should recognize:\n%s", step, f.Name(), node.MustRun(f.Name()+"-save"))
 			case ok && !wantRecognized:
 				t.Errorf("%s, %s: the netlink planner recognized a state it must decline", step, f.Name())
-			case ok && (text(fastNat) != text(slowNat) || text(fastFilter) != text(slowFilter)):
-				t.Errorf("%s, %s: batches differ\nnetlink:\n%s%s\niptables -S:\n%s%s", step, f.Name(), text(fastNat), text(fastFilter), text(slowNat), text(slowFilter))
+			case ok && (iptablestest.Text(fastNat) != iptablestest.Text(slowNat) || iptablestest.Text(fastFilter) != iptablestest.Text(slowFilter)):
+				t.Errorf("%s, %s: batches differ\nnetlink:\n%s%s\niptables -S:\n%s%s", step, f.Name(), iptablestest.Text(fastNat), iptablestest.Text(fastFilter), iptablestest.Text(slowNat), iptablestest.Text(slowFilter))
 			}
 		}
 	}
@@ -105,11 +100,7 @@ func TestNFTStateEquivalence(t *testing.T) {
 			if nothing && !slow.Empty() {
 				t.Errorf("%s, %s: netlink says nothing to remove, iptables -S plans\n%s", step, f.Name(), slow)
 			}
-			wantNothing := want4
-			if f == iptables.IPv6 {
-				wantNothing = want6
-			}
-			if nothing != wantNothing {
+			if wantNothing := iptablestest.Want(f, want4, want6); nothing != wantNothing {
 				t.Errorf("%s, %s: nothing to remove = %v, want %v", step, f.Name(), nothing, wantNothing)
 			}
 		}
@@ -236,102 +227,41 @@ func loadHere(a *attachment, f iptables.Family) (iptables.Dump, error) {
 	return d, nil
 }
 
-func text(b *iptables.Batch) string {
-	if b == nil {
-		return "(none)\n"
-	}
-	return b.String()
-}
-
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // TestNFTRemoveEquivalence runs DEL's two paths on twin nodes built alike,
 // the iptables -S + iptables-restore one on node a and the netlink one on
 // node b, and compares what iptables-save prints afterwards.
 func TestNFTRemoveEquivalence(t *testing.T) {
-	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
-		t.Skip("iptables here is not iptables-nft")
-	}
-	na, nb := testnet.NewNS(t, "node"), testnet.NewNS(t, "node")
-	both := func(cmd ...string) {
-		t.Helper()
-		na.MustRun(cmd[0], cmd[1:]...)
-		nb.MustRun(cmd[0], cmd[1:]...)
-	}
+	iptablestest.NeedNFT(t)
+	tw := iptablestest.NewTwins(t)
 	add := func(a *attachment) {
 		t.Helper()
-		for _, n := range []*testnet.NS{na, nb} {
-			for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-				if err := n.Do(func() error {
-					d, err := loadHere(a, f)
-					if err != nil {
-						return err
-					}
-					nat, filter := planAdd(d, a, f)
-					return iptables.Apply(f, nat, filter)
-				}); err != nil {
-					t.Fatal(err)
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+			tw.Do(t, func() error {
+				d, err := loadHere(a, f)
+				if err != nil {
+					return err
 				}
-			}
+				nat, filter := planAdd(d, a, f)
+				return iptables.Apply(f, nat, filter)
+			})
 		}
-	}
-	save := func(n *testnet.NS) string {
-		var out []string
-		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-			for _, line := range strings.Split(n.MustRun(tool), "\n") {
-				if !strings.HasPrefix(line, "#") {
-					out = append(out, line)
-				}
-			}
-		}
-		return strings.Join(out, "\n")
 	}
 	entries := []string{dnatChain, oldSNATChain}
 	del := func(step, id string, want4, want6 bool) {
 		t.Helper()
 		chains := []string{dnChain("net", id), chainName("CNI-SN-", "net", id)}
-		var slowErr error
 		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			var done bool
-			if err := na.Do(func() error {
+			tw.Delete(t, step, f, iptablestest.Want(f, want4, want6), func() error {
 				nt, err := iptables.LoadChains(f, "nat", append(entries, chains...)...)
 				if err != nil {
 					return err
 				}
-				slowErr = errors.Join(slowErr, iptables.Apply(f, planRemove(nt, chains)))
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			before := save(nb)
-			if err := nb.Do(func() error { done = removeNFT(f, entries, chains); return nil }); err != nil {
-				t.Fatal(err)
-			}
-			wantNetlink := want4
-			if f == iptables.IPv6 {
-				wantNetlink = want6
-			}
-			if done != wantNetlink {
-				t.Errorf("%s, %s: netlink DEL done = %v, want %v", step, f.Name(), done, wantNetlink)
-			}
-			if !done {
-				if after := save(nb); after != before {
-					t.Errorf("%s, %s: a declined netlink DEL changed the node:\n%s\nwas:\n%s", step, f.Name(), after, before)
-				}
-				if err := nb.Do(func() error {
-					nt, err := iptables.LoadChains(f, "nat", append(entries, chains...)...)
-					if err != nil {
-						return err
-					}
-					return iptables.Apply(f, planRemove(nt, chains))
-				}); (err != nil) != (slowErr != nil) {
-					t.Errorf("%s, %s: fallback error %v, iptables path error %v", step, f.Name(), err, slowErr)
-				}
-			}
+				return iptables.Apply(f, planRemove(nt, chains))
+			}, func() bool { return removeNFT(f, entries, chains) })
 		}
-		if a, b := save(na), save(nb); a != b {
-			t.Errorf("%s: after DEL the nodes differ\niptables path:\n%s\nnetlink path:\n%s", step, a, b)
-		}
+		tw.Same(t, step)
 	}
 
 	add(pod("p1", 13))
@@ -341,23 +271,23 @@ func TestNFTRemoveEquivalence(t *testing.T) {
 	p3 := pod("p3", 13)
 	add(p3)
 	entry := entryRules(p3, iptables.IPv4)[0]
-	both("sh", "-c", "iptables -t nat -A "+dnatChain+" "+entry)
+	tw.Run("sh", "-c", "iptables -t nat -A "+dnatChain+" "+entry)
 	del("DEL with a duplicate entry rule", "p3", true, true)
 	// The old reference's SNAT chain and a pod chain of it.
 	sn := chainName("CNI-SN-", "net", "p4")
-	both("iptables", "-t", "nat", "-N", oldSNATChain)
-	both("iptables", "-t", "nat", "-N", sn)
-	both("iptables", "-t", "nat", "-A", oldSNATChain, "-s", "10.88.0.4/32", "-j", sn)
-	both("iptables", "-t", "nat", "-A", sn, "-j", "MASQUERADE")
+	tw.Run("iptables", "-t", "nat", "-N", oldSNATChain)
+	tw.Run("iptables", "-t", "nat", "-N", sn)
+	tw.Run("iptables", "-t", "nat", "-A", oldSNATChain, "-s", "10.88.0.4/32", "-j", sn)
+	tw.Run("iptables", "-t", "nat", "-A", sn, "-j", "MASQUERADE")
 	add(pod("p4", 13))
 	del("DEL with an old SNAT chain", "p4", true, true)
 	// A chain DEL does not read still jumps to the pod's chain: both
 	// paths fail and change nothing.
 	add(pod("p5", 13))
-	both("iptables", "-t", "nat", "-N", "USER")
-	both("iptables", "-t", "nat", "-A", "USER", "-j", dnChain("net", "p5"))
+	tw.Run("iptables", "-t", "nat", "-N", "USER")
+	tw.Run("iptables", "-t", "nat", "-A", "USER", "-j", dnChain("net", "p5"))
 	del("DEL of a chain still referenced", "p5", false, true)
-	both("iptables", "-t", "nat", "-F", "USER")
+	tw.Run("iptables", "-t", "nat", "-F", "USER")
 	del("DEL after the reference is gone", "p5", true, true)
 	del("DEL of the last pod", "p2", true, true)
 }

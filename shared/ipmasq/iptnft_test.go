@@ -3,10 +3,10 @@ package ipmasq
 import (
 	"net"
 	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
+	"github.com/cnibox/cnibox/shared/iptables/iptablestest"
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
@@ -14,10 +14,8 @@ import (
 // alike, iptables-restore (and iptables-save) on node a and netlink on
 // node b, and compares what iptables-save prints afterwards.
 func TestNFTTeardownEquivalence(t *testing.T) {
-	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
-		t.Skip("iptables here is not iptables-nft")
-	}
-	na, nb := testnet.NewNS(t, "node"), testnet.NewNS(t, "node")
+	iptablestest.NeedNFT(t)
+	tw := iptablestest.NewTwins(t)
 	ips := func(s ...string) []*net.IPNet {
 		var out []*net.IPNet
 		for _, x := range s {
@@ -29,27 +27,7 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 	}
 	setup := func(a Attachment, ipns []*net.IPNet) {
 		t.Helper()
-		for _, n := range []*testnet.NS{na, nb} {
-			if err := n.Do(func() error { return Setup(IPTables, a, ipns) }); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	both := func(cmd ...string) {
-		t.Helper()
-		na.MustRun(cmd[0], cmd[1:]...)
-		nb.MustRun(cmd[0], cmd[1:]...)
-	}
-	save := func(n *testnet.NS) string {
-		var out []string
-		for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-			for _, line := range strings.Split(n.MustRun(tool), "\n") {
-				if !strings.HasPrefix(line, "#") {
-					out = append(out, line)
-				}
-			}
-		}
-		return strings.Join(out, "\n")
+		tw.Do(t, func() error { return Setup(IPTables, a, ipns) })
 	}
 	teardown := func(step string, a Attachment, ipns []*net.IPNet, want4, want6 bool) {
 		t.Helper()
@@ -62,38 +40,11 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 					fips = append(fips, ipn)
 				}
 			}
-			var slowErr error
-			if err := na.Do(func() error { slowErr = teardownIn(f, chain, comment, fips); return nil }); err != nil {
-				t.Fatal(err)
-			}
-			before := save(nb)
-			var done bool
-			if err := nb.Do(func() error { done = teardownIPTNFT(f, chain); return nil }); err != nil {
-				t.Fatal(err)
-			}
-			want := want4
-			if f == iptables.IPv6 {
-				want = want6
-			}
-			if done != want {
-				t.Errorf("%s, %s: netlink teardown done = %v, want %v", step, f.Name(), done, want)
-			}
-			if !done {
-				if save(nb) != before {
-					t.Errorf("%s, %s: a declined netlink teardown changed the node", step, f.Name())
-				}
-				var err error
-				if e := nb.Do(func() error { err = teardownIn(f, chain, comment, fips); return nil }); e != nil {
-					t.Fatal(e)
-				}
-				if (err != nil) != (slowErr != nil) {
-					t.Errorf("%s, %s: fallback error %v, iptables path error %v", step, f.Name(), err, slowErr)
-				}
-			}
+			tw.Delete(t, step, f, iptablestest.Want(f, want4, want6),
+				func() error { return teardownIn(f, chain, comment, fips) },
+				func() bool { return teardownIPTNFT(f, chain) })
 		}
-		if a, b := save(na), save(nb); a != b {
-			t.Errorf("%s: after teardown the nodes differ\niptables path:\n%s\nnetlink path:\n%s", step, a, b)
-		}
+		tw.Same(t, step)
 	}
 	a1 := Attachment{Network: "mnet", ContainerID: "c1", IfName: "eth0"}
 	a2 := Attachment{Network: "mnet", ContainerID: "c2", IfName: "eth0"}
@@ -108,10 +59,10 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 	setup(a1, ip1)
 	teardown("teardown without the addresses", a1, nil, true, true)
 	setup(a3, ip3)
-	both("iptables", "-t", "nat", "-N", "USER")
-	both("iptables", "-t", "nat", "-A", "USER", "-j", ChainName("mnet", "c3"))
+	tw.Run("iptables", "-t", "nat", "-N", "USER")
+	tw.Run("iptables", "-t", "nat", "-A", "USER", "-j", ChainName("mnet", "c3"))
 	teardown("teardown of a chain still used elsewhere", a3, ip3, false, true)
-	both("iptables", "-t", "nat", "-F", "USER")
+	tw.Run("iptables", "-t", "nat", "-F", "USER")
 	teardown("teardown once it is not", a3, ip3, true, true)
 }
 
@@ -119,9 +70,7 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 // iptables-save one must pass too; where it cannot tell, the iptables-save
 // one decides.
 func TestNFTCheckEquivalence(t *testing.T) {
-	if !iptables.NFT(iptables.IPv4) || !iptables.NFT(iptables.IPv6) {
-		t.Skip("iptables here is not iptables-nft")
-	}
+	iptablestest.NeedNFT(t)
 	node := testnet.NewNS(t, "node")
 	a1 := Attachment{Network: "mnet", ContainerID: "c1", IfName: "eth0"}
 	ip1 := []*net.IPNet{{IP: net.ParseIP("10.1.0.2").To4(), Mask: net.CIDRMask(24, 32)}, {IP: net.ParseIP("fd00::2"), Mask: net.CIDRMask(64, 128)}}
