@@ -1,120 +1,33 @@
 package firewall_test
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
-	"time"
-
-	"github.com/godbus/dbus/v5"
 
 	"github.com/cnibox/cnibox/shared/testnet"
 	"github.com/cnibox/cnibox/shared/traffic"
 )
 
-const busConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`
-
-// startFirewalld runs Debian's real firewalld inside the node netns,
-// attached to a private system bus (a dbus-daemon of the test's own), and
-// points DBUS_SYSTEM_BUS_ADDRESS of this process — and so of every plugin
-// libcni runs — at that bus. Both are stopped when the test ends.
-func startFirewalld(t *testing.T, node *testnet.NS) string {
+// startFirewalld runs the real firewalld in the node netns on a private
+// system bus and points DBUS_SYSTEM_BUS_ADDRESS of this process — and so
+// of every plugin libcni runs — at that bus.
+func startFirewalld(t *testing.T, node *testnet.NS) *testnet.Firewalld {
 	t.Helper()
-	for _, bin := range []string{"firewalld", "dbus-daemon"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs it): %v", bin, err)
-		}
-	}
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "system_bus_socket")
-	conf := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(busConfig, sock)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := "unix:path=" + sock
-	bus := exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--nopidfile")
-	if err := bus.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bus.Process.Kill(); bus.Wait() })
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	var log strings.Builder
-	fwd := node.Command("env", "DBUS_SYSTEM_BUS_ADDRESS="+addr, "firewalld", "--nofork", "--nopid")
-	fwd.Stdout, fwd.Stderr = &log, &log
-	if err := fwd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fwd.Process.Kill(); fwd.Wait() })
-	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", addr)
-
-	conn, err := dbus.Connect(addr)
-	if err != nil {
-		t.Fatalf("connect to the test's system bus: %v", err)
-	}
-	defer conn.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		// firewalld answers once it has loaded its configuration.
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		var state string
-		err := conn.Object("org.fedoraproject.FirewallD1", "/org/fedoraproject/FirewallD1").
-			CallWithContext(ctx, "org.fedoraproject.FirewallD1.getDefaultZone", 0).Store(&state)
-		cancel()
-		if err == nil {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("firewalld did not come up: %v\n%s", err, log.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	fw := testnet.StartFirewalld(t, node)
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", fw.Addr)
+	return fw
 }
 
-func zoneCall(t *testing.T, addr, method, zone, src string) {
+func zoneCall(t *testing.T, fw *testnet.Firewalld, method, zone, src string) {
 	t.Helper()
-	conn, err := dbus.Connect(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if err := conn.Object("org.fedoraproject.FirewallD1", "/org/fedoraproject/FirewallD1").
-		Call("org.fedoraproject.FirewallD1.zone."+method, 0, zone, src).Err; err != nil {
+	if err := fw.Call("zone."+method, nil, zone, src); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func querySource(t *testing.T, addr, zone, src string) bool {
+func querySource(t *testing.T, fw *testnet.Firewalld, zone, src string) bool {
 	t.Helper()
-	conn, err := dbus.Connect(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	var in bool
-	if err := conn.Object("org.fedoraproject.FirewallD1", "/org/fedoraproject/FirewallD1").
-		Call("org.fedoraproject.FirewallD1.zone.querySource", 0, zone, src).Store(&in); err != nil {
+	if err := fw.Call("zone.querySource", &in, zone, src); err != nil {
 		t.Fatal(err)
 	}
 	return in
@@ -135,7 +48,7 @@ func TestFirewalld(t *testing.T) {
 	n.MustRun("ip", "link", "set", "ext0", "up")
 	out.MustRun("ip", "addr", "add", "192.168.77.2/24", "dev", "eth0")
 	out.MustRun("ip", "link", "set", "eth0", "up")
-	addr := startFirewalld(t, n)
+	fw := startFirewalld(t, n)
 	traffic.Serve(t, out, 80, "outside")
 
 	list := r.Conflist(`{"cniVersion":"0.4.0","name":"podman-fwd","plugins":[
@@ -150,7 +63,7 @@ func TestFirewalld(t *testing.T) {
 	if _, err := r.Add(list, a); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	if !querySource(t, addr, "trusted", "10.87.0.2/32") {
+	if !querySource(t, fw, "trusted", "10.87.0.2/32") {
 		t.Fatal("pod address is not a source of the trusted zone")
 	}
 	traffic.Expect(t, pod, "tcp", "192.168.77.2", 80, "outside")
@@ -158,28 +71,28 @@ func TestFirewalld(t *testing.T) {
 		t.Fatalf("CHECK: %v", err)
 	}
 	// Out of the zone, firewalld forwards nothing for the pod, and CHECK sees it.
-	zoneCall(t, addr, "removeSource", "trusted", "10.87.0.2/32")
+	zoneCall(t, fw, "removeSource", "trusted", "10.87.0.2/32")
 	traffic.ExpectNot(t, pod, "tcp", "192.168.77.2", 80, "outside")
 	if err := r.Check(list, a); err == nil {
 		t.Fatal("CHECK passed with the pod out of the zone")
 	}
-	zoneCall(t, addr, "addSource", "trusted", "10.87.0.2/32")
+	zoneCall(t, fw, "addSource", "trusted", "10.87.0.2/32")
 	if err := r.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
-	if querySource(t, addr, "trusted", "10.87.0.2/32") {
+	if querySource(t, fw, "trusted", "10.87.0.2/32") {
 		t.Fatal("pod address still in the trusted zone after DEL")
 	}
 
 	// DEL without prevResult and GC find the address from cnibox's record.
 	keys := `,"firewalldZone":"internal"`
-	bus := "DBUS_SYSTEM_BUS_ADDRESS=" + addr
+	bus := "DBUS_SYSTEM_BUS_ADDRESS=" + fw.Addr
 	for i, id := range []string{"pod-a", "pod-b"} {
 		if out, errb, code := r.Exec("firewall", append(env("ADD", id), bus), raw("1.1.0", "fwd", keys, i+2, true)); code != 0 {
 			t.Fatalf("ADD %s: %s %s", id, out, errb)
 		}
 	}
-	if !querySource(t, addr, "internal", "10.10.9.2/32") || !querySource(t, addr, "internal", "fd10:9::3/128") {
+	if !querySource(t, fw, "internal", "10.10.9.2/32") || !querySource(t, fw, "internal", "fd10:9::3/128") {
 		t.Fatal("sources missing from zone internal")
 	}
 	if out, _, code := r.Exec("firewall", append(env("DEL", "pod-a"), bus), raw("1.1.0", "fwd", keys, 0, false)); code != 0 {
@@ -190,7 +103,7 @@ func TestFirewalld(t *testing.T) {
 		t.Fatalf("GC: %s", out)
 	}
 	for _, src := range []string{"10.10.9.2/32", "10.10.9.3/32", "fd10:9::2/128", "fd10:9::3/128"} {
-		if querySource(t, addr, "internal", src) {
+		if querySource(t, fw, "internal", src) {
 			t.Errorf("%s still in zone internal after DEL/GC", src)
 		}
 	}

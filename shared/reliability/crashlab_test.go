@@ -1,7 +1,6 @@
 package reliability
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/godbus/dbus/v5"
 
 	"github.com/cnibox/cnibox/shared/testnet"
 )
@@ -205,90 +203,24 @@ func (l *dhcpLab) serverLeases(t testing.TB) (string, []string) {
 	return "dhcp-server", lines
 }
 
-const busConfig = `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-`
-
 // firewalldLab is Debian's firewalld running in a node's netns on a
-// private system bus (a dbus-daemon of the test's own). The runtime's
-// plugins get the bus in DBUS_SYSTEM_BUS_ADDRESS (Runtime.Env), so
-// nothing else in the test process sees it.
-type firewalldLab struct{ addr string }
+// private system bus. The runtime's plugins get the bus in
+// DBUS_SYSTEM_BUS_ADDRESS (Runtime.Env), so nothing else in the test
+// process sees it.
+type firewalldLab struct{ *testnet.Firewalld }
 
 func startFirewalld(t *testing.T, r *testnet.Runtime) *firewalldLab {
 	t.Helper()
-	for _, bin := range []string{"firewalld", "dbus-daemon"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed (make test installs it): %v", bin, err)
-		}
-	}
-	dir := t.TempDir()
-	sock := filepath.Join(dir, "system_bus_socket")
-	conf := filepath.Join(dir, "bus.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(busConfig, sock)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f := &firewalldLab{addr: "unix:path=" + sock}
-	bus := exec.Command("dbus-daemon", "--config-file="+conf, "--nofork", "--nopidfile")
-	if err := bus.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = bus.Process.Kill(); _ = bus.Wait() })
-	waitUntil(t, 5*time.Second, "the test's system bus", func() bool {
-		_, err := os.Stat(sock)
-		return err == nil
-	})
-	var log strings.Builder
-	fwd := r.Node.Command("env", "DBUS_SYSTEM_BUS_ADDRESS="+f.addr, "firewalld", "--nofork", "--nopid")
-	fwd.Stdout, fwd.Stderr = &log, &log
-	if err := fwd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fwd.Process.Kill(); _ = fwd.Wait() })
-	r.Env = append(r.Env, "DBUS_SYSTEM_BUS_ADDRESS="+f.addr)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		// firewalld answers once it has loaded its configuration.
-		var zone string
-		err := f.call("getDefaultZone", &zone)
-		if err == nil {
-			return f
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("firewalld did not come up: %v\n%s", err, log.String())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func (f *firewalldLab) call(method string, out any) error {
-	conn, err := dbus.Connect(f.addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return conn.Object("org.fedoraproject.FirewallD1", "/org/fedoraproject/FirewallD1").
-		CallWithContext(ctx, "org.fedoraproject.FirewallD1."+method, 0).Store(out)
+	f := &firewalldLab{testnet.StartFirewalld(t, r.Node)}
+	r.Env = append(r.Env, "DBUS_SYSTEM_BUS_ADDRESS="+f.Addr)
+	return f
 }
 
 // zoneSources is the probe of firewalld's zones: "zone source" for every
 // source of every active zone.
 func (f *firewalldLab) zoneSources(t testing.TB) (string, []string) {
 	var zones map[string]map[string][]string
-	if err := f.call("zone.getActiveZones", &zones); err != nil {
+	if err := f.Call("zone.getActiveZones", &zones); err != nil {
 		t.Fatalf("firewalld getActiveZones: %v", err)
 	}
 	var lines []string
