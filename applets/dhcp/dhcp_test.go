@@ -35,9 +35,9 @@ func asCurrent(t *testing.T, res types.Result) *current.Result {
 // loses it); a second DEL succeeds.
 func TestLease(t *testing.T) {
 	l := newMacvlanLab(t)
-	l.startDaemon()
+	l.StartDaemon()
 	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
-		list := l.r.Conflist(l.macvlanList(v, "dhcp-mv"+strings.ReplaceAll(v, ".", ""), ""))
+		list := l.R.Conflist(l.macvlanList(v, "dhcp-mv"+strings.ReplaceAll(v, ".", ""), ""))
 		leaseCycle(t, l, list, v)
 	})
 }
@@ -48,9 +48,9 @@ func TestLease(t *testing.T) {
 func TestReferenceBridgeLease(t *testing.T) {
 	l := newLab(t)
 	l.useReferenceBridge()
-	l.startDaemon()
+	l.StartDaemon()
 	testnet.ForEachVersion(t, []string{"0.3.1", "1.0.0"}, func(t *testing.T, v string) {
-		list := l.r.Conflist(l.bridgeList(v, "dhcp-br"+strings.ReplaceAll(v, ".", ""), ""))
+		list := l.R.Conflist(l.bridgeList(v, "dhcp-br"+strings.ReplaceAll(v, ".", ""), ""))
 		leaseCycle(t, l, list, v)
 	})
 }
@@ -60,17 +60,17 @@ func TestReferenceBridgeLease(t *testing.T) {
 // daemon has an interface to ask from.
 func TestOurBridgeLease(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon()
+	l.StartDaemon()
 	testnet.ForEachVersion(t, []string{"0.3.1", "1.1.0"}, func(t *testing.T, v string) {
-		list := l.r.Conflist(l.bridgeList(v, "dhcp-ourbr"+strings.ReplaceAll(v, ".", ""), ""))
+		list := l.R.Conflist(l.bridgeList(v, "dhcp-ourbr"+strings.ReplaceAll(v, ".", ""), ""))
 		leaseCycle(t, l, list, v)
 	})
 }
 
 func leaseCycle(t *testing.T, l *lab, list *libcni.NetworkConfigList, v string) {
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	res, err := l.r.Add(list, a)
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	res, err := l.R.Add(list, a)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -94,25 +94,25 @@ func leaseCycle(t *testing.T, l *lab, list *libcni.NetworkConfigList, v string) 
 		t.Fatalf("dnsmasq has no lease for %s:\n%s", mac, l.serverLeases())
 	}
 	if cni.VersionAtLeast(v, "0.4.0") {
-		if err := l.r.Check(list, a); err != nil {
+		if err := l.R.Check(list, a); err != nil {
 			t.Fatalf("CHECK: %v", err)
 		}
 	}
 	if cni.VersionAtLeast(v, "1.1.0") {
-		if err := l.r.Status(list); err != nil {
+		if err := l.R.Status(list); err != nil {
 			t.Fatalf("STATUS: %v", err)
 		}
 	}
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
-	waitFor(t, 5*time.Second, "dnsmasq to drop the released lease", func() bool {
+	testnet.WaitFor(t, 5*time.Second, "dnsmasq to drop the released lease", func() bool {
 		return !strings.Contains(l.serverLeases(), mac)
 	})
 	if n := l.count("DHCPRELEASE", mac); n != 1 {
 		t.Errorf("dnsmasq saw %d DHCPRELEASE from %s, want 1", n, mac)
 	}
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("second DEL: %v", err)
 	}
 }
@@ -126,13 +126,13 @@ func TestResult(t *testing.T) {
 		"--dhcp-option=option:domain-name,pods.example",
 		"--dhcp-option=option:classless-static-route,192.168.7.0/24,10.99.0.9,10.77.0.0/16,0.0.0.0,0.0.0.0/0,"+serverIP,
 	)
-	l.startDaemon()
+	l.StartDaemon()
 	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
-		list := l.r.Conflist(l.ipamList(v, "dhcp-res"+strings.ReplaceAll(v, ".", ""), `,"priority":30`))
-		pod := l.r.Pod(t)
+		list := l.R.Conflist(l.ipamList(v, "dhcp-res"+strings.ReplaceAll(v, ".", ""), `,"priority":30`))
+		pod := l.R.Pod(t)
 		l.plug(pod, "eth0")
-		a := l.r.Attach(pod, "eth0")
-		res, err := l.r.Add(list, a)
+		a := l.R.Attach(pod, "eth0")
+		res, err := l.R.Add(list, a)
 		if err != nil {
 			t.Fatalf("ADD: %v", err)
 		}
@@ -162,16 +162,16 @@ func TestResult(t *testing.T) {
 			}
 		}
 		if cni.VersionAtLeast(v, "0.4.0") {
-			if err := l.r.Check(list, a); err != nil {
+			if err := l.R.Check(list, a); err != nil {
 				t.Fatalf("CHECK: %v", err)
 			}
 		}
 		if cni.VersionAtLeast(v, "1.1.0") {
-			if err := l.r.Status(list); err != nil {
+			if err := l.R.Status(list); err != nil {
 				t.Fatalf("STATUS: %v", err)
 			}
 		}
-		if err := l.r.Del(list, a); err != nil {
+		if err := l.R.Del(list, a); err != nil {
 			t.Fatalf("DEL: %v", err)
 		}
 	})
@@ -180,12 +180,12 @@ func TestResult(t *testing.T) {
 // TestStaticRoutes: without option 121, option 33 plus the default route.
 func TestStaticRoutes(t *testing.T) {
 	l := newLab(t, "--dhcp-option=option:static-route,192.168.9.0,10.99.0.9")
-	l.startDaemon()
-	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-static", ""))
-	pod := l.r.Pod(t)
+	l.StartDaemon()
+	list := l.R.Conflist(l.ipamList("1.1.0", "dhcp-static", ""))
+	pod := l.R.Pod(t)
 	l.plug(pod, "eth0")
-	a := l.r.Attach(pod, "eth0")
-	res, err := l.r.Add(list, a)
+	a := l.R.Attach(pod, "eth0")
+	res, err := l.R.Add(list, a)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -203,62 +203,62 @@ func TestStaticRoutes(t *testing.T) {
 // it from the lease file, and maintenance stops when the pod is gone.
 func TestRenewAndRestart(t *testing.T) {
 	l := newMacvlanLab(t, "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,100")
-	l.startDaemon()
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-renew", ""))
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	if _, err := l.r.Add(list, a); err != nil {
+	l.StartDaemon()
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-renew", ""))
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	if _, err := l.R.Add(list, a); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
 	mac := macOf(t, pod, "eth0")
-	waitFor(t, 10*time.Second, "a renewal", func() bool {
+	testnet.WaitFor(t, 10*time.Second, "a renewal", func() bool {
 		return l.count("DHCPREQUEST", mac) >= 2 && strings.Contains(l.readDaemonLog(), "renew:")
 	})
 
-	st, err := os.Stat(l.leaseFile)
+	st, err := os.Stat(l.LeaseFile)
 	if err != nil {
 		t.Fatalf("lease file: %v", err)
 	}
 	if st.Mode().Perm() != 0o600 {
 		t.Errorf("lease file mode %v, want 0600", st.Mode().Perm())
 	}
-	if st, err := os.Stat(l.sock); err != nil || st.Mode().Perm() != 0o660 {
+	if st, err := os.Stat(l.Sock); err != nil || st.Mode().Perm() != 0o660 {
 		t.Errorf("socket: %v, mode %v, want 0660", err, st.Mode().Perm())
 	}
 
 	// A second pod, deleted while the daemon is down.
-	gone := l.r.Pod(t)
-	ga := l.r.Attach(gone, "eth0")
-	if _, err := l.r.Add(list, ga); err != nil {
+	gone := l.R.Pod(t)
+	ga := l.R.Attach(gone, "eth0")
+	if _, err := l.R.Add(list, ga); err != nil {
 		t.Fatalf("ADD of the second pod: %v", err)
 	}
 
-	l.stopDaemon()
+	l.StopDaemon()
 	gone.Delete()
-	for _, f := range []string{l.sock, l.pidfile} {
+	for _, f := range []string{l.Sock, l.Pidfile} {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s still exists after SIGTERM (%v)", f, err)
 		}
 	}
 	before := l.count("DHCPREQUEST", mac)
 	time.Sleep(4 * time.Second) // past the next T1 with no daemon
-	l.startDaemon()
-	waitFor(t, 2*time.Second, "the restarted daemon to drop the lease of a pod deleted meanwhile", func() bool {
-		data, _ := os.ReadFile(l.leaseFile)
+	l.StartDaemon()
+	testnet.WaitFor(t, 2*time.Second, "the restarted daemon to drop the lease of a pod deleted meanwhile", func() bool {
+		data, _ := os.ReadFile(l.LeaseFile)
 		return !strings.Contains(string(data), ga.ContainerID)
 	})
-	waitFor(t, 10*time.Second, "a renewal after the restart", func() bool { return l.count("DHCPREQUEST", mac) > before })
-	if err := l.r.Check(list, a); err != nil {
+	testnet.WaitFor(t, 10*time.Second, "a renewal after the restart", func() bool { return l.count("DHCPREQUEST", mac) > before })
+	if err := l.R.Check(list, a); err != nil {
 		t.Fatalf("CHECK after restart: %v", err)
 	}
 
 	// The pod vanishes without a DEL: the daemon stops renewing.
 	pod.Delete()
-	waitFor(t, 10*time.Second, "the daemon to drop the lease of a vanished pod", func() bool {
-		data, _ := os.ReadFile(l.leaseFile)
+	testnet.WaitFor(t, 10*time.Second, "the daemon to drop the lease of a vanished pod", func() bool {
+		data, _ := os.ReadFile(l.LeaseFile)
 		return !strings.Contains(string(data), a.ContainerID)
 	})
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL of the vanished pod: %v", err)
 	}
 }
@@ -266,15 +266,15 @@ func TestRenewAndRestart(t *testing.T) {
 // TestIPAMKeys: request with skipDefault, provide with value and fromArg.
 func TestIPAMKeys(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon()
-	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-keys", `,
+	l.StartDaemon()
+	list := l.R.Conflist(l.ipamList("1.1.0", "dhcp-keys", `,
 		"request":[{"skipDefault":true},{"option":"subnet-mask"},{"option":"routers"},{"option":"42"}],
 		"provide":[{"option":"host-name","fromArg":"K8S_POD_NAME"},{"option":"user-class","value":"cnibox-test"}]`))
-	pod := l.r.Pod(t)
+	pod := l.R.Pod(t)
 	mac := l.plug(pod, "eth0")
-	a := l.r.Attach(pod, "eth0")
+	a := l.R.Attach(pod, "eth0")
 	a.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", "web-0"}}
-	if _, err := l.r.Add(list, a); err != nil {
+	if _, err := l.R.Add(list, a); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
 	log := l.readLog()
@@ -292,7 +292,7 @@ func TestIPAMKeys(t *testing.T) {
 	if !strings.Contains(l.serverLeases(), mac) || !strings.Contains(l.serverLeases(), hexColon(id)) {
 		t.Errorf("dnsmasq lease lacks MAC %s or client id %q:\n%s", mac, id, l.serverLeases())
 	}
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
 }
@@ -309,29 +309,29 @@ func hexColon(s string) string {
 // TestGC releases the leases whose attachment is not valid any more.
 func TestGC(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon()
-	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-gc", ""))
-	keep, drop := l.r.Pod(t), l.r.Pod(t)
+	l.StartDaemon()
+	list := l.R.Conflist(l.ipamList("1.1.0", "dhcp-gc", ""))
+	keep, drop := l.R.Pod(t), l.R.Pod(t)
 	keepMAC, dropMAC := l.plug(keep, "eth0"), l.plug(drop, "eth0")
-	ka, da := l.r.Attach(keep, "eth0"), l.r.Attach(drop, "eth0")
+	ka, da := l.R.Attach(keep, "eth0"), l.R.Attach(drop, "eth0")
 	for _, a := range []*testnet.Attachment{ka, da} {
-		if _, err := l.r.Add(list, a); err != nil {
+		if _, err := l.R.Add(list, a); err != nil {
 			t.Fatalf("ADD: %v", err)
 		}
 	}
-	if err := l.r.GC(list, ka); err != nil {
+	if err := l.R.GC(list, ka); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	waitFor(t, 5*time.Second, "dnsmasq to drop the collected lease", func() bool {
+	testnet.WaitFor(t, 5*time.Second, "dnsmasq to drop the collected lease", func() bool {
 		return !strings.Contains(l.serverLeases(), dropMAC)
 	})
 	if !strings.Contains(l.serverLeases(), keepMAC) {
 		t.Errorf("GC released the valid attachment's lease too:\n%s", l.serverLeases())
 	}
-	if err := l.r.Check(list, ka); err != nil {
+	if err := l.R.Check(list, ka); err != nil {
 		t.Errorf("CHECK of the kept attachment: %v", err)
 	}
-	if err := l.r.Check(list, da); err == nil {
+	if err := l.R.Check(list, da); err == nil {
 		t.Errorf("CHECK of the collected attachment passed")
 	}
 }
@@ -340,12 +340,12 @@ func TestGC(t *testing.T) {
 // does not get one (the reference's CHECK does).
 func TestCheckTakesNoLease(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon()
-	pod := l.r.Pod(t)
+	l.StartDaemon()
+	pod := l.R.Pod(t)
 	mac := l.plug(pod, "eth0")
 	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.0.0","name":"dhcp-chk","type":"dhcp",
-		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
-	out, _, code := l.r.Exec("dhcp", env("CHECK", pod.Path, "c-check", l.r.BinDir), conf)
+		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.Sock))
+	out, _, code := l.R.Exec("dhcp", env("CHECK", pod.Path, "c-check", l.R.BinDir), conf)
 	if code == 0 {
 		t.Fatalf("CHECK without a lease succeeded: %s", out)
 	}
@@ -365,11 +365,11 @@ func env(cmd, netns, id, path string) []string {
 // to broadcast its answers, and the lease still comes through.
 func TestBroadcast(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon("-broadcast")
-	list := l.r.Conflist(l.ipamList("1.1.0", "dhcp-bcast", ""))
-	pod := l.r.Pod(t)
+	l.StartDaemon("-broadcast")
+	list := l.R.Conflist(l.ipamList("1.1.0", "dhcp-bcast", ""))
+	pod := l.R.Pod(t)
 	l.plug(pod, "eth0")
-	if _, err := l.r.Add(list, l.r.Attach(pod, "eth0")); err != nil {
+	if _, err := l.R.Add(list, l.R.Attach(pod, "eth0")); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
 	if !strings.Contains(l.readLog(), "broadcast response") {
@@ -426,22 +426,22 @@ func TestErrors(t *testing.T) {
 // stolen.
 func TestDaemonFlags(t *testing.T) {
 	l := newLab(t)
-	l.startDaemon()
-	out, err := l.r.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-socketpath", l.sock, "-leasefile", "").CombinedOutput()
+	l.StartDaemon()
+	out, err := l.R.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-socketpath", l.Sock, "-leasefile", "").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "already serving") {
 		t.Errorf("a second daemon on the same socket: %v: %s", err, out)
 	}
-	out, err = l.r.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-pidfile", "relative.pid").CombinedOutput()
+	out, err = l.R.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-pidfile", "relative.pid").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "absolute") {
 		t.Errorf("relative -pidfile: %v: %s", err, out)
 	}
-	st, err := os.Stat(l.sock[:strings.LastIndex(l.sock, "/")])
+	st, err := os.Stat(l.Sock[:strings.LastIndex(l.Sock, "/")])
 	if err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("socket directory: %v, mode %v, want 0700", err, st.Mode().Perm())
 	}
-	data, _ := os.ReadFile(l.pidfile)
-	if strings.TrimSpace(string(data)) != fmt.Sprint(l.daemon.Process.Pid) {
-		t.Errorf("pidfile has %q, want %d", data, l.daemon.Process.Pid)
+	data, _ := os.ReadFile(l.Pidfile)
+	if strings.TrimSpace(string(data)) != fmt.Sprint(l.Daemon.Process.Pid) {
+		t.Errorf("pidfile has %q, want %d", data, l.Daemon.Process.Pid)
 	}
 }
 
@@ -450,10 +450,10 @@ func TestDaemonFlags(t *testing.T) {
 func TestOurPluginReferenceDaemon(t *testing.T) {
 	l := newMacvlanLab(t)
 	l.startReferenceDaemon()
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-refd", ""))
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	res, err := l.r.Add(list, a)
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-refd", ""))
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	res, err := l.R.Add(list, a)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -464,18 +464,18 @@ func TestOurPluginReferenceDaemon(t *testing.T) {
 	if err := pod.Ping(serverIP); err != nil {
 		t.Fatalf("ping: %v", err)
 	}
-	if err := l.r.Check(list, a); err != nil {
+	if err := l.R.Check(list, a); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
-	if err := l.r.Status(list); err != nil {
+	if err := l.R.Status(list); err != nil {
 		t.Fatalf("STATUS: %v", err)
 	}
-	if err := l.r.GC(list, a); err != nil {
+	if err := l.R.GC(list, a); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
 	// (dnsmasq never sees a DHCPRELEASE from the reference daemon v1.1.1,
 	// so the lease file is not checked here.)
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
 }
@@ -485,12 +485,12 @@ func TestOurPluginReferenceDaemon(t *testing.T) {
 func TestReferencePluginOurDaemon(t *testing.T) {
 	l := newLab(t)
 	testnet.RequireReference(t, "dhcp")
-	l.startDaemon()
-	l.r.SetPath(testnet.ReferenceDir())
-	list := l.r.Conflist(l.bridgeList("1.0.0", "dhcp-refp", ""))
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	res, err := l.r.Add(list, a)
+	l.StartDaemon()
+	l.R.SetPath(testnet.ReferenceDir())
+	list := l.R.Conflist(l.bridgeList("1.0.0", "dhcp-refp", ""))
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	res, err := l.R.Add(list, a)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -502,13 +502,13 @@ func TestReferencePluginOurDaemon(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 	mac := macOf(t, pod, "eth0")
-	if err := l.r.Check(list, a); err != nil {
+	if err := l.R.Check(list, a); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
-	waitFor(t, 5*time.Second, "dnsmasq to drop the released lease", func() bool {
+	testnet.WaitFor(t, 5*time.Second, "dnsmasq to drop the released lease", func() bool {
 		return !strings.Contains(l.serverLeases(), mac)
 	})
 }
@@ -523,10 +523,10 @@ func mustJSON(v any) string {
 // leaves the socket file to systemd on exit.
 func TestSocketActivation(t *testing.T) {
 	l := newMacvlanLab(t)
-	if err := os.MkdirAll(filepath.Dir(l.sock), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(l.Sock), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("unix", l.sock)
+	ln, err := net.Listen("unix", l.Sock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -537,27 +537,27 @@ func TestSocketActivation(t *testing.T) {
 	}
 	ln.Close()
 	defer f.Close()
-	cmd := l.r.Node.Command("sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@"`, testnet.Binary(t),
-		"dhcp", "daemon", "-socketpath", filepath.Join(l.dir, "unused", "dhcp.sock"), "-leasefile", l.leaseFile, "-timeout", "1s")
+	cmd := l.R.Node.Command("sh", "-c", `export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@"`, testnet.Binary(t),
+		"dhcp", "daemon", "-socketpath", filepath.Join(l.Dir, "unused", "dhcp.sock"), "-leasefile", l.LeaseFile, "-timeout", "1s")
 	cmd.ExtraFiles = []*os.File{f}
-	l.startDaemonCmd(cmd)
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-sa", ""))
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	if _, err := l.r.Add(list, a); err != nil {
+	l.StartDaemonCmd(cmd)
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-sa", ""))
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	if _, err := l.R.Add(list, a); err != nil {
 		t.Fatalf("ADD through the activated socket: %v", err)
 	}
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
 	if !strings.Contains(l.readDaemonLog(), "socket activation") {
 		t.Errorf("the daemon did not say it took the passed socket:\n%s", l.readDaemonLog())
 	}
-	if _, err := os.Stat(filepath.Join(l.dir, "unused")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(l.Dir, "unused")); !os.IsNotExist(err) {
 		t.Errorf("the daemon made its own socket directory: %v", err)
 	}
-	l.stopDaemon()
-	if _, err := os.Stat(l.sock); err != nil {
+	l.StopDaemon()
+	if _, err := os.Stat(l.Sock); err != nil {
 		t.Errorf("the daemon removed systemd's socket: %v", err)
 	}
 }
@@ -567,23 +567,23 @@ func TestSocketActivation(t *testing.T) {
 // daemon keeps no lease.
 func TestNoServer(t *testing.T) {
 	l := newMacvlanLab(t)
-	l.server.MustRun("ip", "link", "set", "srv0", "down")
-	l.startDaemon("-resendtimeout", "3s")
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-none", ""))
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	_, err := l.r.Add(list, a)
+	l.Server.MustRun("ip", "link", "set", "srv0", "down")
+	l.StartDaemon("-resendtimeout", "3s")
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-none", ""))
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	_, err := l.R.Add(list, a)
 	if err == nil || !strings.Contains(err.Error(), "no DHCP lease on eth0") {
 		t.Fatalf("ADD with no server: %v", err)
 	}
 	if out, err := pod.Run("ip", "link", "show", "eth0"); err == nil {
 		t.Errorf("eth0 left behind: %s", out)
 	}
-	data, _ := os.ReadFile(l.leaseFile)
+	data, _ := os.ReadFile(l.LeaseFile)
 	if strings.Contains(string(data), a.ContainerID) {
 		t.Errorf("the daemon recorded a lease: %s", data)
 	}
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL after the failed ADD: %v", err)
 	}
 }
@@ -592,23 +592,23 @@ func TestNoServer(t *testing.T) {
 // unanswered), the daemon rebinds at T2 with a broadcast REQUEST.
 func TestRebind(t *testing.T) {
 	l := newMacvlanLab(t, "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
-	l.server.MustRun("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "67",
+	l.Server.MustRun("iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "67",
 		"-m", "pkttype", "--pkt-type", "unicast", "-j", "DROP")
-	l.startDaemon()
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-rebind", ""))
-	pod := l.r.Pod(t)
-	a := l.r.Attach(pod, "eth0")
-	if _, err := l.r.Add(list, a); err != nil {
+	l.StartDaemon()
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-rebind", ""))
+	pod := l.R.Pod(t)
+	a := l.R.Attach(pod, "eth0")
+	if _, err := l.R.Add(list, a); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	waitFor(t, 15*time.Second, "a rebind", func() bool {
+	testnet.WaitFor(t, 15*time.Second, "a rebind", func() bool {
 		return strings.Contains(l.readDaemonLog(), "rebind: ")
 	})
 	log := l.readDaemonLog()
 	if !strings.Contains(log, "renew lease on") {
 		t.Errorf("no failed renewal before the rebind:\n%s", log)
 	}
-	if err := l.r.Check(list, a); err != nil {
+	if err := l.R.Check(list, a); err != nil {
 		t.Fatalf("CHECK after the rebind: %v", err)
 	}
 }
@@ -621,7 +621,7 @@ func TestRebind(t *testing.T) {
 func TestHostPrefix(t *testing.T) {
 	l := newLab(t)
 	prefix := t.TempDir()
-	outside, inside := l.r.Pod(t), l.r.Pod(t)
+	outside, inside := l.R.Pod(t), l.R.Pod(t)
 	l.plug(inside, "eth0")
 	if err := os.MkdirAll(filepath.Join(prefix, filepath.Dir(outside.Path)), 0o755); err != nil {
 		t.Fatal(err)
@@ -629,19 +629,19 @@ func TestHostPrefix(t *testing.T) {
 	if err := os.Symlink(inside.Path, filepath.Join(prefix, outside.Path)); err != nil {
 		t.Fatal(err)
 	}
-	l.sock = filepath.Join(prefix, "dhcp.sock")
-	l.startDaemonCmd(l.r.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-hostprefix", prefix,
-		"-socketpath", "/dhcp.sock", "-leasefile", l.leaseFile, "-timeout", "1s"))
+	l.Sock = filepath.Join(prefix, "dhcp.sock")
+	l.StartDaemonCmd(l.R.Node.Command(testnet.Binary(t), "dhcp", "daemon", "-hostprefix", prefix,
+		"-socketpath", "/dhcp.sock", "-leasefile", l.LeaseFile, "-timeout", "1s"))
 	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-prefix","type":"dhcp",
-		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
-	out, _, code := l.r.Exec("dhcp", env("ADD", outside.Path, "c-prefix", l.r.BinDir), conf)
+		"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.Sock))
+	out, _, code := l.R.Exec("dhcp", env("ADD", outside.Path, "c-prefix", l.R.BinDir), conf)
 	if code != 0 || !strings.Contains(string(out), "10.99.0.") {
 		t.Fatalf("ADD through -hostprefix: exit %d: %s", code, out)
 	}
-	if out, _, code := l.r.Exec("dhcp", env("DEL", outside.Path, "c-prefix", l.r.BinDir), conf); code != 0 {
+	if out, _, code := l.R.Exec("dhcp", env("DEL", outside.Path, "c-prefix", l.R.BinDir), conf); code != 0 {
 		t.Fatalf("DEL: exit %d: %s", code, out)
 	}
-	waitFor(t, 5*time.Second, "a DHCPRELEASE", func() bool { return l.count("DHCPRELEASE") == 1 })
+	testnet.WaitFor(t, 5*time.Second, "a DHCPRELEASE", func() bool { return l.count("DHCPRELEASE") == 1 })
 }
 
 // BenchmarkAddDel: one ADD and one DEL of the dhcp plugin (exec'd as a
@@ -652,20 +652,20 @@ func BenchmarkAddDel(b *testing.B) {
 		b.Run("daemon="+daemon, func(b *testing.B) {
 			l := newLab(b)
 			if daemon == "cnibox" {
-				l.startDaemon()
+				l.StartDaemon()
 			} else {
 				l.startReferenceDaemon()
 			}
-			pod := l.r.Pod(b)
+			pod := l.R.Pod(b)
 			l.plug(pod, "eth0")
 			conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-bench","type":"dhcp",
-				"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.sock))
+				"ipam":{"type":"dhcp","daemonSocketPath":%q}}`, l.Sock))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if out, _, code := l.r.Exec("dhcp", env("ADD", pod.Path, "c-bench", l.r.BinDir), conf); code != 0 {
+				if out, _, code := l.R.Exec("dhcp", env("ADD", pod.Path, "c-bench", l.R.BinDir), conf); code != 0 {
 					b.Fatalf("ADD: %s", out)
 				}
-				if out, _, code := l.r.Exec("dhcp", env("DEL", pod.Path, "c-bench", l.r.BinDir), conf); code != 0 {
+				if out, _, code := l.R.Exec("dhcp", env("DEL", pod.Path, "c-bench", l.R.BinDir), conf); code != 0 {
 					b.Fatalf("DEL: %s", out)
 				}
 			}
@@ -682,23 +682,23 @@ func TestLostACK(t *testing.T) {
 	l := newMacvlanLab(t)
 	// DHCPACK: option 53 (message type) = 5, the first option dnsmasq puts,
 	// 248 bytes into the UDP header (8 + 236 of BOOTP + the magic cookie).
-	l.server.MustRun("nft", "add table inet lossy")
-	l.server.MustRun("nft", "add chain inet lossy out { type filter hook output priority 0 ; }")
-	l.server.MustRun("nft", "add rule inet lossy out udp sport 67 @th,1984,24 0x350105 drop")
-	l.startDaemon("-resendtimeout", "3s")
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-lost", ""))
-	a := l.r.Attach(l.r.Pod(t), "eth0")
-	if _, err := l.r.Add(list, a); err == nil {
+	l.Server.MustRun("nft", "add table inet lossy")
+	l.Server.MustRun("nft", "add chain inet lossy out { type filter hook output priority 0 ; }")
+	l.Server.MustRun("nft", "add rule inet lossy out udp sport 67 @th,1984,24 0x350105 drop")
+	l.StartDaemon("-resendtimeout", "3s")
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-lost", ""))
+	a := l.R.Attach(l.R.Pod(t), "eth0")
+	if _, err := l.R.Add(list, a); err == nil {
 		t.Fatal("ADD succeeded without an ACK")
 	}
 	if l.count("DHCPACK") == 0 {
 		t.Fatalf("dnsmasq sent no ACK:\n%s", l.readLog())
 	}
 	id := hexColon(a.ContainerID + "/dhcp-lost/eth0")
-	waitFor(t, 5*time.Second, "dnsmasq to drop the lease the daemon asked for and gave up", func() bool {
+	testnet.WaitFor(t, 5*time.Second, "dnsmasq to drop the lease the daemon asked for and gave up", func() bool {
 		return !strings.Contains(l.serverLeases(), id)
 	})
-	if err := l.r.Del(list, a); err != nil {
+	if err := l.R.Del(list, a); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
 }

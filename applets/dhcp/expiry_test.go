@@ -21,8 +21,8 @@ import (
 // leases) that can be told to stop answering.
 func TestExpiry(t *testing.T) {
 	l := newMacvlanLab(t)
-	l.dnsmasq.Process.Signal(syscall.SIGTERM)
-	l.dnsmasq.Wait()
+	l.Dnsmasq.Process.Signal(syscall.SIGTERM)
+	l.Dnsmasq.Wait()
 
 	var answering atomic.Bool
 	answering.Store(true)
@@ -55,7 +55,7 @@ func TestExpiry(t *testing.T) {
 		}
 	}
 	var srv *server4.Server
-	if err := l.server.Do(func() (err error) {
+	if err := l.Server.Do(func() (err error) {
 		srv, err = server4.NewServer("srv0", &net.UDPAddr{Port: dhcpv4.ServerPort}, handler)
 		return err
 	}); err != nil {
@@ -64,27 +64,27 @@ func TestExpiry(t *testing.T) {
 	go srv.Serve()
 	t.Cleanup(func() { srv.Close() })
 
-	l.startDaemon()
-	list := l.r.Conflist(l.macvlanList("1.1.0", "dhcp-expiry", ""))
-	pod := l.r.Pod(t)
-	if _, err := l.r.Add(list, l.r.Attach(pod, "eth0")); err != nil {
+	l.StartDaemon()
+	list := l.R.Conflist(l.macvlanList("1.1.0", "dhcp-expiry", ""))
+	pod := l.R.Pod(t)
+	if _, err := l.R.Add(list, l.R.Attach(pod, "eth0")); err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
-	waitFor(t, 5*time.Second, "a renewal", func() bool {
+	testnet.WaitFor(t, 5*time.Second, "a renewal", func() bool {
 		return strings.Contains(l.readDaemonLog(), "renew: 10.99.0.150")
 	})
 
 	answering.Store(false)
-	waitFor(t, 20*time.Second, "the link to go down after expiry", func() bool { return !linkUp(t, pod) })
+	testnet.WaitFor(t, 20*time.Second, "the link to go down after expiry", func() bool { return !linkUp(t, pod) })
 	if !strings.Contains(l.readDaemonLog(), "expired") {
 		t.Errorf("the daemon did not log the expiry:\n%s", l.readDaemonLog())
 	}
 
 	answering.Store(true)
-	waitFor(t, 20*time.Second, "a new lease after expiry", func() bool {
+	testnet.WaitFor(t, 20*time.Second, "a new lease after expiry", func() bool {
 		return strings.Contains(l.readDaemonLog(), "new lease on 10.99.0.150 after expiry")
 	})
-	waitFor(t, 2*time.Second, "the link to be up again", func() bool { return linkUp(t, pod) })
+	testnet.WaitFor(t, 2*time.Second, "the link to be up again", func() bool { return linkUp(t, pod) })
 	time.Sleep(time.Second)
 	if !linkUp(t, pod) {
 		t.Error("the link went down again after the new lease")

@@ -101,12 +101,12 @@ func TestCrashInjection(t *testing.T) {
 	})
 	t.Run("dhcp", func(t *testing.T) {
 		l := newDHCPLab(t)
-		crash(t, &crashCase{r: l.r, list: l.list, n: half, applets: []string{"macvlan"},
+		crash(t, &crashCase{r: l.R, list: l.list, n: half, applets: []string{"macvlan"},
 			probes: []probe{l.daemonLeases, l.serverLeases}})
 	})
 	t.Run("dhcp-bridge", func(t *testing.T) {
 		l := newDHCPBridgeLab(t)
-		crash(t, &crashCase{r: l.r, list: l.list, n: half, applets: []string{"bridge"},
+		crash(t, &crashCase{r: l.R, list: l.list, n: half, applets: []string{"bridge"},
 			probes: []probe{l.daemonLeases, l.serverLeases}})
 	})
 	t.Run("dhcp-daemon", func(t *testing.T) {
@@ -117,10 +117,10 @@ func TestCrashInjection(t *testing.T) {
 		// ID, same lease) and DEL: so the server's leases are compared
 		// after those, not after every kill.
 		l := newDHCPLab(t)
-		crash(t, &crashCase{r: l.r, list: l.list, n: half, applets: []string{"dhcp daemon"},
+		crash(t, &crashCase{r: l.R, list: l.list, n: half, applets: []string{"dhcp daemon"},
 			probes:  []probe{l.daemonLeases, l.daemonFiles},
 			final:   []probe{l.serverLeases},
-			killers: map[string]func(){"dhcp daemon": l.killDaemon},
+			killers: map[string]func(){"dhcp daemon": l.KillDaemon},
 			recover: l.restartDaemon})
 	})
 	t.Run("firewalld", func(t *testing.T) {

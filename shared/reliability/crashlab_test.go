@@ -4,36 +4,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/cnibox/cnibox/shared/testnet"
 )
 
-// dhcpLab is a node whose "uplink" veth leads to dnsmasq in a netns of its
-// own (10.39.0.1, serving 10.39.0.100-200), with cnibox's dhcp daemon
-// running in the node on a socket, pidfile and lease file in the test's
-// temporary directory (never the machine's /run/cni/dhcp.sock). Pods
-// attach with macvlan on uplink (or bridge, see newDHCPBridgeLab) and
-// dhcp IPAM (in-process in the main plugin).
+// dhcpLab is a testnet.DHCPLab on 10.39.0.0/24 with cnibox's dhcp daemon
+// running. Pods attach with macvlan on uplink (or bridge, see
+// newDHCPBridgeLab) and dhcp IPAM (in-process in the main plugin).
 type dhcpLab struct {
-	t      *testing.T
-	r      *testnet.Runtime
-	list   *libcni.NetworkConfigList
-	dir    string
-	sock   string
-	leases string // the daemon's lease file
-	server string // dnsmasq's lease file
-	daemon *exec.Cmd
-	log    *os.File
+	*testnet.DHCPLab
+	list *libcni.NetworkConfigList
 }
 
 func newDHCPLab(t *testing.T) *dhcpLab {
@@ -51,106 +37,28 @@ func newDHCPBridgeLab(t *testing.T) *dhcpLab {
 
 func buildDHCPLab(t *testing.T, bridge bool) *dhcpLab {
 	t.Helper()
-	if _, err := exec.LookPath("dnsmasq"); err != nil {
-		t.Skip("dnsmasq not installed (Debian package dnsmasq-base; make test-deps installs it)")
-	}
-	r := testnet.NewRuntime(t)
-	srv := testnet.NewNS(t, "dhcpsrv")
-	dir := t.TempDir()
-	l := &dhcpLab{t: t, r: r, dir: dir, sock: filepath.Join(dir, "run", "dhcp.sock"),
-		leases: filepath.Join(dir, "state", "leases.json"), server: filepath.Join(dir, "dnsmasq.leases")}
-	r.Node.MustRun("ip", "link", "add", "uplink", "type", "veth", "peer", "name", "srv0", "netns", srv.Name)
-	if bridge {
-		r.Node.MustRun("ip", "link", "add", "br-dhcp", "type", "bridge")
-		r.Node.MustRun("ip", "link", "set", "uplink", "master", "br-dhcp", "up")
-		r.Node.MustRun("ip", "addr", "add", "10.39.0.2/24", "dev", "br-dhcp")
-		r.Node.MustRun("ip", "link", "set", "br-dhcp", "up")
-	} else {
-		r.Node.MustRun("ip", "addr", "add", "10.39.0.2/24", "dev", "uplink")
-		r.Node.MustRun("ip", "link", "set", "uplink", "up")
-	}
-	srv.MustRun("ip", "addr", "add", "10.39.0.1/24", "dev", "srv0")
-	srv.MustRun("ip", "link", "set", "srv0", "up")
-
-	dlog := filepath.Join(dir, "dnsmasq.log")
-	dnsmasq := srv.Command("dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--user=root",
-		"--no-ping", "--interface=srv0", "--bind-interfaces", "--dhcp-range=10.39.0.100,10.39.0.200,255.255.255.0,2m",
-		"--dhcp-leasefile="+l.server, "--pid-file="+filepath.Join(dir, "dnsmasq.pid"),
-		"--log-dhcp", "--log-facility="+dlog, "--dhcp-option=option:router,10.39.0.1")
-	if err := dnsmasq.Start(); err != nil {
-		t.Fatalf("start dnsmasq: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = dnsmasq.Process.Signal(syscall.SIGTERM)
-		_ = dnsmasq.Wait()
-	})
-	waitUntil(t, 10*time.Second, "dnsmasq to start", func() bool {
-		data, _ := os.ReadFile(dlog)
-		return strings.Contains(string(data), "DHCP, IP range")
-	})
-	var err error
-	if l.log, err = os.Create(filepath.Join(dir, "daemon.log")); err != nil {
-		t.Fatal(err)
-	}
-	l.startDaemon()
-	t.Cleanup(func() {
-		if l.daemon != nil {
-			_ = l.daemon.Process.Signal(syscall.SIGTERM)
-			_ = l.daemon.Wait()
-		}
-		l.log.Close()
-		if t.Failed() {
-			for _, f := range []string{"daemon.log", "dnsmasq.leases"} {
-				data, _ := os.ReadFile(filepath.Join(dir, f))
-				t.Logf("--- %s:\n%s", f, data)
-			}
-		}
-	})
+	l := &dhcpLab{DHCPLab: testnet.NewDHCPLab(t, testnet.NewRuntime(t), "10.39.0.0/24", bridge)}
+	l.StartDaemon()
 	plugin := `"type":"macvlan","master":"uplink","mode":"bridge"`
 	if bridge {
 		plugin = `"type":"bridge","bridge":"br-dhcp"`
 	}
-	l.list = r.Conflist(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-net","plugins":[
-		{%s,"ipam":{"type":"dhcp","daemonSocketPath":%q}}]}`, plugin, l.sock))
+	l.list = l.R.Conflist(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dhcp-net","plugins":[
+		{%s,"ipam":{"type":"dhcp","daemonSocketPath":%q}}]}`, plugin, l.Sock))
 	return l
-}
-
-func (l *dhcpLab) startDaemon() {
-	l.t.Helper()
-	cmd := l.r.Node.Command(testnet.Binary(l.t), "dhcp", "daemon", "-socketpath", l.sock,
-		"-pidfile", filepath.Join(l.dir, "dhcp.pid"), "-leasefile", l.leases, "-timeout", "1s", "-resendtimeout", "8s")
-	cmd.Stdout, cmd.Stderr = l.log, l.log
-	if err := cmd.Start(); err != nil {
-		l.t.Fatalf("start the dhcp daemon: %v", err)
-	}
-	l.daemon = cmd
-	waitUntil(l.t, 10*time.Second, "the dhcp daemon's socket", func() bool {
-		c, err := net.Dial("unix", l.sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
-
-// killDaemon SIGKILLs the daemon (it leaves its socket file behind).
-func (l *dhcpLab) killDaemon() {
-	_ = l.daemon.Process.Kill()
-	_ = l.daemon.Wait()
-	l.daemon = nil
 }
 
 // restartDaemon starts the daemon again if it was killed.
 func (l *dhcpLab) restartDaemon(t *testing.T) {
-	if l.daemon == nil {
-		l.startDaemon()
+	if l.Daemon == nil {
+		l.StartDaemon()
 	}
 }
 
 // daemonLeases is the probe of the daemon's lease file: one client ID
 // (container/network/ifname) a line.
 func (l *dhcpLab) daemonLeases(t testing.TB) (string, []string) {
-	data, err := os.ReadFile(l.leases)
+	data, err := os.ReadFile(l.LeaseFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return "dhcp-daemon", nil
 	}
@@ -176,7 +84,7 @@ func (l *dhcpLab) daemonLeases(t testing.TB) (string, []string) {
 // killed while it wrote its lease file must not leave a temporary file
 // once it is started again.
 func (l *dhcpLab) daemonFiles(t testing.TB) (string, []string) {
-	entries, err := os.ReadDir(filepath.Dir(l.leases))
+	entries, err := os.ReadDir(filepath.Dir(l.LeaseFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
@@ -190,7 +98,7 @@ func (l *dhcpLab) daemonFiles(t testing.TB) (string, []string) {
 // serverLeases is the probe of dnsmasq's leases: address and client ID
 // (expiry and MAC change with every renewal and pod).
 func (l *dhcpLab) serverLeases(t testing.TB) (string, []string) {
-	data, err := os.ReadFile(l.server)
+	data, err := os.ReadFile(l.DnsmasqLeases)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
@@ -230,15 +138,4 @@ func (f *firewalldLab) zoneSources(t testing.TB) (string, []string) {
 		}
 	}
 	return "firewalld", lines
-}
-
-func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
