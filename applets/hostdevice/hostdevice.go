@@ -283,15 +283,8 @@ func sendHomeDirect(node ns.NetNS, orig, ifName string) error {
 		if l, err = netlinksafe.LinkByName(ifName); err != nil || l.Attrs().Alias != orig {
 			return fmt.Errorf("find %q in the pod: %v", orig, err)
 		}
-		if err := netlink.LinkSetName(l, orig); err != nil {
-			return fmt.Errorf("rename %q back to %q: %w", ifName, orig, err)
-		}
 	}
-	_ = netlink.LinkSetAlias(l, "")
-	if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
-		return fmt.Errorf("move %q back to the node's netns: %w", orig, err)
-	}
-	return nil
+	return sendBack(l, node, ifName, orig)
 }
 
 // aliasAndRename finds the device orig in the current netns (where, for
@@ -323,17 +316,23 @@ func sendHome(tmp, node ns.NetNS, ifName, orig string) error {
 				return fmt.Errorf("find %q in the temporary netns: %w", orig, err)
 			}
 		}
-		if l.Attrs().Name != orig {
-			if err := netlink.LinkSetName(l, orig); err != nil {
-				return fmt.Errorf("rename %q back to %q: %w", ifName, orig, err)
-			}
-		}
-		_ = netlink.LinkSetAlias(l, "")
-		if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
-			return fmt.Errorf("move %q back to the node's netns: %w", orig, err)
-		}
-		return nil
+		return sendBack(l, node, ifName, orig)
 	})
+}
+
+// sendBack gives l, named ifName or orig, its original name back, clears
+// its alias and moves it to node.
+func sendBack(l netlink.Link, node ns.NetNS, ifName, orig string) error {
+	if l.Attrs().Name != orig {
+		if err := netlink.LinkSetName(l, orig); err != nil {
+			return fmt.Errorf("rename %q back to %q: %w", ifName, orig, err)
+		}
+	}
+	_ = netlink.LinkSetAlias(l, "")
+	if err := netlink.LinkSetNsFd(l, int(node.Fd())); err != nil {
+		return fmt.Errorf("move %q back to the node's netns: %w", orig, err)
+	}
+	return nil
 }
 
 var errNotInPod = errors.New("not in the pod")
