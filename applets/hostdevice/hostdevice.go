@@ -153,25 +153,12 @@ func Add(req *cni.Request) (types.Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host-device: %w", err)
 	}
-	res, err := setUp(req, c, pod, link)
+	res, err := iface.SetUp(req, "host-device", &c.NetConf, nil, pod, link, iface.NotifyNone)
 	if err != nil {
 		if uerr := moveOut(node, pod, req.IfName, dev.Attrs().Name); uerr != nil {
 			req.Log.Warnf("roll back: %v", uerr)
 		}
 		return nil, err
-	}
-	return res, nil
-}
-
-func setUp(req *cni.Request, c *Config, pod ns.NetNS, link netlink.Link) (*current.Result, error) {
-	ipamRes, err := iface.AddIPAM(req, "host-device", c.IPAM.Type)
-	if err != nil {
-		return nil, err
-	}
-	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
-	if err := pod.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyNone) }); err != nil {
-		iface.ReleaseIPAM(req, c.IPAM.Type)
-		return nil, fmt.Errorf("host-device: %w", err)
 	}
 	return res, nil
 }

@@ -168,18 +168,9 @@ func Add(req *cni.Request) (types.Result, error) {
 // setUp does the part of ADD after the link exists: IPAM (after the link,
 // as dhcp needs it), addresses and routes.
 func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*current.Result, error) {
-	ipRes := c.prev
-	ipamRes, err := iface.AddIPAM(req, "ipvlan", c.IPAM.Type)
+	res, err := iface.SetUp(req, "ipvlan", &c.NetConf, c.prev, netns, link, iface.NotifyAll)
 	if err != nil {
 		return nil, err
-	}
-	if ipamRes != nil {
-		ipRes = ipamRes
-	}
-	res := iface.NewResult(ipRes, c.DNS, link, req.Netns)
-	if err := netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) }); err != nil {
-		iface.ReleaseIPAM(req, c.IPAM.Type)
-		return nil, fmt.Errorf("ipvlan: %w", err)
 	}
 	if c.prev != nil {
 		return chainedResult(c, res), nil

@@ -184,16 +184,7 @@ func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*curre
 			return nil, fmt.Errorf("macvlan: set sourceMacs on %q: %w", req.IfName, err)
 		}
 	}
-	ipamRes, err := iface.AddIPAM(req, "macvlan", c.IPAM.Type)
-	if err != nil {
-		return nil, err
-	}
-	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
-	if err := netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) }); err != nil {
-		iface.ReleaseIPAM(req, c.IPAM.Type)
-		return nil, fmt.Errorf("macvlan: %w", err)
-	}
-	return res, nil
+	return iface.SetUp(req, "macvlan", &c.NetConf, nil, netns, link, iface.NotifyAll)
 }
 
 // Del deletes the link and releases the IPAM allocation. Both are tried

@@ -7,7 +7,6 @@ import (
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -122,27 +121,13 @@ func Add(req *cni.Request) (types.Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vlan %d on %q: %w", c.VlanID, master.Attrs().Name, err)
 	}
-	res, err := setUp(req, c, netns, link)
+	// Like the reference, vlan sets no arp_notify/ndisc_notify.
+	res, err := iface.SetUp(req, "vlan", &c.NetConf, nil, netns, link, iface.NotifyNone)
 	if err != nil {
 		if derr := iface.DeleteLink(req.Netns, req.IfName); derr != nil {
 			req.Log.Warnf("roll back: %v", derr)
 		}
 		return nil, err
-	}
-	return res, nil
-}
-
-// setUp does the part of ADD after the link exists: IPAM, addresses and
-// routes. Like the reference, vlan sets no arp_notify/ndisc_notify.
-func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*current.Result, error) {
-	ipamRes, err := iface.AddIPAM(req, "vlan", c.IPAM.Type)
-	if err != nil {
-		return nil, err
-	}
-	res := iface.NewResult(ipamRes, c.DNS, link, req.Netns)
-	if err := netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyNone) }); err != nil {
-		iface.ReleaseIPAM(req, c.IPAM.Type)
-		return nil, fmt.Errorf("vlan: %w", err)
 	}
 	return res, nil
 }

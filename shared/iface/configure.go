@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/cnibox/cnibox/shared/cni"
@@ -129,4 +130,25 @@ func ParseMAC(field, s string) (net.HardwareAddr, error) {
 		return nil, cni.ConfigError("%s: %q is a multicast address, a link needs a unicast one", field, s)
 	}
 	return mac, nil
+}
+
+// SetUp is the part of ADD after the applet's link exists: ADD of the
+// config's IPAM plugin (after the link, as dhcp needs it), the result for
+// link (with fallback's addresses and routes when the config has no IPAM;
+// fallback may be nil), and Configure with notify inside netns. When
+// Configure fails the IPAM allocation is released. Errors name applet.
+func SetUp(req *cni.Request, applet string, conf *cni.NetConf, fallback *current.Result, netns ns.NetNS, link netlink.Link, notify Notify) (*current.Result, error) {
+	ipRes, err := AddIPAM(req, applet, conf.IPAM.Type)
+	if err != nil {
+		return nil, err
+	}
+	if ipRes == nil {
+		ipRes = fallback
+	}
+	res := NewResult(ipRes, conf.DNS, link, req.Netns)
+	if err := netns.Do(func(ns.NetNS) error { return Configure(req.IfName, res, notify) }); err != nil {
+		ReleaseIPAM(req, conf.IPAM.Type)
+		return nil, fmt.Errorf("%s: %w", applet, err)
+	}
+	return res, nil
 }
