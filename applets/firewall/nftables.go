@@ -73,6 +73,22 @@ func podExprs(a *attachment) [][]expr.Any {
 }
 
 func (b nftBackend) add(a *attachment) error {
+	return commit(func(c *nftables.Conn) error {
+		key := podKey(a)
+		if err := deleteRules(c, []string{fwPods}, func(s string) bool { return s == key }); err != nil {
+			return err
+		}
+		t, ch := base(c)
+		for _, ex := range podExprs(a) {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwPods], Exprs: ex, UserData: nft.Comment(key)})
+		}
+		return nil
+	})
+}
+
+// commit runs queue with a netlink connection under the firewall-nft lock
+// and sends what it queued as one transaction.
+func commit(queue func(c *nftables.Conn) error) error {
 	unlock, err := iptables.Lock("firewall-nft")
 	if err != nil {
 		return err
@@ -82,13 +98,8 @@ func (b nftBackend) add(a *attachment) error {
 	if err != nil {
 		return err
 	}
-	key := podKey(a)
-	if err := deleteRules(c, []string{fwPods}, func(s string) bool { return s == key }); err != nil {
+	if err := queue(c); err != nil {
 		return err
-	}
-	t, ch := base(c)
-	for _, ex := range podExprs(a) {
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwPods], Exprs: ex, UserData: nft.Comment(key)})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("nftables: inet %s: %w", fwTable, err)
@@ -128,22 +139,7 @@ func deleteRules(c *nftables.Conn, chains []string, match func(string) bool) err
 }
 
 func flushDelete(chains []string, match func(string) bool) error {
-	unlock, err := iptables.Lock("firewall-nft")
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	c, err := nft.Open()
-	if err != nil {
-		return err
-	}
-	if err := deleteRules(c, chains, match); err != nil {
-		return err
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: inet %s: %w", fwTable, err)
-	}
-	return nil
+	return commit(func(c *nftables.Conn) error { return deleteRules(c, chains, match) })
 }
 
 func (nftBackend) del(a *attachment) error {
@@ -233,32 +229,22 @@ func isolationExprs(bridge, policy string) (s1, s2 [][]expr.Any) {
 }
 
 func (nftBackend) isolate(a *attachment) error {
-	unlock, err := iptables.Lock("firewall-nft")
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	c, err := nft.Open()
-	if err != nil {
-		return err
-	}
-	key := bridgeKey(a.Bridge)
-	if err := deleteRules(c, []string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) }); err != nil {
-		return err
-	}
-	t, ch := base(c)
-	s1, s2 := isolationExprs(a.Bridge, a.Policy)
-	comment := nft.Comment(key + "ingressPolicy=" + a.Policy)
-	for _, ex := range s1 {
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwIso1], Exprs: ex, UserData: comment})
-	}
-	for _, ex := range s2 {
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwIso2], Exprs: ex, UserData: comment})
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: inet %s: %w", fwTable, err)
-	}
-	return nil
+	return commit(func(c *nftables.Conn) error {
+		key := bridgeKey(a.Bridge)
+		if err := deleteRules(c, []string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) }); err != nil {
+			return err
+		}
+		t, ch := base(c)
+		s1, s2 := isolationExprs(a.Bridge, a.Policy)
+		comment := nft.Comment(key + "ingressPolicy=" + a.Policy)
+		for _, ex := range s1 {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwIso1], Exprs: ex, UserData: comment})
+		}
+		for _, ex := range s2 {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwIso2], Exprs: ex, UserData: comment})
+		}
+		return nil
+	})
 }
 
 func (nftBackend) unisolate(a *attachment) error {
