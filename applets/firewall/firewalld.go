@@ -72,21 +72,18 @@ func (firewalld) usable() error {
 }
 
 func (firewalld) add(a *attachment) error {
-	c, err := systemBus()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	for _, ip := range a.IPs {
-		var zone string
-		if err := call(c, "addSource", &zone, a.Zone, ip.String()); err != nil && !strings.Contains(err.Error(), "ZONE_ALREADY_SET") {
-			return fmt.Errorf("add %s to zone %s: %w", ip, a.Zone, err)
-		}
-	}
-	return nil
+	return setSources(a, "addSource", "ZONE_ALREADY_SET", "add %s to zone %s")
 }
 
 func (firewalld) del(a *attachment) error {
+	return setSources(a, "removeSource", "UNKNOWN_SOURCE", "remove %s from zone %s")
+}
+
+// setSources calls method (addSource or removeSource) of a's zone for each
+// of a's addresses on one bus connection. An error naming done (firewalld
+// refusing because it is done already) is success; others are reported
+// as what (a format of the address and the zone).
+func setSources(a *attachment, method, done, what string) error {
 	c, err := systemBus()
 	if err != nil {
 		return err
@@ -94,8 +91,8 @@ func (firewalld) del(a *attachment) error {
 	defer c.Close()
 	for _, ip := range a.IPs {
 		var zone string
-		if err := call(c, "removeSource", &zone, a.Zone, ip.String()); err != nil && !strings.Contains(err.Error(), "UNKNOWN_SOURCE") {
-			return fmt.Errorf("remove %s from zone %s: %w", ip, a.Zone, err)
+		if err := call(c, method, &zone, a.Zone, ip.String()); err != nil && !strings.Contains(err.Error(), done) {
+			return fmt.Errorf(what+": %w", ip, a.Zone, err)
 		}
 	}
 	return nil
