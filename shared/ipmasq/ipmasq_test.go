@@ -47,6 +47,17 @@ func TestCommentParse(t *testing.T) {
 
 // TestBackends sets up, checks, garbage-collects and tears down real rules
 // of both backends in a throwaway netns, IPv4 and IPv6.
+// ips parses CIDRs, keeping each address (not the network's).
+func ips(s ...string) []*net.IPNet {
+	var out []*net.IPNet
+	for _, x := range s {
+		ip, n, _ := net.ParseCIDR(x)
+		n.IP = ip
+		out = append(out, n)
+	}
+	return out
+}
+
 func TestBackends(t *testing.T) {
 	for _, backend := range []string{IPTables, NFTables} {
 		t.Run(backend, func(t *testing.T) {
@@ -54,15 +65,6 @@ func TestBackends(t *testing.T) {
 			a1 := Attachment{Network: "mnet", ContainerID: "c1", IfName: "eth0"}
 			a2 := Attachment{Network: "mnet", ContainerID: "c2", IfName: "eth0"}
 			other := Attachment{Network: "othernet", ContainerID: "c3", IfName: "eth0"}
-			ips := func(s ...string) []*net.IPNet {
-				var out []*net.IPNet
-				for _, x := range s {
-					ip, n, _ := net.ParseCIDR(x)
-					n.IP = ip
-					out = append(out, n)
-				}
-				return out
-			}
 			err := node.Do(func() error {
 				for _, x := range []struct {
 					a   Attachment

@@ -16,15 +16,6 @@ import (
 func TestNFTTeardownEquivalence(t *testing.T) {
 	iptablestest.NeedNFT(t)
 	tw := iptablestest.NewTwins(t)
-	ips := func(s ...string) []*net.IPNet {
-		var out []*net.IPNet
-		for _, x := range s {
-			ip, n, _ := net.ParseCIDR(x)
-			n.IP = ip
-			out = append(out, n)
-		}
-		return out
-	}
 	setup := func(a Attachment, ipns []*net.IPNet) {
 		t.Helper()
 		tw.Do(t, func() error { return Setup(IPTables, a, ipns) })
