@@ -17,6 +17,18 @@ func pod(admin string, ips ...string) *attachment {
 	return a
 }
 
+// addHere is ADD's iptables path for a in family f, in the calling
+// thread's netns.
+func addHere(a *attachment, f iptables.Family) error {
+	tb, err := iptables.LoadChains(f, "filter", addChains(a)...)
+	if err != nil {
+		return err
+	}
+	b := iptables.NewBatch("filter")
+	planAdd(tb, a, f, b)
+	return iptables.Apply(f, b)
+}
+
 // TestNFTStateEquivalence walks a node through real states and asks both
 // ADD planners each time: the netlink planner's batch must equal the
 // iptables -S planner's, or it must decline; where the state is one it is
@@ -57,15 +69,7 @@ func TestNFTStateEquivalence(t *testing.T) {
 	add := func(a *attachment) {
 		t.Helper()
 		for _, f := range a.families() {
-			if err := node.Do(func() error {
-				tb, err := iptables.LoadChains(f, "filter", addChains(a)...)
-				if err != nil {
-					return err
-				}
-				b := iptables.NewBatch("filter")
-				planAdd(tb, a, f, b)
-				return iptables.Apply(f, b)
-			}); err != nil {
+			if err := node.Do(func() error { return addHere(a, f) }); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -107,15 +111,7 @@ func TestNFTDelEquivalence(t *testing.T) {
 	add := func(a *attachment) {
 		t.Helper()
 		for _, f := range a.families() {
-			tw.Do(t, func() error {
-				tb, err := iptables.LoadChains(f, "filter", addChains(a)...)
-				if err != nil {
-					return err
-				}
-				b := iptables.NewBatch("filter")
-				planAdd(tb, a, f, b)
-				return iptables.Apply(f, b)
-			})
+			tw.Do(t, func() error { return addHere(a, f) })
 		}
 	}
 	del := func(step string, a *attachment, want4, want6 bool) {

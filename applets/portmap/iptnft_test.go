@@ -56,14 +56,7 @@ func TestNFTStateEquivalence(t *testing.T) {
 	add := func(a *attachment) {
 		t.Helper()
 		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			if err := node.Do(func() error {
-				d, err := loadHere(a, f)
-				if err != nil {
-					return err
-				}
-				nat, filter := planAdd(d, a, f)
-				return iptables.Apply(f, nat, filter)
-			}); err != nil {
+			if err := node.Do(func() error { return addHere(a, f) }); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -227,6 +220,17 @@ func loadHere(a *attachment, f iptables.Family) (iptables.Dump, error) {
 	return d, nil
 }
 
+// addHere is ADD's iptables path for a in family f, in the calling
+// thread's netns.
+func addHere(a *attachment, f iptables.Family) error {
+	d, err := loadHere(a, f)
+	if err != nil {
+		return err
+	}
+	nat, filter := planAdd(d, a, f)
+	return iptables.Apply(f, nat, filter)
+}
+
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // TestNFTRemoveEquivalence runs DEL's two paths on twin nodes built alike,
@@ -238,14 +242,7 @@ func TestNFTRemoveEquivalence(t *testing.T) {
 	add := func(a *attachment) {
 		t.Helper()
 		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-			tw.Do(t, func() error {
-				d, err := loadHere(a, f)
-				if err != nil {
-					return err
-				}
-				nat, filter := planAdd(d, a, f)
-				return iptables.Apply(f, nat, filter)
-			})
+			tw.Do(t, func() error { return addHere(a, f) })
 		}
 	}
 	entries := []string{dnatChain, oldSNATChain}
