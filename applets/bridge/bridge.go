@@ -288,10 +288,11 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	// asks for a lease from it. An IPAM type that names no plugin (or a
 	// path) is refused before anything is made.
 	if c.IPAM.Type != "" {
-		if _, err := delegate.Find(req, c.IPAM.Type); err != nil {
+		standalone, err := delegate.Standalone(req, c.IPAM.Type)
+		if err != nil {
 			return nil, err
 		}
-		if delegate.Standalone(req, c.IPAM.Type) {
+		if standalone {
 			early = startIPAM(req, c, masq)
 		}
 	}
@@ -323,7 +324,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		if ipamRes, ipamDone, ipamErr = ipamAdd(req, c); ipamErr != nil {
 			return nil, ipamErr
 		}
-		masqDone = c.startMasq(req, masq, ipamRes)
+		masqDone = masq.Start(c.masqAttachment(req), ipamRes)
 	}
 
 	hostName := pair.Host.Attrs().Name
@@ -418,17 +419,6 @@ func ipamAdd(req *cni.Request, c *Config) (res *current.Result, reserved bool, e
 	return res, true, nil
 }
 
-// startMasq makes the masquerade rules of ipMasq (masq, nil without it)
-// in the background: they need only the pod's addresses, so they are made
-// while the pod is configured. It returns the wait for them, or nil.
-func (c *Config) startMasq(req *cni.Request, masq *ipmasq.Ready, res *current.Result) (wait func() error) {
-	if masq == nil {
-		return nil
-	}
-	nets := ipmasq.Nets(res)
-	return ipmasq.InBackground(func() error { return masq.Setup(c.masqAttachment(req), nets) })
-}
-
 // earlyIPAM is an allocator's ADD, and the masquerade rules that follow
 // from its addresses, running while the bridge and veth are made:
 // host-local and static need nothing from the pod's interface, and
@@ -447,13 +437,13 @@ func startIPAM(req *cni.Request, c *Config, masq *ipmasq.Ready) *earlyIPAM {
 	go func() {
 		defer close(e.done)
 		if e.res, e.reserved, e.err = ipamAdd(req, c); e.err == nil {
-			e.masq = c.startMasq(req, masq, e.res)
+			e.masq = masq.Start(c.masqAttachment(req), e.res)
 		}
 	}()
 	return e
 }
 
-// wait returns what ipamAdd and startMasq returned, once IPAM is done.
+// wait returns what ipamAdd and masq.Start returned, once IPAM is done.
 func (e *earlyIPAM) wait() (res *current.Result, reserved bool, masq func() error, err error) {
 	<-e.done
 	return e.res, e.reserved, e.masq, e.err
@@ -738,13 +728,12 @@ func Del(req *cni.Request) error {
 	// lease from it. host-local and static need no interface: they run
 	// while the veth is deleted (which waits for an RCU grace period).
 	ipamErr := make(chan error, 1)
-	switch {
-	case c.IPAM.Type == "":
+	if c.IPAM.Type == "" {
 		ipamErr <- nil
-	case delegate.Standalone(req, c.IPAM.Type):
+	} else if standalone, _ := delegate.Standalone(req, c.IPAM.Type); standalone {
 		go func() { ipamErr <- delegate.Del(req, c.IPAM.Type) }()
-	default:
-		ipamErr <- delegate.Del(req, c.IPAM.Type)
+	} else {
+		ipamErr <- delegate.Del(req, c.IPAM.Type) // reports a plugin it cannot find
 	}
 	errs = append(errs, veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns))
 	errs = append(errs, <-ipamErr)

@@ -115,12 +115,9 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 			return nil, cni.ConfigError("ipam: address %s has no gateway; ptp routes everything via it", ipc.Address.String())
 		}
 	}
-	if c.IPMasq {
-		// The masquerade rules need only the addresses: make them while
-		// the links are made.
-		nets := ipmasq.Nets(ipamRes)
-		masqDone = ipmasq.InBackground(func() error { return masq.Setup(c.masqAttachment(req), nets) })
-	}
+	// The masquerade rules need only the addresses: they are made while
+	// the links are made.
+	masqDone = masq.Start(c.masqAttachment(req), ipamRes)
 
 	pair, err := veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})
 	if err != nil {

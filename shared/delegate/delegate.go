@@ -72,17 +72,18 @@ func Find(req *cni.Request, plugin string) (string, error) {
 	return path, nil
 }
 
-// Standalone reports whether plugin is one of cnibox's own allocators that
-// work from the configuration alone (host-local, static), run in-process.
-// Their ADD needs nothing from the pod's interface, so a main applet may
-// run it while it makes the interface; dhcp, or any plugin that is not
-// this binary, runs after the interface exists, as the spec's order has it.
-func Standalone(req *cni.Request, plugin string) bool {
-	if plugin != "host-local" && plugin != "static" {
-		return false
-	}
+// Standalone finds plugin in CNI_PATH, as Find does, and reports whether
+// it is one of cnibox's own allocators that work from the configuration
+// alone (host-local, static), run in-process. Their ADD needs nothing
+// from the pod's interface, so a main applet may run it while it makes
+// the interface; dhcp, or any plugin that is not this binary, runs after
+// the interface exists, as the spec's order has it.
+func Standalone(req *cni.Request, plugin string) (bool, error) {
 	path, err := Find(req, plugin)
-	return err == nil && selfApplet(path) != nil
+	if err != nil {
+		return false, err
+	}
+	return (plugin == "host-local" || plugin == "static") && selfApplet(path) != nil, nil
 }
 
 func run(req *cni.Request, cmd, plugin string) (types.Result, error) {

@@ -109,6 +109,17 @@ func (r *Ready) Setup(a Attachment, ips []*net.IPNet) error {
 	return setupIPT(a, ips, r.v4)
 }
 
+// Start runs Setup for the addresses of res on another goroutine (see
+// InBackground) and returns the wait for it; a nil Ready (no ipMasq)
+// starts nothing and returns nil.
+func (r *Ready) Start(a Attachment, res *current.Result) (wait func() error) {
+	if r == nil {
+		return nil
+	}
+	nets := Nets(res)
+	return InBackground(func() error { return r.Setup(a, nets) })
+}
+
 // Close ends the prestarted process if Setup did not use it.
 func (r *Ready) Close() { r.v4.Close() }
 
