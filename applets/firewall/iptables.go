@@ -70,14 +70,10 @@ func (iptBackend) usable() error {
 // iptables-restore per family, under cnibox's lock. fast, when given, is
 // tried first with iptables-nft: it returns the batch without listing (or
 // does the change itself and returns an empty batch), ok false to decline.
-func apply(a *attachment, chains []string, fast func(f iptables.Family) (*iptables.Batch, bool), plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
-	return applyWith(a, chains, false, fast, plan)
-}
-
-// applyWith is apply; with early, each family's iptables-restore starts
-// before the lock is taken and the chains are read (ADD always ends in
-// one, and its start-up then overlaps with the reads).
-func applyWith(a *attachment, chains []string, early bool, fast func(f iptables.Family) (*iptables.Batch, bool), plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
+// With early, each family's iptables-restore starts before the lock is
+// taken and the chains are read (ADD always ends in one, and its start-up
+// then overlaps with the reads).
+func apply(a *attachment, chains []string, early bool, fast func(f iptables.Family) (*iptables.Batch, bool), plan func(t *iptables.Table, f iptables.Family, b *iptables.Batch)) error {
 	restores := map[iptables.Family]*iptables.Restore{}
 	for _, f := range a.families() {
 		if early && iptables.Installed(f) {
@@ -131,7 +127,7 @@ func (iptBackend) add(a *attachment) error {
 		planFrom(s, a, f, b)
 		return b, true
 	}
-	return applyWith(a, addChains(a), true, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
+	return apply(a, addChains(a), true, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planAdd(t, a, f, b) })
 }
 
 // addChains are the chains ADD reads.
@@ -193,7 +189,7 @@ func planFrom(s addState, a *attachment, f iptables.Family, b *iptables.Batch) {
 
 func (iptBackend) del(a *attachment) error {
 	fast := func(f iptables.Family) (*iptables.Batch, bool) { return iptables.NewBatch("filter"), delNFT(a, f) }
-	return apply(a, []string{forwardChain}, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planDel(t, a, f, b) })
+	return apply(a, []string{forwardChain}, false, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planDel(t, a, f, b) })
 }
 
 func planDel(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Batch) {
@@ -249,7 +245,7 @@ func isolationRules(bridge, policy string) (s1, s2 []string) {
 }
 
 func (iptBackend) isolate(a *attachment) error {
-	return apply(a, []string{"FORWARD", stage1, stage2}, nil, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(a, []string{"FORWARD", stage1, stage2}, false, nil, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		for _, c := range []string{stage1, stage2} {
 			if !t.HasChain(c) {
 				b.Chain(c)
@@ -279,7 +275,7 @@ func (iptBackend) isolate(a *attachment) error {
 // stay, as shared base chains.
 func (iptBackend) unisolate(a *attachment) error {
 	all := &attachment{IPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/32"), netip.MustParsePrefix("::/128")}}
-	return apply(all, []string{stage1, stage2}, nil, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
+	return apply(all, []string{stage1, stage2}, false, nil, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) {
 		done := map[string]bool{}
 		for _, policy := range []string{policySameBridge, policyIsolated} {
 			s1, s2 := isolationRules(a.Bridge, policy)
