@@ -34,11 +34,11 @@ func TestLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Another netns is not held up.
-	start := time.Now()
+	// Another netns is not held up: with one lock for all it would wait
+	// LockWait and fail with "try again".
 	unlockB, err := take(b)
-	if err != nil || time.Since(start) > 200*time.Millisecond {
-		t.Fatalf("lock in another netns: %v after %v", err, time.Since(start))
+	if err != nil {
+		t.Fatalf("lock in another netns: %v", err)
 	}
 	unlockB()
 	// The same netns waits, and gives up with code 11.
