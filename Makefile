@@ -23,7 +23,7 @@ TEST_TIMEOUT ?= 60m
 # Debian packages the tests use. make test installs the missing ones.
 TEST_DEBS := iptables nftables iproute2 iputils-ping util-linux containernetworking-plugins \
              qemu-system-x86 busybox-static dnsmasq-base
-# The runtimes the end-to-end tests drive (shared/runtimetest).
+# The runtimes the end-to-end tests drive (shared/testing/runtimetest).
 TEST_DEBS += containerd runc podman conmon busybox-static
 # The firewall applet's firewalld test runs Debian's firewalld in its node
 # netns on a private system bus (a dbus-daemon of its own); the package's
@@ -89,13 +89,13 @@ BENCH_FLAGS ?=
 bench: build test-deps
 	$(GO) run ./scripts/bench -bin bin/cnibox $(BENCH_FLAGS)
 
-# The soak of the default chain (shared/reliability TestSoak): 4 workers x 3
+# The soak of the default chain (shared/testing/reliability TestSoak): 4 workers x 3
 # rounds x SOAK transient pods, lost DELs and GCs, leak-checked every round.
 SOAK ?= 100
 soak: build test-deps
 	@[ "$$(id -u)" = 0 ] || { echo "make soak needs root"; exit 1; }
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_SOAK=$(SOAK) \
-	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSoak$$' ./shared/reliability
+	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSoak$$' ./shared/testing/reliability
 
 # Fuzz targets (package:Target); their seed corpora are in the packages'
 # testdata/fuzz and run as plain tests in make test too. make test fuzzes a

@@ -14,7 +14,7 @@ import (
 	"github.com/mdlayher/packet"
 	"golang.org/x/sys/unix"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // TestIPSpoofCheckTagged: the IP and ARP anti-spoofing of macspoofchk

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/cni"
-	"github.com/cnibox/cnibox/shared/testnet"
-	"github.com/cnibox/cnibox/shared/traffic"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
+	"github.com/cnibox/cnibox/shared/testing/traffic"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }

@@ -3,8 +3,8 @@ package firewall_test
 import (
 	"testing"
 
-	"github.com/cnibox/cnibox/shared/testnet"
-	"github.com/cnibox/cnibox/shared/traffic"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
+	"github.com/cnibox/cnibox/shared/testing/traffic"
 )
 
 // startFirewalld runs the real firewalld in the node netns on a private

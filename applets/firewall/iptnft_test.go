@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
-	"github.com/cnibox/cnibox/shared/iptables/iptablestest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/iptablestest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 func pod(admin string, ips ...string) *attachment {

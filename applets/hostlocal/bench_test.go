@@ -11,7 +11,7 @@ import (
 
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/shared/cni"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // Benchmarks of ADD and DEL on a network that already holds 250, 4k and

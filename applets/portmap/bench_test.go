@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // BenchmarkAddDel times one portmap ADD and one DEL (two host ports, IPv4)

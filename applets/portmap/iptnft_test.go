@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
-	"github.com/cnibox/cnibox/shared/iptables/iptablestest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/iptablestest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // TestNFTStateEquivalence walks a node through real states (written by

@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
-	"github.com/cnibox/cnibox/shared/testnet"
-	"github.com/cnibox/cnibox/shared/traffic"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
+	"github.com/cnibox/cnibox/shared/testing/traffic"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }

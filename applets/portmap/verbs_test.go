@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // prevResult is a bridge-like result with the pod's eth0 at 10.88.0.2 and fd88::2.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // BenchmarkAddDel is one pod's tuning ADD + DEL (two sysctls, MTU, MAC,

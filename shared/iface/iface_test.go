@@ -13,7 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/cnibox/cnibox/shared/iface"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }

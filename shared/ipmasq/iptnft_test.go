@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
-	"github.com/cnibox/cnibox/shared/iptables/iptablestest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/iptablestest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // TestNFTTeardownEquivalence runs teardown's two paths on twin nodes built

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/cni"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 func TestBatchRendering(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // dhcpLab is a testnet.DHCPLab on 10.39.0.0/24 with cnibox's dhcp daemon

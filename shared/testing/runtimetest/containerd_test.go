@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cnibox/cnibox/shared/runtimetest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/runtimetest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 func TestMain(m *testing.M) { testnet.Main(m) }

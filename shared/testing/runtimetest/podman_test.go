@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/runtimetest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/runtimetest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // TestPodman runs podman 4 (CNI backend) on cnibox: its in-memory default

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/runtimetest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/runtimetest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // copyReference fills dir with copies of the reference plugins, as a node

@@ -6,7 +6,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // HTTPGetIn fetches / from addr (host:port) with HTTP/1.0 from inside ns

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // Serve runs a TCP and a UDP server on port in ns that answer every

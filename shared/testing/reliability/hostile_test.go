@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // hostileBase is a valid ADD config per applet, which the cases below

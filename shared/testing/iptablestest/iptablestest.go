@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // NeedNFT skips the test unless iptables and ip6tables here are

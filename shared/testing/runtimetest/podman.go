@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // Podman runs Debian's podman 4.x with its CNI backend on a node. Every

@@ -11,7 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnibox/cnibox/shared/cni"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // matrixCase is how one applet is run on its own: the plugins of a list
@@ -82,7 +82,7 @@ func TestSpecVersionMatrix(t *testing.T) {
 			if !ok {
 				// Not a failure, so an applet landing first does not turn
 				// main red; the skip message says what to add.
-				t.Skipf("NO MATRIX CASE for new applet %s: add one to shared/runtimetest/versions_test.go", applet)
+				t.Skipf("NO MATRIX CASE for new applet %s: add one to shared/testing/runtimetest/versions_test.go", applet)
 			}
 			if mc.skip != "" {
 				t.Skip(mc.skip)

@@ -16,8 +16,8 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/types/create"
 
-	"github.com/cnibox/cnibox/shared/runtimetest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/runtimetest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // referenceNewest is the newest spec version Debian's reference plugins

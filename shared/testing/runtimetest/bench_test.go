@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cnibox/cnibox/shared/runtimetest"
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/runtimetest"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // BenchmarkCRIPodCycle measures what kubelet waits for per pod through
@@ -17,7 +17,7 @@ import (
 // cnibox's plugin directory and with the reference plugins'. runc's own
 // share of the time is the same on both sides.
 //
-//	go test -run '^$' -bench CRIPodCycle -benchtime 20x ./shared/runtimetest/
+//	go test -run '^$' -bench CRIPodCycle -benchtime 20x ./shared/testing/runtimetest/
 func BenchmarkCRIPodCycle(b *testing.B) {
 	runtimetest.RequireContainerd(b)
 	for _, side := range []string{"cnibox", "reference"} {
@@ -50,7 +50,7 @@ func BenchmarkCRIPodCycle(b *testing.B) {
 // plugin through the harness's private-mount wrapper (unshare + sh), the
 // same cost on both sides.
 //
-//	go test -run '^$' -bench ChainAddDel -benchtime 50x ./shared/runtimetest/
+//	go test -run '^$' -bench ChainAddDel -benchtime 50x ./shared/testing/runtimetest/
 func BenchmarkChainAddDel(b *testing.B) {
 	testnet.RequireRoot(b)
 	// At 1.0.0 on both sides: Debian's reference plugins stop there.

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/cnibox/cnibox/shared/testnet"
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // crashRuns is the number of runs on the default chain: CNIBOX_CRASH, or
