@@ -456,14 +456,17 @@ func backToPod(l netlink.Link, pod ns.NetNS) error {
 	return nil
 }
 
-// Del moves the device back to the node (or, when the pod's netns is gone,
-// restores a device the kernel returned to the node), then releases the
-// IPAM allocation, whatever happened before.
+// Del releases the IPAM allocation, then moves the device back to the
+// node (or, when the pod's netns is gone, restores a device the kernel
+// returned to the node). The release comes first, as in the reference,
+// while the device is still the pod's interface: dhcp sends its
+// DHCPRELEASE out of it. Both are tried whatever happens to the other.
 func Del(req *cni.Request) error {
 	c, sel, err := load(req)
 	if err != nil {
 		return err
 	}
+	ipamErr := iface.DelIPAM(req, c.IPAM.Type)
 	var devErr error
 	if hostSysfs.dpdk(sel) == "" {
 		devErr = bringBack(req, sel)
@@ -471,7 +474,7 @@ func Del(req *cni.Request) error {
 			devErr = fmt.Errorf("host-device: %w", devErr)
 		}
 	}
-	return errors.Join(devErr, iface.DelIPAM(req, c.IPAM.Type))
+	return errors.Join(devErr, ipamErr)
 }
 
 func bringBack(req *cni.Request, sel selector) error {

@@ -22,8 +22,9 @@
 // CHECK: idx, ifc, err := iface.FindInterface(prev, ifName, netnsPath), then
 // iface.CheckPod(netns, ifName, iface.Want{Type: ..., MAC: ifc.Mac, ...}, idx, prev)
 // (CheckLink and CheckIPs inside the netns).
-// DEL: iface.Del(req, "macvlan", conf.IPAM.Type) deletes the link (DeleteLink
-// tolerates a missing netns or link) and releases the IPAM allocation.
+// DEL: iface.Del(req, "macvlan", conf.IPAM.Type) releases the IPAM
+// allocation while the link still exists (dhcp's release leaves from it),
+// then deletes the link (DeleteLink tolerates a missing netns or link).
 //
 // Functions documented as running "inside the netns" use the calling
 // thread's namespace; call them from ns.NetNS.Do.

@@ -52,16 +52,20 @@ func DelIPAM(req *cni.Request, ipamType string) error {
 }
 
 // Del is DEL of an applet whose link only lives in the pod (macvlan,
-// ipvlan, vlan): it deletes CNI_IFNAME in CNI_NETNS (DeleteLink) and
-// releases the IPAM allocation. Both are tried even when one fails, and
-// a netns or link that is already gone is fine: the IPAM release must
-// still happen (for one, after a node reboot).
+// ipvlan, vlan): it releases the IPAM allocation, then deletes CNI_IFNAME
+// in CNI_NETNS (DeleteLink). The release comes first, as in the
+// reference, while the pod's interface still exists: dhcp sends its
+// DHCPRELEASE out of it, and the node itself may have no route to the
+// server (then the server keeps the lease until it expires). Both are
+// tried even when one fails, and a netns or link that is already gone is
+// fine: the IPAM release must still happen (for one, after a node reboot).
 func Del(req *cni.Request, applet, ipamType string) error {
+	ipamErr := DelIPAM(req, ipamType)
 	linkErr := DeleteLink(req.Netns, req.IfName)
 	if linkErr != nil {
 		linkErr = fmt.Errorf("%s: %w", applet, linkErr)
 	}
-	return errors.Join(linkErr, DelIPAM(req, ipamType))
+	return errors.Join(linkErr, ipamErr)
 }
 
 // CheckPod is the netns part of CHECK: inside netns, ifName is the link
