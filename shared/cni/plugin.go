@@ -192,6 +192,15 @@ func run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer, log *
 	if err := checkNetns(req, getenv("CNI_NETNS_OVERRIDE")); err != nil {
 		return req, nil, err
 	}
+	if locked[cmd] && req.ContainerID != "" && req.IfName != "" {
+		// One ADD, CHECK or DEL of an attachment at a time: a runtime's
+		// retried ADD waits for the first and then finds its attachment.
+		lock, err := LockAttachment(a.Name, req.Name, req.ContainerID, req.IfName, LockWait)
+		if err != nil {
+			return req, nil, err
+		}
+		defer lock.Release()
+	}
 
 	switch cmd {
 	case CmdAdd:
@@ -217,6 +226,10 @@ func run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer, log *
 	}
 	return req, nil, nil
 }
+
+// locked are the verbs that run under the attachment's lock: those that
+// change or read one attachment. GC and STATUS concern the whole network.
+var locked = map[string]bool{CmdAdd: true, CmdCheck: true, CmdDel: true}
 
 func call(f func(*Request) error, req *Request) error {
 	if f == nil {
