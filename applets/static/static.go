@@ -4,6 +4,7 @@
 package static
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -58,6 +59,13 @@ type IPAMConf struct {
 type AddressConf struct {
 	Address string `json:"address"`
 	Gateway string `json:"gateway,omitempty"`
+	// Parsed takes the key "Address", which Go code that reuses the
+	// reference's types writes next to "address" (its parsed net.IPNet,
+	// an object). encoding/json matches keys case-insensitively but
+	// prefers an exact match, so with this field "Address" no longer
+	// lands in (and breaks) Address, as in the reference, which has both
+	// fields. Its value is not used.
+	Parsed json.RawMessage `json:"Address,omitempty"`
 }
 
 // address is a validated address.

@@ -1,7 +1,10 @@
 package static_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -200,4 +203,58 @@ func TestBadInput(t *testing.T) {
 			t.Fatalf("error = %d %q", e.Code, e.Msg)
 		}
 	})
+}
+
+// TestReferenceAddressKeys: Go code that reuses the reference's Address
+// type writes each address with "address" (the CIDR string) and
+// "Address" (the parsed net.IPNet, an object) side by side. The reference
+// reads the exact-case key into each field and accepts it; so must static
+// (it used to refuse it with code 7, "cannot use JSON object as string",
+// as "Address" case-folded into the string). A key of another case
+// ("ADDRESS") folds into "address" in both.
+func TestReferenceAddressKeys(t *testing.T) {
+	ref := testnet.RequireReference(t, "static")
+	r := testnet.NewRuntime(t)
+	pod := r.Pod(t)
+	run := func(bin, addrs string) (string, int) {
+		conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"keys","type":"static","ipam":{"type":"static","addresses":[%s]}}`, addrs)
+		cmd := exec.Command(bin)
+		cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + r.BinDir}
+		cmd.Stdin = strings.NewReader(conf)
+		out, err := cmd.Output()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("run %s: %v", bin, err)
+		}
+		return string(out), code
+	}
+	for name, addrs := range map[string]string{
+		"address then Address": `{"address":"10.83.0.5/24","gateway":"10.83.0.1","Address":{"IP":"10.83.0.5","Mask":"////AA=="},"Version":"4"}`,
+		"Address then address": `{"Address":{"IP":"10.83.0.6","Mask":"////AA=="},"Version":"4","address":"10.83.0.6/24"}`,
+		"ADDRESS":              `{"ADDRESS":"10.83.0.7/24"}`,
+		"both families":        `{"address":"10.83.0.8/24","Address":{"IP":"10.83.0.8","Mask":"////AA=="}},{"address":"fd00:83::8/64","Address":{"IP":"fd00:83::8","Mask":"//////////8AAAAAAAAAAA=="}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			want, wantCode := run(ref, addrs)
+			got, code := run(filepath.Join(r.BinDir, "static"), addrs)
+			if wantCode != 0 {
+				t.Fatalf("the reference refuses it (%d): %s", wantCode, want)
+			}
+			if code != 0 {
+				t.Fatalf("ADD failed (%d) where the reference succeeds: %s", code, got)
+			}
+			var g, w current.Result
+			if err := json.Unmarshal([]byte(got), &g); err != nil {
+				t.Fatalf("our result %q: %v", got, err)
+			}
+			if err := json.Unmarshal([]byte(want), &w); err != nil {
+				t.Fatalf("reference result %q: %v", want, err)
+			}
+			if gs, ws := ips(t, &g), ips(t, &w); !slices.Equal(gs, ws) || len(gs) == 0 {
+				t.Fatalf("ips = %q, the reference's %q", gs, ws)
+			}
+		})
+	}
 }
