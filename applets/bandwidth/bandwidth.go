@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/veth"
 )
 
 // Applet is bandwidth's entry in cnibox's applet table.
@@ -91,9 +92,13 @@ func Add(req *cni.Request) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	ifb, err := shape(req, host, p)
+	if other := otherAttachment(req, host); other != "" {
+		return nil, fmt.Errorf("bandwidth: %s", other)
+	}
+	rb := &rollback{host: host}
+	ifb, err := shape(req, host, p, rb)
 	if err != nil {
-		undo(req, host)
+		rb.undo(req)
 		return nil, fmt.Errorf("bandwidth: %w", err)
 	}
 	if ifb != nil {
@@ -102,53 +107,139 @@ func Add(req *cni.Request) (types.Result, error) {
 	return prev, nil
 }
 
-func shape(req *cni.Request, host netlink.Link, p *plan) (netlink.Link, error) {
+// rollback is what one ADD changed, so that its failure takes back exactly
+// that. A retried ADD finds the first attempt's IFB and qdiscs in place;
+// if it fails, the pod keeps the shaping it had (the first attempt may
+// have answered success to a runtime that lost the answer).
+type rollback struct {
+	host        netlink.Link
+	hostTBF     bool         // ADD set the host veth's root tbf ...
+	prevHostTBF *netlink.Tbf // ... replacing this one (nil: there was none)
+	ifb         netlink.Link
+	ifbCreated  bool // ADD created the IFB
+	ifbTBF      bool
+	prevIFBTBF  *netlink.Tbf
+	ingress     bool // ADD made the host veth's ingress qdisc (and redirect)
+}
+
+func (rb *rollback) undo(req *cni.Request) {
+	name := rb.host.Attrs().Name
+	if rb.ingress {
+		if err := ignoreGone(netlink.QdiscDel(ingressQdisc(rb.host.Attrs().Index))); err != nil {
+			req.Log.Warnf("undo: delete ingress qdisc of %s: %v", name, err)
+		}
+	}
+	switch {
+	case rb.ifbCreated:
+		if err := deleteIFB(ifbName(req.Name, req.ContainerID)); err != nil {
+			req.Log.Warnf("undo: delete ifb: %v", err)
+		}
+	case rb.ifbTBF:
+		if err := restoreTBF(rb.ifb, rb.prevIFBTBF); err != nil {
+			req.Log.Warnf("undo: restore tbf of %s: %v", rb.ifb.Attrs().Name, err)
+		}
+	}
+	if rb.hostTBF {
+		if err := restoreTBF(rb.host, rb.prevHostTBF); err != nil {
+			req.Log.Warnf("undo: restore tbf of %s: %v", name, err)
+		}
+	}
+}
+
+// restoreTBF puts back the root tbf a link had, or removes ours if it had
+// none.
+func restoreTBF(link netlink.Link, prev *netlink.Tbf) error {
+	if prev == nil {
+		return delRootTBF(link)
+	}
+	return netlink.QdiscReplace(prev)
+}
+
+func shape(req *cni.Request, host netlink.Link, p *plan, rb *rollback) (netlink.Link, error) {
 	name := host.Attrs().Name
 	if p.ingress != nil {
-		warnSmallBurst(req, "ingress", p.ingress, host.Attrs().MTU)
+		warn(req, "ingress", p.ingress, host.Attrs().MTU)
+		prev, err := rootTBF(host)
+		if err != nil {
+			return nil, fmt.Errorf("ingress: list qdiscs of %s: %w", name, err)
+		}
 		if err := setRootTBF(host.Attrs().Index, p.ingress); err != nil {
 			return nil, fmt.Errorf("ingress: set tbf on %s: %w", name, err)
 		}
+		rb.hostTBF, rb.prevHostTBF = true, prev
 	}
 	if p.egress == nil {
 		return nil, nil
 	}
-	warnSmallBurst(req, "egress", p.egress, host.Attrs().MTU)
-	ifb, err := ensureIFB(ifbName(req.Name, req.ContainerID), ifbAlias(req.Name, req.ContainerID), host.Attrs().MTU)
+	warn(req, "egress", p.egress, host.Attrs().MTU)
+	ifb, created, err := ensureIFB(ifbName(req.Name, req.ContainerID), ifbAlias(req.Name, req.ContainerID), host.Attrs().MTU)
+	rb.ifbCreated = created
 	if err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
+	}
+	rb.ifb = ifb
+	prev, err := rootTBF(ifb)
+	if err != nil {
+		return nil, fmt.Errorf("egress: list qdiscs of %s: %w", ifb.Attrs().Name, err)
 	}
 	if err := setRootTBF(ifb.Attrs().Index, p.egress); err != nil {
 		return nil, fmt.Errorf("egress: set tbf on %s: %w", ifb.Attrs().Name, err)
 	}
-	if err := redirect(host, ifb); err != nil {
+	rb.ifbTBF, rb.prevIFBTBF = true, prev
+	if err := redirect(host, ifb, rb); err != nil {
 		return nil, fmt.Errorf("egress: %w", err)
 	}
 	return ifb, nil
 }
 
-// warnSmallBurst: a TBF drops every packet larger than its burst that the
-// kernel cannot segment, so a burst below the MTU is almost always a
-// mistake; the reference accepts it, so we only say so.
-func warnSmallBurst(req *cni.Request, dir string, t *tbf, mtu int) {
+// warn logs what the kernel could not express (see newTBF) and a burst
+// below the MTU: a TBF drops every packet larger than its burst that the
+// kernel cannot segment, so that is almost always a mistake; the reference
+// accepts it, so we only say so.
+func warn(req *cni.Request, dir string, t *tbf, mtu int) {
+	for _, w := range t.Warnings {
+		req.Log.Warnf("%s", w)
+	}
 	if mtu > 0 && t.Burst < uint32(mtu) {
 		req.Log.Warnf("%sBurst of %d bytes is below the MTU (%d): full-size packets will be dropped", dir, t.Burst, mtu)
 	}
 }
 
-// undo removes what ADD may have set up for this attachment.
-func undo(req *cni.Request, host netlink.Link) {
+// otherAttachment says why the host veth's shaping belongs to another
+// attachment, or "" when it is this one's or nobody's: ADD must not take
+// it over (the reference refuses too: its qdiscs exist) and DEL must not
+// remove it. cnibox's bridge and ptp name the attachment in the host
+// veth's alias; for other veths, a live redirect to an IFB that is not
+// this attachment's tells.
+func otherAttachment(req *cni.Request, host netlink.Link) string {
+	a := host.Attrs()
+	if _, cid, ifName, ok := veth.ParseAlias(a.Alias); ok && (cid != req.ContainerID || ifName != req.IfName) {
+		return fmt.Sprintf("%s, the host end of %s, belongs to container %s (%s), not %s (%s): leaving its shaping alone", a.Name, req.IfName, cid, ifName, req.ContainerID, req.IfName)
+	}
+	if target := redirectTarget(host); target != nil && target.Attrs().Name != ifbName(req.Name, req.ContainerID) {
+		return fmt.Sprintf("%s already redirects to %s, another attachment's ifb: leaving its shaping alone", a.Name, target.Attrs().Name)
+	}
+	return ""
+}
+
+// teardown removes the attachment's IFB and, unless they belong to
+// another attachment, the host veth's qdiscs.
+func teardown(req *cni.Request, host netlink.Link) {
 	if err := deleteIFB(ifbName(req.Name, req.ContainerID)); err != nil {
-		req.Log.Warnf("undo: delete ifb: %v", err)
+		req.Log.Warnf("delete ifb: %v", err)
 	}
 	if host == nil {
 		return
 	}
+	if other := otherAttachment(req, host); other != "" {
+		req.Log.Infof("%s", other)
+		return
+	}
 	if err := delRootTBF(host); err != nil {
-		req.Log.Warnf("undo: delete tbf of %s: %v", host.Attrs().Name, err)
+		req.Log.Warnf("delete tbf of %s: %v", host.Attrs().Name, err)
 	}
 	if err := ignoreGone(netlink.QdiscDel(ingressQdisc(host.Attrs().Index))); err != nil {
-		req.Log.Warnf("undo: delete ingress qdisc of %s: %v", host.Attrs().Name, err)
+		req.Log.Warnf("delete ingress qdisc of %s: %v", host.Attrs().Name, err)
 	}
 }
 
@@ -166,7 +257,7 @@ func Del(req *cni.Request) error {
 			host = nil // netns, pod interface or veth gone: so are the qdiscs
 		}
 	}
-	undo(req, host)
+	teardown(req, host)
 	return nil
 }
 

@@ -47,43 +47,44 @@ func truncate(s string, n int) string {
 
 // ensureIFB creates the attachment's IFB (up, txqlen 0 as the reference
 // makes it, the host veth's MTU) or takes over the one an earlier attempt
-// left.
-func ensureIFB(name, alias string, mtu int) (netlink.Link, error) {
-	link, err := netlinksafe.LinkByName(name)
+// left. created says whether this call made it (also on error, so that
+// the caller's roll-back removes only what it made).
+func ensureIFB(name, alias string, mtu int) (link netlink.Link, created bool, err error) {
+	link, err = netlinksafe.LinkByName(name)
 	if err == nil {
 		if link.Type() != "ifb" {
-			return nil, fmt.Errorf("%s exists and is a %s, not an ifb", name, link.Type())
+			return nil, false, fmt.Errorf("%s exists and is a %s, not an ifb", name, link.Type())
 		}
 		if err := netlink.LinkSetMTU(link, mtu); err != nil {
-			return nil, fmt.Errorf("set MTU of %s: %w", name, err)
+			return nil, false, fmt.Errorf("set MTU of %s: %w", name, err)
 		}
 		if err := netlink.LinkSetAlias(link, alias); err != nil {
-			return nil, fmt.Errorf("set alias of %s: %w", name, err)
+			return nil, false, fmt.Errorf("set alias of %s: %w", name, err)
 		}
 		if err := netlink.LinkSetUp(link); err != nil {
-			return nil, fmt.Errorf("set %s up: %w", name, err)
+			return nil, false, fmt.Errorf("set %s up: %w", name, err)
 		}
-		return link, nil
+		return link, false, nil
 	}
 	var nf netlink.LinkNotFoundError
 	if !errors.As(err, &nf) {
-		return nil, fmt.Errorf("look up %s: %w", name, err)
+		return nil, false, fmt.Errorf("look up %s: %w", name, err)
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.MTU, attrs.TxQLen, attrs.Flags = name, mtu, 0, net.FlagUp
 	if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: attrs}); err != nil {
-		return nil, fmt.Errorf("create %s: %w", name, err)
+		return nil, false, fmt.Errorf("create %s: %w", name, err)
 	}
 	link, err = netlinksafe.LinkByName(name)
 	if err != nil {
-		return nil, fmt.Errorf("look up new %s: %w", name, err)
+		return nil, true, fmt.Errorf("look up new %s: %w", name, err)
 	}
 	// The kernel ignores IFLA_IFALIAS when it creates a link.
 	if err := netlink.LinkSetAlias(link, alias); err != nil {
-		return nil, fmt.Errorf("set alias of %s: %w", name, err)
+		return nil, true, fmt.Errorf("set alias of %s: %w", name, err)
 	}
 	link.Attrs().Alias = alias
-	return link, nil
+	return link, true, nil
 }
 
 // deleteIFB removes an IFB by name; one that does not exist is fine, and a

@@ -42,8 +42,6 @@ func TestTBFValidation(t *testing.T) {
 		{1000, 8 * math.MaxUint32, 25, "x.ingressBurst: 34359738360 bits is too large"},
 		{7, 1000, 25, "x.ingressRate: 7 bits/s is below the minimum"},
 		{1000, 7, 25, "x.ingressBurst: 7 bits is below the minimum"},
-		{8, 8 * 1_000_000_000, 25, "takes 1000000000 s to drain"},
-		{100_000_000_000, 8, 10000, "latencyMs: 10000 ms"},
 	} {
 		_, err := newTBF("x.", "ingress", c.rate, c.burst, c.latency)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
@@ -52,6 +50,87 @@ func TestTBFValidation(t *testing.T) {
 	}
 	if p, err := newTBF("", "egress", 0, 0, 25); p != nil || err != nil {
 		t.Errorf("zero rate and burst: %v, %v", p, err)
+	}
+}
+
+// maxUint32Bits is the burst containerd and CRI-O send for the
+// kubernetes.io/ingress-bandwidth and egress-bandwidth annotations.
+const maxUint32Bits = math.MaxUint32
+
+// TestTBFContainerd: containerd's request for an annotation (the rate,
+// with a burst of MaxUint32 bits) is accepted at every rate. Where the
+// bucket fits the kernel (16 Mbit/s and up) the numbers are the
+// reference's; below, the bucket is the longest the kernel holds, the queue
+// is 25 ms plus that bucket, and a warning names the field and the value
+// used. CHECK still knows the reference's (wrapped) numbers.
+func TestTBFContainerd(t *testing.T) {
+	tick := netlink.TickInUsec()
+	for _, c := range []struct {
+		rate    uint64
+		clamped bool
+	}{{1_000_000, true}, {10_000_000, true}, {15_000_000, true}, {16_000_000, false}, {100_000_000, false}, {1000, true}} {
+		got, err := newTBF("runtimeConfig.bandwidth.", "ingress", c.rate, maxUint32Bits, 25)
+		if err != nil {
+			t.Errorf("rate %d, burst MaxUint32: %v", c.rate, err)
+			continue
+		}
+		rate, burst := c.rate/8, uint64(maxUint32Bits/8)
+		refBuffer := uint32(uint64(float64(uint32(uint64(float64(burst)*1e6/float64(rate)))) * tick))
+		refLimit := uint32(float64(rate)*25000/1e6) + uint32(burst)
+		if got.RefBuffer != refBuffer || got.RefLimit != refLimit {
+			t.Errorf("rate %d: reference numbers %d/%d, want buffer %d limit %d", c.rate, got.RefBuffer, got.RefLimit, refBuffer, refLimit)
+		}
+		if !c.clamped {
+			if got.Rate != rate || got.Buffer != refBuffer || got.Limit != refLimit || uint64(got.Burst) != burst || len(got.Warnings) != 0 {
+				t.Errorf("rate %d: got %+v, want the reference's buffer %d limit %d and no warning", c.rate, got, refBuffer, refLimit)
+			}
+			continue
+		}
+		bucket := uint32(math.Floor(math.MaxUint32 / tick * float64(rate) / 1e6))
+		limit := uint32(float64(rate)*25000/1e6) + bucket
+		if got.Rate != rate || got.Buffer != math.MaxUint32 || got.Burst != bucket || got.Limit != limit {
+			t.Errorf("rate %d: got %+v, want buffer %d (the kernel's maximum), burst %d, limit %d", c.rate, got, uint32(math.MaxUint32), bucket, limit)
+		}
+		want := fmt.Sprintf("runtimeConfig.bandwidth.ingressBurst: 4294967295 bits (536870911 bytes) at runtimeConfig.bandwidth.ingressRate %d bits/s takes", c.rate)
+		used := fmt.Sprintf("using a burst of %d bytes (%d bits, buffer 4294967295 ticks)", bucket, uint64(bucket)*8)
+		if len(got.Warnings) != 1 || !strings.HasPrefix(got.Warnings[0], want) || !strings.HasSuffix(got.Warnings[0], used) {
+			t.Errorf("rate %d: warnings %q, want one starting %q and ending %q", c.rate, got.Warnings, want, used)
+		}
+		// The bucket drains in 274.9 s at the rate, as long as the kernel
+		// allows, and never exceeds what was asked for.
+		if secs := float64(got.Burst) / float64(rate); secs < 274 || secs > 275 || uint64(got.Burst) > burst {
+			t.Errorf("rate %d: bucket of %d bytes drains in %.1f s", c.rate, got.Burst, secs)
+		}
+	}
+	// The example of the issue: the reference's 10 Mbit/s bucket wraps to
+	// "burst 193273526b" (tc at the usual 64 ns tick).
+	if tick == 15.625 {
+		got, _ := newTBF("", "egress", 10_000_000, maxUint32Bits, 25)
+		if got.RefBuffer != 2415919079 || got.RefLimit != 536902161 {
+			t.Errorf("reference numbers at 10M: buffer %d limit %d, want 2415919079 536902161", got.RefBuffer, got.RefLimit)
+		}
+		if got.Buffer != math.MaxUint32 || got.Burst != 343597383 || got.Limit != 343628633 {
+			t.Errorf("10M: %+v, want buffer 4294967295 burst 343597383 limit 343628633", got)
+		}
+	}
+}
+
+// TestTBFClamps: the slowest rate (one byte per second) with the largest
+// burst, and a queue above 4 GiB, are accepted with the kernel's maximum
+// and a warning naming the field.
+func TestTBFClamps(t *testing.T) {
+	got, err := newTBF("", "egress", 8, 8*(math.MaxUint32-1), 25)
+	if err != nil || got.Buffer != math.MaxUint32 || got.Burst != uint32(math.MaxUint32/netlink.TickInUsec()/1e6) || len(got.Warnings) != 1 || !strings.HasPrefix(got.Warnings[0], "egressBurst: ") {
+		t.Errorf("8 bits/s, 4 GiB burst: %+v, %v", got, err)
+	}
+	got, err = newTBF("", "ingress", 100_000_000_000, 8_000_000, 10000)
+	if err != nil || got.Limit != math.MaxUint32 || len(got.Warnings) != 1 || !strings.HasPrefix(got.Warnings[0], "limit: ") || !strings.HasSuffix(got.Warnings[0], "using a queue of 4294967295 bytes") {
+		t.Errorf("100 Gbit/s at 10 s: %+v, %v", got, err)
+	}
+	// 1 kbit/s with a sane burst: no clamp, the reference's numbers.
+	got, err = newTBF("", "ingress", 1000, 16000, 25)
+	if err != nil || len(got.Warnings) != 0 || got.Buffer != got.RefBuffer || got.Limit != got.RefLimit || got.Burst != 2000 {
+		t.Errorf("1 kbit/s, 2000 byte burst: %+v, %v", got, err)
 	}
 }
 
