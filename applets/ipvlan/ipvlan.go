@@ -147,17 +147,17 @@ func Add(req *cni.Request) (types.Result, error) {
 	if err := iface.CheckMTU("mtu", c.MTU, master); err != nil {
 		return nil, err
 	}
-	link, err := iface.Create(netns, &netlink.IPVlan{
+	link, err := iface.Create(req, "ipvlan", netns, &netlink.IPVlan{
 		LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index, MTU: c.MTU},
 		Mode:      c.mode,
 		Flag:      c.flag,
-	}, req.IfName, c.LinkInContainer)
+	}, c.LinkInContainer)
 	if err != nil {
 		return nil, fmt.Errorf("ipvlan on %q: %w", master.Attrs().Name, err)
 	}
 	res, err := setUp(req, c, netns, link)
 	if err != nil {
-		if derr := iface.DeleteLink(req.Netns, req.IfName); derr != nil {
+		if derr := iface.DeleteCreated(netns, link); derr != nil {
 			req.Log.Warnf("roll back: %v", derr)
 		}
 		return nil, err

@@ -153,7 +153,7 @@ func Add(req *cni.Request) (types.Result, error) {
 	if err := iface.CheckMTU("mtu", c.MTU, master); err != nil {
 		return nil, err
 	}
-	link, err := iface.Create(netns, &netlink.Macvlan{
+	link, err := iface.Create(req, "macvlan", netns, &netlink.Macvlan{
 		LinkAttrs: netlink.LinkAttrs{
 			ParentIndex:  master.Attrs().Index,
 			MTU:          c.MTU,
@@ -161,13 +161,13 @@ func Add(req *cni.Request) (types.Result, error) {
 		},
 		Mode:       c.mode,
 		BCQueueLen: c.BCQueueLen,
-	}, req.IfName, c.LinkInContainer)
+	}, c.LinkInContainer)
 	if err != nil {
 		return nil, fmt.Errorf("macvlan on %q: %w", master.Attrs().Name, err)
 	}
 	res, err := setUp(req, c, netns, link)
 	if err != nil {
-		if derr := iface.DeleteLink(req.Netns, req.IfName); derr != nil {
+		if derr := iface.DeleteCreated(netns, link); derr != nil {
 			req.Log.Warnf("roll back: %v", derr)
 		}
 		return nil, err

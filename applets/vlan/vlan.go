@@ -113,18 +113,18 @@ func Add(req *cni.Request) (types.Result, error) {
 	if err := iface.CheckMTU("mtu", c.MTU, master); err != nil {
 		return nil, err
 	}
-	link, err := iface.Create(netns, &netlink.Vlan{
+	link, err := iface.Create(req, "vlan", netns, &netlink.Vlan{
 		LinkAttrs:    netlink.LinkAttrs{ParentIndex: master.Attrs().Index, MTU: c.MTU},
 		VlanId:       c.VlanID,
 		VlanProtocol: c.protocol,
-	}, req.IfName, c.LinkInContainer)
+	}, c.LinkInContainer)
 	if err != nil {
 		return nil, fmt.Errorf("vlan %d on %q: %w", c.VlanID, master.Attrs().Name, err)
 	}
 	// Like the reference, vlan sets no arp_notify/ndisc_notify.
 	res, err := iface.SetUp(req, "vlan", &c.NetConf, nil, netns, link, iface.NotifyNone)
 	if err != nil {
-		if derr := iface.DeleteLink(req.Netns, req.IfName); derr != nil {
+		if derr := iface.DeleteCreated(netns, link); derr != nil {
 			req.Log.Warnf("roll back: %v", derr)
 		}
 		return nil, err

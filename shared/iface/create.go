@@ -16,26 +16,34 @@ import (
 
 // Create adds link (a *netlink.Macvlan, *netlink.IPVlan, *netlink.Vlan...
 // with ParentIndex and any MTU, MAC or type options set) directly in netns
-// under a temporary name and renames it to ifName there, so a link of the
-// same name in the node's netns can never collide with it, and the pod sees
-// only the final name. With masterInNetns (linkInContainer) ParentIndex is
-// an index in netns and everything happens inside it.
+// under a temporary name and renames it to CNI_IFNAME there, so a link of
+// the same name in the node's netns can never collide with it, and the
+// pod sees only the final name. With masterInNetns (linkInContainer)
+// ParentIndex is an index in netns and everything happens inside it.
 //
-// The temporary name is StagingName(ifName): a plugin killed between the
-// creation and the rename leaves a link of that name in the pod, which
-// DeleteLink removes and the next Create replaces.
+// The temporary name is StagingName(applet, req): a plugin killed between
+// the creation and the rename leaves a link of that name in the pod, which
+// the next ADD or DEL of the same attachment removes (DeleteLink, and
+// Create when the name is taken). Only the same attachment's invocations
+// use that name, and cni.Run holds the attachment's lock around each of
+// them, so the link found there is never one that another invocation is
+// still making; another attachment's staged link, or a working one, has
+// another name and is never touched.
 //
 // It returns the link as netns sees it. On failure nothing is left behind.
-// An ifName that already exists in the pod is an error naming CNI_IFNAME.
-func Create(netns ns.NetNS, link netlink.Link, ifName string, masterInNetns bool) (netlink.Link, error) {
+// A CNI_IFNAME that already exists in the pod (a repeated ADD, or another
+// attachment's interface) is an error naming CNI_IFNAME, and the existing
+// link is left alone. To undo a successful Create, use DeleteCreated.
+func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, masterInNetns bool) (netlink.Link, error) {
+	ifName := req.IfName
 	attrs := link.Attrs()
-	tmp := StagingName(ifName)
+	tmp := StagingName(applet, req)
 	add := func() error {
 		for try := 0; ; try++ {
 			attrs.Name = tmp
 			err := netlink.LinkAdd(link)
 			if errors.Is(err, unix.EEXIST) && try == 0 && removeLink(netns, tmp) {
-				continue // left by a killed ADD for the same ifName
+				continue // left by a killed plugin of the same attachment
 			}
 			if err != nil {
 				return fmt.Errorf("create %s link: %w", link.Type(), err)
@@ -80,13 +88,16 @@ func Create(netns ns.NetNS, link netlink.Link, ifName string, masterInNetns bool
 	return out, nil
 }
 
-// StagingName is the name Create gives a link on its way to ifName in the
-// pod ("cni" + 10 hex digits of a hash of ifName: 13 bytes, within
-// IFNAMSIZ). It is the same for every ADD of ifName, so a link that a
-// killed plugin left under it is found again; one pod has one attachment
-// per ifName, so two ADDs never race for it.
-func StagingName(ifName string) string {
-	sum := sha256.Sum256([]byte(ifName))
+// StagingName is the name Create gives a link of applet on its way to
+// CNI_IFNAME in the pod: "cni" + 10 hex digits of a hash of the
+// attachment (applet, network, container ID, interface name: the key of
+// cni.Run's attachment lock), 13 bytes, within IFNAMSIZ. It is the same
+// for every invocation of one attachment, so a link that a killed plugin
+// left under it is found again, and differs between attachments, so two
+// ADDs that may run at once (another container ID or network with the same
+// CNI_IFNAME in one pod) never meet under it.
+func StagingName(applet string, req *cni.Request) string {
+	sum := sha256.Sum256([]byte(applet + "\x00" + req.Name + "\x00" + req.ContainerID + "\x00" + req.IfName))
 	return "cni" + hex.EncodeToString(sum[:5])
 }
 
@@ -103,11 +114,13 @@ func removeLink(netns ns.NetNS, name string) bool {
 	return found
 }
 
-// DeleteLink deletes ifName in the netns at nspath, and a link Create left
-// under StagingName(ifName) when its plugin was killed before the rename.
-// A netns or a link that does not exist (any more) is success: DEL must be
-// idempotent, and a deleted netns takes its virtual links with it.
-func DeleteLink(nspath, ifName string) error {
+// DeleteLink deletes CNI_IFNAME in CNI_NETNS, and a link Create left
+// under StagingName(applet, req) when a plugin of the same attachment was
+// killed before the rename. A netns or a link that does not exist (any
+// more) is success: DEL must be idempotent, and a deleted netns takes its
+// virtual links with it.
+func DeleteLink(req *cni.Request, applet string) error {
+	nspath, ifName := req.Netns, req.IfName
 	if nspath == "" {
 		return nil
 	}
@@ -119,7 +132,7 @@ func DeleteLink(nspath, ifName string) error {
 		return fmt.Errorf("open netns %q: %w", nspath, err)
 	}
 	defer netns.Close()
-	removeLink(netns, StagingName(ifName))
+	removeLink(netns, StagingName(applet, req))
 	return netns.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
@@ -131,6 +144,27 @@ func DeleteLink(nspath, ifName string) error {
 		}
 		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 			return fmt.Errorf("delete %q: %w", ifName, err)
+		}
+		return nil
+	})
+}
+
+// DeleteCreated is the roll-back of a successful Create when a later step
+// of ADD fails: it deletes that very link in netns, found by its index
+// (which the kernel does not reuse while it exists), never whatever link
+// now has its name.
+func DeleteCreated(netns ns.NetNS, link netlink.Link) error {
+	return netns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(link.Attrs().Index)
+		if err != nil {
+			var notFound netlink.LinkNotFoundError
+			if errors.As(err, &notFound) {
+				return nil
+			}
+			return fmt.Errorf("look up the new link %q: %w", link.Attrs().Name, err)
+		}
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("delete the new link %q: %w", link.Attrs().Name, err)
 		}
 		return nil
 	})

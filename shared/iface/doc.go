@@ -13,11 +13,11 @@
 //	defer netns.Close()
 //	master, err := iface.Master(nil, conf.Master)   // "" = default route's link
 //	err = iface.CheckMTU("mtu", conf.MTU, master)
-//	link, err := iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}}, req.IfName, false)
+//	link, err := iface.Create(req, "macvlan", netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}}, false)
 //	ipamRes, err := iface.AddIPAM(req, "macvlan", conf.IPAM.Type) // after the link: dhcp needs it
 //	res := iface.NewResult(ipamRes, conf.DNS, link, req.Netns)
 //	err = netns.Do(func(ns.NetNS) error { return iface.Configure(req.IfName, res, iface.NotifyAll) })
-//	// on failure: iface.ReleaseIPAM(req, conf.IPAM.Type), then iface.DeleteLink
+//	// on failure: iface.ReleaseIPAM(req, conf.IPAM.Type), then iface.DeleteCreated(netns, link)
 //
 // CHECK: idx, ifc, err := iface.FindInterface(prev, ifName, netnsPath), then
 // iface.CheckPod(netns, ifName, iface.Want{Type: ..., MAC: ifc.Mac, ...}, idx, prev)

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iface"
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
@@ -85,10 +86,10 @@ func TestLifecycle(t *testing.T) {
 		if err := iface.CheckMTU("mtu", 9000, master); err == nil {
 			t.Error("MTU above the master's accepted")
 		}
-		link, err = iface.Create(netns, &netlink.Macvlan{
+		link, err = iface.Create(req(pod, "c1", "eth0"), "macvlan", netns, &netlink.Macvlan{
 			LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index, MTU: 1400},
 			Mode:      netlink.MACVLAN_MODE_BRIDGE,
-		}, "eth0", false)
+		}, false)
 		return err
 	})
 	if err != nil {
@@ -138,23 +139,25 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("CheckIPs with a route missing: %v", err)
 	}
 	// A second link of the same name is refused, and leaves nothing behind.
-	err = node.Do(func() error {
-		_, err := iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, "eth0", false)
-		return err
-	})
-	if err == nil || !strings.Contains(err.Error(), "CNI_IFNAME") {
-		t.Errorf("duplicate ifName: %v", err)
-	}
-	if n := linkCount(t, pod); n != 2 {
-		t.Errorf("pod has %d links after the failed create, want lo and eth0", n)
+	for _, id := range []string{"c1", "c2"} {
+		err = node.Do(func() error {
+			_, err := iface.Create(req(pod, id, "eth0"), "macvlan", netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, false)
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "CNI_IFNAME") {
+			t.Errorf("duplicate ifName (container %s): %v", id, err)
+		}
+		if n := linkCount(t, pod); n != 2 {
+			t.Errorf("pod has %d links after the failed create, want lo and eth0", n)
+		}
 	}
 	for i := 0; i < 2; i++ {
-		if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
+		if err := iface.DeleteLink(req(pod, "c1", "eth0"), "macvlan"); err != nil {
 			t.Fatalf("DeleteLink #%d: %v", i, err)
 		}
 	}
 	pod.Delete()
-	if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
+	if err := iface.DeleteLink(req(pod, "c1", "eth0"), "macvlan"); err != nil {
 		t.Fatalf("DeleteLink with the netns gone: %v", err)
 	}
 	if _, err := iface.OpenNetns(pod.Path); !iface.NetnsGone(err) {
@@ -162,10 +165,18 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
+// req is a request of network "net" for container id and ifName in pod.
+func req(pod *testnet.NS, id, ifName string) *cni.Request {
+	return &cni.Request{Name: "net", ContainerID: id, IfName: ifName, Netns: pod.Path}
+}
+
 // TestStagingLeftover: a plugin killed between Create's link creation and
-// its rename leaves a link named StagingName(ifName) in the pod. DeleteLink
-// removes it, and the next Create for the same ifName replaces it (a VLAN
-// ID or MAC it holds would otherwise refuse the new link).
+// its rename leaves a link named StagingName(applet, req) in the pod.
+// DeleteLink removes it, and the next Create for the same attachment
+// replaces it (a VLAN ID or MAC it holds would otherwise refuse the new
+// link). The staged link of another attachment (another container ID,
+// network or applet with the same ifName: an ADD that may be running at
+// this moment) is left alone by both.
 func TestStagingLeftover(t *testing.T) {
 	node := testnet.NewNS(t, "node")
 	pod := testnet.NewNS(t, "pod")
@@ -175,19 +186,33 @@ func TestStagingLeftover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer netns.Close()
-	stage := iface.StagingName("eth0")
-	if stage != iface.StagingName("eth0") || stage == iface.StagingName("eth1") || len(stage) > 15 {
-		t.Fatalf("StagingName(eth0) = %q", stage)
+	r := req(pod, "c1", "eth0")
+	stage := iface.StagingName("macvlan", r)
+	other := req(pod, "c2", "eth0")
+	otherNet := *r
+	otherNet.Name = "net2"
+	eth1 := req(pod, "c1", "eth1")
+	for _, o := range []string{iface.StagingName("macvlan", other), iface.StagingName("macvlan", &otherNet),
+		iface.StagingName("ipvlan", r), iface.StagingName("macvlan", eth1)} {
+		if o == stage {
+			t.Fatalf("another attachment has staging name %q too", o)
+		}
+	}
+	if stage != iface.StagingName("macvlan", req(pod, "c1", "eth0")) || len(stage) > 15 {
+		t.Fatalf("StagingName = %q", stage)
 	}
 	leftover := func() {
 		pod.MustRun("ip", "link", "add", stage, "type", "veth", "peer", "name", "x0")
 	}
+	// Another attachment's ADD, half-way: its link under its own staging name.
+	inProgress := iface.StagingName("macvlan", other)
+	pod.MustRun("ip", "link", "add", inProgress, "type", "veth", "peer", "name", "x1")
 	leftover()
-	if err := iface.DeleteLink(pod.Path, "eth0"); err != nil {
+	if err := iface.DeleteLink(r, "macvlan"); err != nil {
 		t.Fatalf("DeleteLink: %v", err)
 	}
-	if n := linkCount(t, pod); n != 1 {
-		t.Errorf("pod has %d links after DeleteLink, want lo", n)
+	if n := linkCount(t, pod); n != 3 {
+		t.Errorf("pod has %d links after DeleteLink, want lo and the veth pair %s", n, inProgress)
 	}
 	leftover()
 	err = node.Do(func() error {
@@ -195,13 +220,51 @@ func TestStagingLeftover(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		_, err = iface.Create(netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, "eth0", false)
+		_, err = iface.Create(r, "macvlan", netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, false)
 		return err
 	})
 	if err != nil {
 		t.Fatalf("Create over a leftover: %v", err)
 	}
-	if n := linkCount(t, pod); n != 2 {
-		t.Errorf("pod has %d links after Create, want lo and eth0", n)
+	if n := linkCount(t, pod); n != 4 {
+		t.Errorf("pod has %d links after Create, want lo, eth0 and the veth pair %s", n, inProgress)
+	}
+	pod.MustRun("ip", "link", "show", inProgress)
+}
+
+// TestDeleteCreated: the roll-back of a Create deletes that link, not a
+// link that has its name by then, and is fine when it is gone already.
+func TestDeleteCreated(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	pod := testnet.NewNS(t, "pod")
+	node.MustRun("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+	netns, err := iface.OpenNetns(pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Close()
+	var link netlink.Link
+	err = node.Do(func() error {
+		master, err := netlink.LinkByName("up0")
+		if err != nil {
+			return err
+		}
+		link, err = iface.Create(req(pod, "c1", "eth0"), "macvlan", netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, false)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone else's eth0 by the time of the roll-back.
+	pod.MustRun("ip", "link", "set", "eth0", "name", "mine")
+	pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "theirs")
+	for i := 0; i < 2; i++ {
+		if err := iface.DeleteCreated(netns, link); err != nil {
+			t.Fatalf("DeleteCreated #%d: %v", i, err)
+		}
+	}
+	pod.MustRun("ip", "link", "show", "eth0")
+	if out, err := pod.Command("ip", "link", "show", "mine").CombinedOutput(); err == nil {
+		t.Fatalf("the created link survived its roll-back: %s", out)
 	}
 }

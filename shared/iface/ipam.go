@@ -61,7 +61,7 @@ func DelIPAM(req *cni.Request, ipamType string) error {
 // fine: the IPAM release must still happen (for one, after a node reboot).
 func Del(req *cni.Request, applet, ipamType string) error {
 	ipamErr := DelIPAM(req, ipamType)
-	linkErr := DeleteLink(req.Netns, req.IfName)
+	linkErr := DeleteLink(req, applet)
 	if linkErr != nil {
 		linkErr = fmt.Errorf("%s: %w", applet, linkErr)
 	}
