@@ -145,6 +145,9 @@ func Add(req *cni.Request) (types.Result, error) {
 	}
 	defer node.Close()
 
+	if err := ifNameFree(pod, req.IfName); err != nil {
+		return nil, err
+	}
 	dev, err := hostSysfs.find(sel)
 	if err != nil {
 		return nil, fmt.Errorf("host-device: %w", err)
@@ -161,6 +164,35 @@ func Add(req *cni.Request) (types.Result, error) {
 		return nil, err
 	}
 	return res, nil
+}
+
+// ifNameFree refuses an ADD into a pod that has ifName already: a
+// runtime's repeated ADD (its device is in the pod as ifName, and no
+// longer on the node to be found), or another attachment's interface. It
+// is checked before anything moves, so the existing link is never
+// touched; a device of ours that meets an ifName taken meanwhile is sent
+// home by moveIn.
+func ifNameFree(pod ns.NetNS, ifName string) error {
+	var alias string
+	found := false
+	_ = pod.Do(func(ns.NetNS) error {
+		if l, err := netlinksafe.LinkByName(ifName); err == nil {
+			found, alias = true, l.Attrs().Alias
+		}
+		return nil
+	})
+	switch {
+	case !found:
+		return nil
+	case alias != "":
+		return cni.Errorf(cni.ErrInvalidEnv, "host-device: CNI_IFNAME: %q already exists in the pod: it is device %q, moved in by an earlier ADD", ifName, alias)
+	}
+	return fmt.Errorf("host-device: %w", ifNameTaken(ifName))
+}
+
+// ifNameTaken is the error of an ADD whose CNI_IFNAME the pod has (code 4).
+func ifNameTaken(ifName string) error {
+	return cni.Errorf(cni.ErrInvalidEnv, "CNI_IFNAME: %q already exists in the pod", ifName)
 }
 
 // dpdkResult is ADD for a device bound to a DPDK driver: IPAM only.
@@ -208,6 +240,9 @@ func moveIn(node, pod ns.NetNS, dev netlink.Link, ifName string) (netlink.Link, 
 			return err
 		}
 		if err := netlink.LinkSetNsFd(l, int(pod.Fd())); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return ifNameTaken(ifName)
+			}
 			return fmt.Errorf("move %q into the pod as %q: %w", orig, ifName, err)
 		}
 		return nil
@@ -287,6 +322,9 @@ func aliasAndRename(where, orig, ifName string) (netlink.Link, error) {
 	}
 	if ifName != orig {
 		if err := netlink.LinkSetName(l, ifName); err != nil {
+			if errors.Is(err, unix.EEXIST) && where == "pod" {
+				return nil, ifNameTaken(ifName)
+			}
 			return nil, fmt.Errorf("rename %q to %q in the %s: %w", orig, ifName, where, err)
 		}
 	}
@@ -330,6 +368,11 @@ var errNotInPod = errors.New("not in the pod")
 // A device a killed ADD or DEL left half-way, in the pod under its
 // original name, is moved back too. When the node already has a link of
 // that name, the device goes back into the pod and the error says so.
+//
+// fallback, when set, is the name of this attachment's device: an ifName
+// whose alias names another device is another attachment's (the DEL that
+// a runtime sends after an ADD refused for a taken CNI_IFNAME finds the
+// first attachment's device there) and is left alone.
 func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 	var orig string
 	direct := false
@@ -340,6 +383,12 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 			if !errors.As(err, &nf) {
 				return fmt.Errorf("find %q in the pod: %w", ifName, err)
 			}
+			l = nil
+		}
+		if l != nil && fallback != "" && l.Attrs().Alias != "" && l.Attrs().Alias != fallback {
+			l = nil // device Alias, not ours
+		}
+		if l == nil {
 			if l = halfMoved(fallback); l == nil {
 				return errNotInPod
 			}
@@ -434,7 +483,9 @@ func clearAlias(node ns.NetNS, name string) {
 
 // halfMoved (in the pod) finds a device that a killed ADD or DEL left in
 // the pod under its original name: named like its alias, or, without an
-// alias, named fallback (the config's device).
+// alias, named fallback (the config's device). With fallback set, only a
+// device of that name: another attachment's device named like its alias
+// may be one that its ADD is moving in at this moment.
 func halfMoved(fallback string) netlink.Link {
 	links, err := netlinksafe.LinkList()
 	if err != nil {
@@ -442,7 +493,10 @@ func halfMoved(fallback string) netlink.Link {
 	}
 	for _, l := range links {
 		a := l.Attrs()
-		if (a.Alias != "" && a.Alias == a.Name) || (fallback != "" && a.Name == fallback && a.Alias == "") {
+		if fallback != "" && a.Name != fallback {
+			continue
+		}
+		if a.Alias == a.Name || (fallback != "" && a.Alias == "") {
 			return l
 		}
 	}

@@ -261,7 +261,7 @@ func TestBadInput(t *testing.T) {
 		{name: "deviceID PCI not here", fields: `"device":"hd0","runtimeConfig":{"deviceID":"0000:99:00.0"},` + hostLocal, code: 999, want: `runtimeConfig.deviceID "0000:99:00.0": device not found`},
 		{name: "deviceID aux not here", fields: `"runtimeConfig":{"deviceID":"mlx5_core.sf.9"},` + hostLocal, code: 999, want: `runtimeConfig.deviceID "mlx5_core.sf.9": device not found`},
 		{name: "kernelpath not in this netns", fields: `"kernelpath":"/sys/devices/virtual/net/hd0",` + hostLocal, code: 999, want: "kernelpath"},
-		{name: "ifname taken in the pod", fields: `"device":"hd0",` + hostLocal, code: 999, want: "eth0",
+		{name: "ifname taken in the pod", fields: `"device":"hd0",` + hostLocal, code: 4, want: `CNI_IFNAME: "eth0" already exists in the pod`,
 			prep: func(pod *testnet.NS) { pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0") }},
 		{name: "ipam fails", fields: `"device":"hd0","ipam":{"type":"host-local","ranges":[[{"subnet":"10.41.0.0/24","rangeStart":"10.41.0.300"}]]}`, code: 0},
 		{name: "ipam missing", fields: `"device":"hd0","ipam":{"type":"no-such-ipam"}`, code: 7, want: "no-such-ipam"},
