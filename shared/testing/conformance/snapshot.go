@@ -1,0 +1,217 @@
+package conformance
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/cnibox/cnibox/shared/testing/testnet"
+)
+
+// state is a snapshot of a run's node and pod: testnet's Snapshot (links,
+// addresses, routes, rules, qdiscs, iptables, ip6tables, nftables, the
+// state and run dirs' files) plus what a differential comparison needs
+// beyond a leak check: link attributes, permanent neighbours, bridge
+// VLANs, tc filters and the sysctls that changed. Lines are "node
+// <section>: <line>" or "pod <section>: <line>", not yet normalised.
+type state []string
+
+// sysctlBase is the sysctls of a netns before the case's first verb.
+type sysctlBase map[string]string
+
+// takeState snapshots the node and the pod. base holds the sysctls of
+// both before the first verb: only the ones that changed are part of the
+// state.
+func takeState(t *testing.T, e *env, base map[string]sysctlBase) state {
+	var out state
+	for _, side := range []struct {
+		name string
+		ns   *testnet.NS
+		dirs []string
+	}{{"node", e.r.Node, []string{e.r.StateDir, e.r.RunDir}}, {"pod", e.pod, nil}} {
+		if _, err := os.Stat(side.ns.Path); err != nil {
+			continue // the case deleted it
+		}
+		s := &testnet.Snapshotter{Node: side.ns, Dirs: side.dirs, Ignore: testnet.DefaultIgnore}
+		snap := s.Take(t)
+		for sec, lines := range snap.Sections {
+			for _, l := range lines {
+				out = append(out, side.name+" "+sec+": "+l)
+			}
+		}
+		for _, l := range extraLines(t, side.ns, base[side.name]) {
+			out = append(out, side.name+" "+l)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// extraLines are the sections testnet's Snapshot does not take.
+func extraLines(t *testing.T, n *testnet.NS, base sysctlBase) []string {
+	run := func(name string, args ...string) string {
+		out, err := n.Run(name, args...)
+		if err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		return out
+	}
+	var out []string
+	links := run("ip", "-o", "-d", "link", "show")
+	for _, l := range linkAttrLines(links) {
+		out = append(out, "linkattr: "+l)
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		// Only permanent entries: the others are the kernel's, learnt
+		// from traffic, and come and go.
+		for _, l := range strings.Split(run("ip", fam, "neigh", "show", "nud", "permanent"), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				out = append(out, "neigh: "+l)
+			}
+		}
+	}
+	for _, l := range strings.Split(run("bridge", "-o", "vlan", "show"), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] != "port" {
+			out = append(out, "vlan: "+strings.Join(f, " "))
+		}
+	}
+	// tc filters of the devices that have a qdisc of their own (a filter
+	// needs one; listing every device would cost a process each).
+	qdiscs := run("tc", "qdisc", "show")
+	devs := map[string]bool{}
+	for _, l := range strings.Split(qdiscs, "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && f[0] == "qdisc" && f[1] != "noqueue" && f[3] == "dev" {
+			devs[f[4]] = true
+		}
+	}
+	for dev := range devs {
+		for _, parent := range [][]string{nil, {"ingress"}} {
+			args := append([]string{"filter", "show", "dev", dev}, parent...)
+			flt, err := n.Run("tc", args...)
+			if err != nil {
+				continue // the device went away meanwhile
+			}
+			for _, l := range strings.Split(flt, "\n") {
+				if l = strings.Join(strings.Fields(l), " "); l != "" {
+					out = append(out, "filter: "+dev+" "+strings.Join(parent, "")+" "+l)
+				}
+			}
+		}
+	}
+	now, err := sysctls(n)
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	for k, v := range now {
+		if old, ok := base[k]; ok && old == v {
+			continue
+		}
+		if !ok(base, k) && sameAsDefault(now, k, v) {
+			continue
+		}
+		out = append(out, "sysctl: "+k+" = "+v)
+	}
+	return out
+}
+
+// ok reports whether base has key k.
+func ok(base sysctlBase, k string) bool { _, found := base[k]; return found }
+
+// perDevice matches the sysctls of one device: net.ipv4.conf.<dev>.x,
+// net.ipv6.conf.<dev>.x, net.ipv4.neigh.<dev>.x, net.ipv6.neigh.<dev>.x.
+var perDevice = regexp.MustCompile(`^(net\.ipv[46]\.(?:conf|neigh))\.([^.]+)\.(.+)$`)
+
+// sameAsDefault reports whether k, a sysctl of a device made since the
+// baseline, has the value its family's "default" gives new devices: only
+// what a plugin set on a new device is state, not the kernel's defaults.
+func sameAsDefault(now sysctlBase, k, v string) bool {
+	m := perDevice.FindStringSubmatch(k)
+	if m == nil {
+		return false
+	}
+	def, found := now[m[1]+".default."+m[3]]
+	return found && def == v
+}
+
+// volatileSysctl are sysctls the kernel changes by itself.
+var volatileSysctl = regexp.MustCompile(`^net\.netfilter\.nf_conntrack_count$|\.stable_secret$|^net\.ipv6\.conf\.[^.]+\.mtu$`)
+
+// sysctls reads every net.* sysctl of the netns. /proc/sys/net shows the
+// netns of the thread that opens it, so it is read on a thread inside.
+func sysctls(n *testnet.NS) (sysctlBase, error) {
+	out := sysctlBase{}
+	err := n.Do(func() error {
+		return filepath.WalkDir("/proc/sys/net", func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				return err
+			}
+			if d.IsDir() {
+				return nil
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return nil // write-only (flush) or unreadable (stable_secret)
+			}
+			key := strings.ReplaceAll(strings.TrimPrefix(path, "/proc/sys/"), "/", ".")
+			if volatileSysctl.MatchString(key) {
+				return nil
+			}
+			out[key] = strings.Join(strings.Fields(string(data)), " ")
+			return nil
+		})
+	})
+	return out, err
+}
+
+var (
+	linkHead = regexp.MustCompile(`^\d+: ([^:@ ]+)(?:@[^: ]+)?: <([^>]*)> (.*)$`)
+	// linkKeys are the attributes of "ip -d link" a plugin sets: MTU, the
+	// MAC, promiscuity, the kind's mode and ids, and a bridge port's and
+	// a bridge's switches. Timers, counters and states are not.
+	linkKeys = map[string]bool{
+		"mtu": true, "link/ether": true, "promiscuity": true, "mode": true, "id": true, "protocol": true,
+		"vlan_filtering": true, "vlan_default_pvid": true, "vlan_protocol": true, "hairpin": true,
+		"learning": true, "flood": true, "isolated": true, "proxy_arp": true, "neigh_suppress": true,
+		"addrgenmode": true, "txqueuelen": true, "qlen": true,
+	}
+	// linkFlags are the flags that are configuration, not carrier state.
+	linkFlags = map[string]bool{"UP": true, "NOARP": true, "PROMISC": true, "MULTICAST": true, "POINTOPOINT": true}
+)
+
+// linkAttrLines turns "ip -o -d link" into "name flags key=value ..." lines.
+func linkAttrLines(out string) []string {
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		m := linkHead.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		var flags []string
+		for _, f := range strings.Split(m[2], ",") {
+			if linkFlags[f] {
+				flags = append(flags, f)
+			}
+		}
+		line := m[1] + " <" + strings.Join(flags, ",") + ">"
+		f := strings.Fields(strings.ReplaceAll(m[3], `\`, " "))
+		for i := 0; i+1 < len(f); i++ {
+			k := f[i]
+			if !linkKeys[k] {
+				continue
+			}
+			line += " " + k + "=" + f[i+1]
+			i++
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
