@@ -115,6 +115,28 @@ func TestTBFContainerd(t *testing.T) {
 	}
 }
 
+// TestTBFCRIO: CRI-O (server/sandbox_network.go) sends a burst of
+// MaxUint32*8-1 bits (4 GiB less one bit) for the annotations, which the
+// reference accepts at every rate, and so does cnibox (clamping the bucket
+// or, at high rates, the queue). Older CRI-O sent MaxUint32*8 bits, which
+// the reference refuses ("burst cannot be more than 4GB"), as cnibox does.
+func TestTBFCRIO(t *testing.T) {
+	const crio = 8*math.MaxUint32 - 1
+	for _, rate := range []uint64{1000, 1_000_000, 100_000_000, 10_000_000_000, 1_000_000_000_000, 1_000_000_000_000_000} {
+		got, err := newTBF("runtimeConfig.bandwidth.", "egress", rate, crio, 25)
+		if err != nil {
+			t.Errorf("rate %d, CRI-O's burst: %v", rate, err)
+			continue
+		}
+		if got.Rate != rate/8 || got.Buffer == 0 || got.Limit < got.Burst || len(got.Warnings) == 0 {
+			t.Errorf("rate %d, CRI-O's burst: %+v, want a clamped bucket or queue and a warning", rate, got)
+		}
+	}
+	if _, err := newTBF("", "egress", 1_000_000, 8*math.MaxUint32, 25); err == nil || !strings.Contains(err.Error(), "egressBurst: 34359738360 bits is too large") {
+		t.Errorf("old CRI-O's burst of 8*MaxUint32 bits: %v, want refused as the reference does", err)
+	}
+}
+
 // TestTBFClamps: the slowest rate (one byte per second) with the largest
 // burst, and a queue above 4 GiB, are accepted with the kernel's maximum
 // and a warning naming the field.
