@@ -150,11 +150,12 @@ func checkTBF(link netlink.Link, t *tbf, what string) error {
 		return fmt.Errorf("%s: %s has no root tbf qdisc 1:", what, link.Attrs().Name)
 	case q.Rate != t.Rate:
 		return fmt.Errorf("%s: tbf on %s has rate %d B/s, want %d", what, link.Attrs().Name, q.Rate, t.Rate)
-	case q.Limit == t.RefLimit && q.Buffer == t.RefBuffer:
-		return nil // the reference's numbers: a pod it set up before the node switched
-	case q.Limit != t.Limit:
+	// The reference's numbers too: a pod it set up before the node
+	// switched. Built for arm64 it saturates where amd64 wraps, which
+	// gives our buffer with its limit.
+	case q.Limit != t.Limit && q.Limit != t.RefLimit:
 		return fmt.Errorf("%s: tbf on %s has limit %d B, want %d", what, link.Attrs().Name, q.Limit, t.Limit)
-	case q.Buffer != t.Buffer:
+	case q.Buffer != t.Buffer && q.Buffer != t.RefBuffer:
 		return fmt.Errorf("%s: tbf on %s has buffer %d ticks, want %d", what, link.Attrs().Name, q.Buffer, t.Buffer)
 	}
 	return nil
