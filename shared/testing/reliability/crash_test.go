@@ -183,7 +183,7 @@ func macvlanNode(t *testing.T) *testnet.Runtime {
 }
 
 func listFile(t *testing.T, r *testnet.Runtime, name string) *libcni.NetworkConfigList {
-	data, err := os.ReadFile("../../conflists/" + name)
+	data, err := os.ReadFile("../../../conflists/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func defaultList(t *testing.T, r *testnet.Runtime) *libcni.NetworkConfigList {
 }
 
 func defaultConf(t *testing.T) string {
-	data, err := os.ReadFile("../../conflists/default.conflist")
+	data, err := os.ReadFile("../../../conflists/default.conflist")
 	if err != nil {
 		t.Fatal(err)
 	}
