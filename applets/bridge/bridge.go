@@ -245,6 +245,14 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		return nil, err
 	}
 	defer podNS.Close()
+	// A pod that has the interface already is refused before anything is
+	// done: a runtime's retried ADD (or another container ID given the
+	// same pod and name) must neither reserve, nor set up rules, nor then
+	// undo what belongs to the attachment that is there. The attachment's
+	// lock (shared/cni) keeps a concurrent ADD of it from slipping in.
+	if err := veth.Absent(podNS, req.ContainerID, req.IfName); err != nil {
+		return nil, fmt.Errorf("bridge %q: %w", c.Bridge, err)
+	}
 
 	// The masquerade rules' iptables-restore starts now: its start-up
 	// overlaps with the link and IPAM work, and it gets its input once
@@ -255,13 +263,18 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		defer masq.Close() // after the undo below: that waits for Setup
 	}
 
-	// Anything that fails from here on undoes what was done, so that a
-	// failed ADD leaves neither a veth, an address nor a rule behind. IPAM
-	// is released first, while the pod's interface still exists (dhcp
-	// sends its DHCPRELEASE from it).
+	// Anything that fails from here on undoes what this invocation did,
+	// and only that, so that a failed ADD leaves neither a veth, an
+	// address nor a rule behind and takes nothing that was there before:
+	// pair is the veth it made, ipamDone the reservation, spoofDone and
+	// masqDone the rules it set up (all keyed by this attachment, which
+	// Absent showed has no interface, under its lock). IPAM is released
+	// first, while the pod's interface still exists (dhcp sends its
+	// DHCPRELEASE from it).
 	var ipamDone, spoofDone bool
 	var masqDone func() error
 	var early *earlyIPAM
+	var pair *veth.Pair
 	defer func() {
 		if err == nil {
 			return
@@ -274,7 +287,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		if ipamDone {
 			_ = delegate.Del(req, c.IPAM.Type)
 		}
-		_ = veth.DeleteHost(c.Name, req.ContainerID, req.IfName)
+		_ = pair.Delete()
 		if spoofDone {
 			_ = teardownSpoofCheck(spoofID(req.ContainerID, req.IfName))
 		}
@@ -300,7 +313,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	pair, err := veth.Create(podNS, veth.Options{
+	pair, err = veth.Create(podNS, veth.Options{
 		Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU, MAC: c.mac,
 	})
 	if err != nil {

@@ -83,6 +83,12 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 		return nil, err
 	}
 	defer podNS.Close()
+	// A pod that has the interface already is refused before IPAM: a
+	// runtime's retried ADD must not reserve (dhcp would hand out the
+	// first ADD's lease again) and then release what the first holds.
+	if err := veth.Absent(podNS, req.ContainerID, req.IfName); err != nil {
+		return nil, fmt.Errorf("ptp: %w", err)
+	}
 	// The masquerade rules' iptables-restore starts now, so that its
 	// start-up overlaps with IPAM and the links.
 	var masq *ipmasq.Ready
@@ -95,12 +101,17 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// A failure from here on undoes what this invocation made, and only
+	// that: the reservation it got, the rules it set up (this
+	// attachment's, which had no interface, under its lock) and the pair
+	// it created.
 	var masqDone func() error
+	var pair *veth.Pair
 	defer func() {
 		if err == nil {
 			return
 		}
-		_ = veth.DeleteHost(c.Name, req.ContainerID, req.IfName)
+		_ = pair.Delete()
 		if masqDone != nil {
 			_ = masqDone()
 			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
@@ -119,7 +130,7 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	// the links are made.
 	masqDone = masq.Start(c.masqAttachment(req), ipamRes)
 
-	pair, err := veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})
+	pair, err = veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})
 	if err != nil {
 		return nil, fmt.Errorf("ptp: %w", err)
 	}

@@ -77,18 +77,17 @@ func ParseAlias(alias string) (network, containerID, ifName string, ok bool) {
 // not be able to send router advertisements to the host) and is up; the
 // container end is left down for the caller to configure.
 //
-// A host end left by an earlier attempt for the same attachment is
-// replaced; a name taken by anything else is an error.
+// Create never deletes a link it did not make. A host end that already
+// exists under the attachment's name is refused, whatever its alias: a
+// working attachment looks exactly like what a killed ADD left behind, and
+// only the runtime knows which it is. After a failed or interrupted ADD
+// runtimes DEL, which removes the leftover; a runtime's retry of an ADD
+// that succeeded must find its attachment intact. Likewise a pod that
+// already has ifName is refused (ErrExists), as the reference does.
 func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 	hostName := HostName(o.ContainerID, o.IfName)
 	if old, err := netlinksafe.LinkByName(hostName); err == nil {
-		_, cid, ifn, ok := ParseAlias(old.Attrs().Alias)
-		if !ok || cid != o.ContainerID || ifn != o.IfName {
-			return nil, fmt.Errorf("create veth %s: the name is taken by another device (alias %q)", hostName, old.Attrs().Alias)
-		}
-		if err := netlink.LinkDel(old); err != nil && !isNotFound(err) {
-			return nil, fmt.Errorf("delete stale veth %s: %w", hostName, err)
-		}
+		return nil, hostTaken(hostName, old, o)
 	}
 	v := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
@@ -105,18 +104,84 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 	}
 	if err := netlink.LinkAdd(v); err != nil {
 		if errors.Is(err, syscall.EEXIST) {
-			return nil, fmt.Errorf("create veth %s/%s: %s already exists in the pod", hostName, o.IfName, o.IfName)
+			// Not ours: the host end was free a moment ago, so it is
+			// most likely the pod's ifName.
+			if old, err := netlinksafe.LinkByName(hostName); err == nil {
+				return nil, hostTaken(hostName, old, o)
+			}
+			return nil, existsError(o.IfName, hostName)
 		}
 		return nil, fmt.Errorf("create veth %s with peer %s in the pod: %w", hostName, o.IfName, err)
 	}
 	pair, err := finish(podNS, hostName, o.IfName, Alias(o.Network, o.ContainerID, o.IfName))
 	if err != nil {
-		if l, lerr := netlinksafe.LinkByName(hostName); lerr == nil {
+		// The pair is ours (LinkAdd made it, and the attachment's lock
+		// keeps anyone else of this attachment away): delete it.
+		if l, lerr := netlinksafe.LinkByName(hostName); lerr == nil && l.Type() == "veth" {
 			_ = netlink.LinkDel(l)
 		}
 		return nil, err
 	}
 	return pair, nil
+}
+
+// ErrExists is what Create and Absent return, wrapped, when the pod
+// already has the interface: the attachment exists (a runtime's retried
+// ADD) or another one took the name.
+var ErrExists = errors.New("already exists")
+
+// existsError is the reference's message for a pod that already has
+// ifName, so that a runtime or an operator sees the same words.
+func existsError(ifName, hostName string) error {
+	return fmt.Errorf("container veth name (%q) peer provided (%q) %w", ifName, hostName, ErrExists)
+}
+
+func hostTaken(hostName string, old netlink.Link, o Options) error {
+	nw, cid, ifn, ok := ParseAlias(old.Attrs().Alias)
+	if ok && nw == o.Network && cid == o.ContainerID && ifn == o.IfName {
+		return fmt.Errorf("create veth %s: it %w: this attachment is up already, or an interrupted ADD left it, which DEL removes", hostName, ErrExists)
+	}
+	return fmt.Errorf("create veth %s: the name is taken by another device (a %s, alias %q)", hostName, old.Type(), old.Attrs().Alias)
+}
+
+// Absent fails with the reference's "already exists" error when the pod
+// already has ifName. bridge and ptp ask before anything else (before
+// IPAM in particular), so that a repeated ADD neither reserves, nor sets
+// up rules, nor later undoes anything that belongs to the first.
+func Absent(podNS ns.NetNS, containerID, ifName string) error {
+	err := podNS.Do(func(ns.NetNS) error {
+		_, err := netlinksafe.LinkByName(ifName)
+		return err
+	})
+	switch {
+	case err == nil:
+		return existsError(ifName, HostName(containerID, ifName))
+	case isNotFound(err):
+		return nil
+	}
+	return fmt.Errorf("look for %s in the pod: %w", ifName, err)
+}
+
+// Delete deletes the pair Create made, by the host end's index, as long
+// as that index still names it: what a failing ADD undoes.
+func (p *Pair) Delete() error {
+	if p == nil || p.Host == nil {
+		return nil
+	}
+	l, err := netlink.LinkByIndex(p.Host.Attrs().Index)
+	if err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("find veth %s: %w", p.Host.Attrs().Name, err)
+	}
+	if l.Attrs().Name != p.Host.Attrs().Name || l.Attrs().Alias != p.Host.Attrs().Alias {
+		return nil // gone, and the index reused
+	}
+	if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
+		return fmt.Errorf("delete veth %s: %w", p.Host.Attrs().Name, err)
+	}
+	return nil
 }
 
 func finish(podNS ns.NetNS, hostName, ifName, alias string) (*Pair, error) {
@@ -193,12 +258,17 @@ func DeleteHost(network, containerID, ifName string) error {
 
 // Delete removes an attachment's pair: from the pod's side through the
 // netns at path (CNI_NETNS; "" when the runtime has none), or by its host
-// end when that netns is gone. Nothing left to delete is not an error:
-// DEL must succeed then.
+// end when that netns is gone or no longer has ifName. Nothing left to
+// delete is not an error: DEL must succeed then.
+//
+// The pod's ifName is left alone when its host end is a cnibox veth of
+// another attachment: a runtime DELs the container whose ADD was refused
+// because the pod's eth0 was another container's, and that DEL must not
+// take the other's eth0. A pod interface that is not one of ours (made by
+// the reference, say) is deleted, as the reference does.
 func Delete(network, containerID, ifName, path string) error {
 	if path != "" {
-		gone, err := deleteInPod(path, ifName)
-		if !gone {
+		if err := deleteInPod(network, containerID, ifName, path); err != nil {
 			return err
 		}
 	}
@@ -206,9 +276,12 @@ func Delete(network, containerID, ifName, path string) error {
 }
 
 // deleteInPod deletes ifName in the netns at path (and with it the host
-// end). gone reports that the netns itself is missing.
-func deleteInPod(path, ifName string) (gone bool, err error) {
-	err = ns.WithNetNSPath(path, func(ns.NetNS) error {
+// end) unless its host end belongs to another attachment. A missing
+// netns or link is nothing to do.
+func deleteInPod(network, containerID, ifName, path string) error {
+	var index, peer int
+	var isVeth bool
+	look := func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			if isNotFound(err) {
@@ -216,19 +289,54 @@ func deleteInPod(path, ifName string) (gone bool, err error) {
 			}
 			return fmt.Errorf("find %s: %w", ifName, err)
 		}
+		index, peer, isVeth = l.Attrs().Index, l.Attrs().ParentIndex, l.Type() == "veth"
+		return nil
+	}
+	err := ns.WithNetNSPath(path, look)
+	var missing ns.NSPathNotExistErr
+	if errors.As(err, &missing) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", path, err)
+	}
+	if index == 0 {
+		return nil
+	}
+	if isVeth && peer != 0 {
+		// Its peer, when it is in this netns (the node's).
+		if host, err := netlink.LinkByIndex(peer); err == nil && host.Type() == "veth" && host.Attrs().ParentIndex == index {
+			if _, _, _, ours := ParseAlias(host.Attrs().Alias); ours {
+				if host.Attrs().Alias != Alias(network, containerID, ifName) {
+					return nil // another attachment's
+				}
+				if err := netlink.LinkDel(host); err != nil && !isNotFound(err) {
+					return fmt.Errorf("delete veth %s: %w", host.Attrs().Name, err)
+				}
+				return nil
+			}
+		}
+	}
+	err = ns.WithNetNSPath(path, func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(index)
+		if err != nil {
+			if isNotFound(err) {
+				return nil
+			}
+			return fmt.Errorf("find %s: %w", ifName, err)
+		}
+		if l.Attrs().Name != ifName {
+			return nil
+		}
 		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
 			return fmt.Errorf("delete %s: %w", ifName, err)
 		}
 		return nil
 	})
-	var missing ns.NSPathNotExistErr
-	if errors.As(err, &missing) {
-		return true, nil
+	if err != nil && !errors.As(err, &missing) {
+		return fmt.Errorf("netns %s: %w", path, err)
 	}
-	if err != nil {
-		return false, fmt.Errorf("netns %s: %w", path, err)
-	}
-	return false, nil
+	return nil
 }
 
 // DeleteStale deletes the host ends of the network's attachments that

@@ -1,0 +1,118 @@
+package veth_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/cnibox/cnibox/shared/testing/testnet"
+	"github.com/cnibox/cnibox/shared/veth"
+)
+
+func TestMain(m *testing.M) { testnet.Main(m) }
+
+// nodeAndPod returns a node netns (where the test's goroutine runs Create
+// and Delete through node.Do) and a pod netns opened for Create.
+func nodeAndPod(t *testing.T) (*testnet.NS, *testnet.NS, ns.NetNS) {
+	t.Helper()
+	testnet.RequireRoot(t)
+	node, pod := testnet.NewNS(t, "node"), testnet.NewNS(t, "pod")
+	podNS, err := ns.GetNS(pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { podNS.Close() })
+	return node, pod, podNS
+}
+
+func links(t *testing.T, n *testnet.NS) string {
+	t.Helper()
+	return n.MustRun("sh", "-c", "ip -o link 2>/dev/null | cut -d: -f2,3 | sed 's/@.*//'")
+}
+
+// TestCreateKeepsExisting: Create never deletes what it finds. A host end
+// of the same attachment (a live attachment looks exactly like a killed
+// ADD's leftover) is refused and stays, as does the pod's interface;
+// a pod that already has the name is refused with the reference's words.
+func TestCreateKeepsExisting(t *testing.T) {
+	node, pod, podNS := nodeAndPod(t)
+	o := veth.Options{Network: "net", ContainerID: "c1", IfName: "eth0"}
+	var first *veth.Pair
+	if err := node.Do(func() (err error) { first, err = veth.Create(podNS, o); return err }); err != nil {
+		t.Fatalf("first Create: %v", err)
+	}
+	nodeLinks, podLinks := links(t, node), links(t, pod)
+
+	err := node.Do(func() error { _, err := veth.Create(podNS, o); return err })
+	if !errors.Is(err, veth.ErrExists) {
+		t.Errorf("second Create of the attachment: %v, want ErrExists", err)
+	}
+	err = node.Do(func() error { return veth.Absent(podNS, "c2", "eth0") })
+	if !errors.Is(err, veth.ErrExists) || !strings.Contains(err.Error(), `container veth name ("eth0")`) {
+		t.Errorf("Absent with eth0 in the pod: %v", err)
+	}
+	o2 := o
+	o2.ContainerID = "c2"
+	err = node.Do(func() error { _, err := veth.Create(podNS, o2); return err })
+	if !errors.Is(err, veth.ErrExists) {
+		t.Errorf("Create of another container as eth0 of the same pod: %v, want ErrExists", err)
+	}
+	if got := links(t, node); got != nodeLinks {
+		t.Errorf("node links changed:\n%s\nnow:\n%s", nodeLinks, got)
+	}
+	if got := links(t, pod); got != podLinks {
+		t.Errorf("pod links changed:\n%s\nnow:\n%s", podLinks, got)
+	}
+
+	// DEL of the other container leaves eth0 (its host end names c1);
+	// DEL of c1 removes the pair.
+	if err := node.Do(func() error { return veth.Delete("net", "c2", "eth0", pod.Path) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := links(t, pod); got != podLinks {
+		t.Errorf("DEL of another container ID took the pod's eth0:\n%s", got)
+	}
+	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path) }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(links(t, pod), "eth0") || strings.Contains(links(t, node), first.Host.Attrs().Name) {
+		t.Errorf("DEL left the pair:\n%s\n%s", links(t, pod), links(t, node))
+	}
+}
+
+// TestPairDeleteOnlyItsOwn: Pair.Delete deletes the pair Create made, and
+// not a link that took its name after it was gone.
+func TestPairDeleteOnlyItsOwn(t *testing.T) {
+	node, _, podNS := nodeAndPod(t)
+	o := veth.Options{Network: "net", ContainerID: "c1", IfName: "eth0"}
+	var p *veth.Pair
+	if err := node.Do(func() (err error) { p, err = veth.Create(podNS, o); return err }); err != nil {
+		t.Fatal(err)
+	}
+	name := p.Host.Attrs().Name
+	node.MustRun("ip", "link", "del", name)
+	node.MustRun("ip", "link", "add", name, "type", "veth", "peer", "name", "other")
+	if err := node.Do(p.Delete); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Do(func() error { _, err := netlinksafe.LinkByName(name); return err }); err != nil {
+		t.Errorf("Delete of a pair already gone took the link now named %s: %v", name, err)
+	}
+	var again *veth.Pair
+	node.MustRun("ip", "link", "del", name)
+	if err := node.Do(func() (err error) {
+		again, err = veth.Create(podNS, veth.Options{Network: "net", ContainerID: "c1", IfName: "net1"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Do(again.Delete); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(links(t, node), again.Host.Attrs().Name) {
+		t.Errorf("Delete left its pair")
+	}
+}
