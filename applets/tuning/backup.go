@@ -72,6 +72,13 @@ func saveBackup(path string, b *backup) error {
 	if err != nil {
 		return err
 	}
+	return writeFileAtomic(path, data)
+}
+
+// writeFileAtomic writes data to path (0600) through a temporary file and
+// a rename.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("write backup: %w", err)

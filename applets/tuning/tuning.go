@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -161,6 +162,13 @@ func apply(req *cni.Request, s *settings, file string) error {
 		}
 		b.Sysctls = append(b.Sysctls, sysctlBackup{Path: sc.Path, Was: was})
 	}
+	// What this invocation found, before keepOlder puts in what an
+	// earlier ADD of the attachment found: a failure puts back only this
+	// invocation's own changes, so that a repeated ADD that fails leaves
+	// the first one's settings, and its backup, as they were.
+	found := *b
+	found.Sysctls = slices.Clone(b.Sysctls)
+	oldData, _ := os.ReadFile(file)
 	old, err := loadBackup(file)
 	if err != nil {
 		req.Log.Warnf("ignoring unreadable backup of an earlier ADD: %v", err)
@@ -173,10 +181,17 @@ func apply(req *cni.Request, s *settings, file string) error {
 		return err
 	}
 	if err := change(req, s, link, b); err != nil {
-		for _, rerr := range restore(req.IfName, b) {
+		for i := range found.Sysctls {
+			found.Sysctls[i].Set = b.Sysctls[i].Set // keepOlder only appends
+		}
+		for _, rerr := range restore(req.IfName, &found) {
 			req.Log.Warnf("undo after failed ADD: %v", rerr)
 		}
-		if rerr := removeBackup(file); rerr != nil {
+		if oldData != nil {
+			if rerr := writeFileAtomic(file, oldData); rerr != nil {
+				req.Log.Warnf("put back the earlier ADD's backup: %v", rerr)
+			}
+		} else if rerr := removeBackup(file); rerr != nil {
 			req.Log.Warnf("remove backup: %v", rerr)
 		}
 		return err
