@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -24,8 +23,7 @@ import (
 // shippedConflist reads a file of the repository's conflists/.
 func shippedConflist(t *testing.T, name string) []byte {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "..", "conflists", name))
+	b, err := os.ReadFile(filepath.Join(testnet.RepoRoot(), "conflists", name))
 	if err != nil {
 		t.Fatal(err)
 	}

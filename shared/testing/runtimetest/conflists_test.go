@@ -31,7 +31,7 @@ const referenceNewest = "1.0.0"
 // cniVersion, traffic to the gateway, CHECK, STATUS, DEL; then ADD again
 // and GC, which must remove everything. Nothing may be left on the node.
 func TestShippedConflists(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join("..", "..", "conflists", "*.conflist"))
+	files, _ := filepath.Glob(filepath.Join(testnet.RepoRoot(), "conflists", "*.conflist"))
 	if len(files) == 0 {
 		t.Fatal("no conflists/*.conflist")
 	}

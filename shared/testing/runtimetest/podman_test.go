@@ -133,7 +133,7 @@ func TestPodman(t *testing.T) {
 	})
 
 	t.Run("shipped conflists load", func(t *testing.T) {
-		files, _ := filepath.Glob(filepath.Join("..", "..", "conflists", "*.conflist"))
+		files := shippedFiles(t)
 		var names []string
 		for _, f := range files {
 			b := shipped(t, filepath.Base(f))
@@ -160,7 +160,7 @@ func TestPodman(t *testing.T) {
 	// spec versions up to 1.0.0 and ignores cniVersions: a list whose
 	// only version is 1.1.0 cannot work with it.
 	t.Run("shipped conflists run", func(t *testing.T) {
-		files, _ := filepath.Glob(filepath.Join("..", "..", "conflists", "*.conflist"))
+		files := shippedFiles(t)
 		for _, f := range files {
 			b := shipped(t, filepath.Base(f))
 			var c struct {

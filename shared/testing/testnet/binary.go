@@ -26,10 +26,12 @@ func Main(m interface{ Run() int }) {
 	os.Exit(code)
 }
 
-// repoRoot finds the module root from this source file's location.
-func repoRoot() string {
+// RepoRoot is the module root, found from this source file's location
+// (shared/testing/testnet), so tests of any package can read conflists/
+// and testdata/ wherever they run from.
+func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
+	return filepath.Join(filepath.Dir(file), "..", "..", "..")
 }
 
 // BinDir returns a CNI plugin directory made by "cnibox install": the
@@ -47,7 +49,7 @@ func BinDir(t testing.TB) string {
 		if src == "" {
 			src = filepath.Join(buildDir, "build", "cnibox")
 			cmd := exec.Command("go", "build", "-o", src, ".")
-			cmd.Dir = repoRoot()
+			cmd.Dir = RepoRoot()
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = &buildError{err: err, out: string(out)}
