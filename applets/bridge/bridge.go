@@ -267,14 +267,17 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	// and only that, so that a failed ADD leaves neither a veth, an
 	// address nor a rule behind and takes nothing that was there before:
 	// pair is the veth it made, ipamDone the reservation, spoofDone and
-	// masqDone the rules it set up (all keyed by this attachment, which
-	// Absent showed has no interface, under its lock). IPAM is released
+	// masqDone the rules it set up (keyed by this attachment, which Absent
+	// showed has no interface, under its lock; ipmasq.Undo leaves the
+	// iptables chain that other interfaces of the container on this
+	// network share). IPAM is released
 	// first, while the pod's interface still exists (dhcp sends its
 	// DHCPRELEASE from it).
 	var ipamDone, spoofDone bool
 	var masqDone func() error
 	var early *earlyIPAM
 	var pair *veth.Pair
+	var ipamRes *current.Result
 	defer func() {
 		if err == nil {
 			return
@@ -282,7 +285,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		if early != nil {
 			// It may still be running: its reservation and rules must
 			// be undone too.
-			_, ipamDone, masqDone, _ = early.wait()
+			ipamRes, ipamDone, masqDone, _ = early.wait()
 		}
 		if ipamDone {
 			_ = delegate.Del(req, c.IPAM.Type)
@@ -293,7 +296,7 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		}
 		if masqDone != nil {
 			_ = masqDone()
-			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
+			_ = ipmasq.Undo(c.masqAttachment(req), ipmasq.Nets(ipamRes))
 		}
 	}()
 
@@ -323,7 +326,6 @@ func Add(req *cni.Request) (res types.Result, err error) {
 		return nil, err
 	}
 
-	var ipamRes *current.Result
 	switch {
 	case early != nil:
 		e := early

@@ -114,7 +114,7 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 		_ = pair.Delete()
 		if masqDone != nil {
 			_ = masqDone()
-			_ = ipmasq.Teardown(c.masqAttachment(req), nil)
+			_ = ipmasq.Undo(c.masqAttachment(req), ipmasq.Nets(ipamRes))
 		}
 		_ = delegate.Del(req, c.IPAM.Type)
 	}()

@@ -143,6 +143,18 @@ func Teardown(a Attachment, ips []*net.IPNet) error {
 	return errors.Join(teardownIPT(a, ips), teardownNFT(a))
 }
 
+// Undo is the roll-back of a Setup(a, ips) whose ADD failed later: it
+// removes what that Setup made and nothing else. nftables rules name the
+// interface too, so they are the attachment's own. The iptables chain is
+// the reference's, one per network and container ID: a pod attached to
+// the same network twice (eth0, net1) shares it, so Undo removes only the
+// POSTROUTING jumps of ips, and the chain only when no other jump to it
+// is left. Teardown (DEL) removes the chain whatever jumps to it, as the
+// reference does.
+func Undo(a Attachment, ips []*net.IPNet) error {
+	return errors.Join(undoIPT(a, ips), teardownNFT(a))
+}
+
 // GC removes the rules of the network's attachments that valid does not
 // contain, from both backends.
 func GC(network string, valid map[cni.Attachment]bool) error {

@@ -295,6 +295,62 @@ func teardownIn(f iptables.Family, chain, comment string, ipns []*net.IPNet) err
 	})
 }
 
+// undoIPT is Undo's iptables part: per family of ips, the POSTROUTING
+// jumps to the attachment's chain from those addresses, then the chain
+// if nothing else jumps to it, in one iptables-restore after one
+// iptables-save (retried once when the table changed in between).
+func undoIPT(a Attachment, ips []*net.IPNet) error {
+	chain := ChainName(a.Network, a.ContainerID)
+	byFamily := map[iptables.Family]map[string]bool{}
+	for _, ipn := range ips {
+		f := family(ipn.IP)
+		if byFamily[f] == nil {
+			byFamily[f] = map[string]bool{}
+		}
+		bits := 32
+		if f == iptables.IPv6 {
+			bits = 128
+		}
+		byFamily[f][fmt.Sprintf("%s/%d", ipn.IP, bits)] = true
+	}
+	var errs []error
+	for f, sources := range byFamily {
+		if !available(f) {
+			continue
+		}
+		var err error
+		for try := 0; try < 2; try++ {
+			var rules natRules
+			if rules, err = saveNAT(f); err != nil {
+				break
+			}
+			b := iptables.NewBatch("nat")
+			others := 0
+			for _, j := range rules.jumps(chain) {
+				if fields := strings.Fields(j); len(fields) > 3 && fields[2] == "-s" && sources[fields[3]] {
+					b.Rule("-D%s", strings.TrimPrefix(j, "-A"))
+				} else {
+					others++
+				}
+			}
+			if others == 0 && rules.hasChain(chain) {
+				b.Chain(chain)
+				b.Rule("-X %s", chain)
+			}
+			if b.Empty() {
+				break
+			}
+			if err = iptables.Apply(f, b); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("ipMasq: undo: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // removeChains deletes the chains pick chooses and every POSTROUTING rule
 // jumping to them in one iptables-restore. It retries once when the table
 // changed between the save and the restore.

@@ -471,3 +471,36 @@ func TestRepeatedAddMeta(t *testing.T) {
 		})
 	}
 }
+
+// TestFailedAddKeepsSibling: a pod attached to one network twice (eth0,
+// then net1, the same container ID: Multus does this) whose second ADD
+// fails after IPAM and the masquerade rules were set up (its host veth
+// name is taken) loses nothing of eth0. The iptables masquerade chain is
+// one per network and container ID, as the reference names it: before the
+// fix the roll-back deleted it, with eth0's jump to it.
+func TestFailedAddKeepsSibling(t *testing.T) {
+	for i, kind := range []string{"bridge", "ptp"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			r := testnet.NewRuntime(t)
+			list := r.Conflist(retryConf(kind, 20+i))
+			baseline := warm(t, r, list)
+			f := addFirst(t, r, list)
+			blocker := veth.HostName(f.att.ContainerID, "net1")
+			r.Node.MustRun("ip", "link", "add", blocker, "type", "veth", "peer", "name", "blk"+blocker[4:])
+			f.node = r.Snapshot(t)
+			second := &testnet.Attachment{ContainerID: f.att.ContainerID, IfName: "net1", Pod: f.att.Pod}
+			if _, err := r.Add(list, second); err == nil || !strings.Contains(err.Error(), "taken by another device") {
+				t.Fatalf("ADD of net1 with its host veth name taken: %v", err)
+			}
+			f.intact(t, r, "a failed ADD of net1")
+			r.Node.MustRun("ip", "link", "del", blocker)
+			if err := r.Del(list, f.att); err != nil {
+				t.Fatal(err)
+			}
+			if d := baseline.Diff(r.Snapshot(t)); d != "" {
+				t.Errorf("DEL left:\n%s", d)
+			}
+		})
+	}
+}
