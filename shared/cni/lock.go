@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -42,14 +43,15 @@ func lockName(applet, network, containerID, ifName string) string {
 }
 
 // LockAttachment takes the attachment's lock, waiting up to wait for
-// another holder to release it; then it fails with code 11.
+// another holder to release it; then it fails with code 11. A lock that
+// cannot be taken at all is a *LockUnavailableError.
 func LockAttachment(applet, network, containerID, ifName string, wait time.Duration) (*AttachmentLock, error) {
 	addr := &unix.SockaddrUnix{Name: lockName(applet, network, containerID, ifName)}
 	deadline := time.Now().Add(wait)
 	for {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return nil, Errorf(ErrTryAgain, "lock attachment %s/%s/%s: socket: %v", network, containerID, ifName, err)
+			return nil, &LockUnavailableError{fmt.Errorf("socket: %w", err)}
 		}
 		if err = unix.Bind(fd, addr); err == nil {
 			if err = unix.Listen(fd, 128); err == nil {
@@ -58,7 +60,7 @@ func LockAttachment(applet, network, containerID, ifName string, wait time.Durat
 		}
 		unix.Close(fd)
 		if !errors.Is(err, unix.EADDRINUSE) {
-			return nil, Errorf(ErrTryAgain, "lock attachment %s/%s/%s: %v", network, containerID, ifName, err)
+			return nil, &LockUnavailableError{err}
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -68,6 +70,15 @@ func LockAttachment(applet, network, containerID, ifName string, wait time.Durat
 		waitRelease(addr, left)
 	}
 }
+
+// LockUnavailableError says the lock could not be taken at all (a
+// sandbox that forbids unix sockets, say), as opposed to being held: the
+// dispatcher then runs the verb unlocked, with a warning, rather than
+// failing every pod start.
+type LockUnavailableError struct{ Err error }
+
+func (e *LockUnavailableError) Error() string { return "attachment lock unavailable: " + e.Err.Error() }
+func (e *LockUnavailableError) Unwrap() error { return e.Err }
 
 // waitRelease returns when the holder of addr has (probably) released it,
 // or after at most left.

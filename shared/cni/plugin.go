@@ -196,10 +196,15 @@ func run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer, log *
 		// One ADD, CHECK or DEL of an attachment at a time: a runtime's
 		// retried ADD waits for the first and then finds its attachment.
 		lock, err := LockAttachment(a.Name, req.Name, req.ContainerID, req.IfName, LockWait)
-		if err != nil {
+		var unavailable *LockUnavailableError
+		switch {
+		case errors.As(err, &unavailable):
+			log.Warnf("running %s without the attachment's lock: %v", cmd, err)
+		case err != nil:
 			return req, nil, err
+		default:
+			defer lock.Release()
 		}
-		defer lock.Release()
 	}
 
 	switch cmd {
