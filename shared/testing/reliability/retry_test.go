@@ -241,15 +241,25 @@ func code(err error) uint {
 // the fix, in most rounds the ADD that answered success had lost its veth.
 // With static IPAM both ADDs get their addresses: without the
 // attachment's lock, the one that lost the race for the veth tore down
-// the masquerade rules of the one that won.
+// the masquerade rules of the one that won. Two container IDs racing for
+// the same pod's eth0 (the kernel picks one) end the same way, and the
+// runtime's DEL of the loser leaves the winner whole.
 func TestConcurrentAdd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
-	for i, c := range []struct{ kind, ipam string }{
-		{"bridge", "host-local"}, {"ptp", "host-local"}, {"bridge", "static"}, {"ptp", "static"},
+	for i, c := range []struct {
+		kind, ipam string
+		otherID    bool // the second ADD is another container ID's, as the same pod's eth0
+	}{
+		{"bridge", "host-local", false}, {"ptp", "host-local", false}, {"bridge", "static", false}, {"ptp", "static", false},
+		{"bridge", "host-local", true}, {"ptp", "host-local", true},
 	} {
-		t.Run(c.kind+"/"+c.ipam, func(t *testing.T) {
+		name := c.kind + "/" + c.ipam
+		if c.otherID {
+			name += "/other-id"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			kind := c.kind
 			r := testnet.NewRuntime(t)
@@ -260,7 +270,11 @@ func TestConcurrentAdd(t *testing.T) {
 			list := r.Conflist(conf)
 			baseline := warm(t, r, list)
 			for round := 0; round < 10; round++ {
-				att := r.Attach(r.Pod(t), "eth0")
+				atts := []*testnet.Attachment{r.Attach(r.Pod(t), "eth0")}
+				atts = append(atts, atts[0])
+				if c.otherID {
+					atts[1] = &testnet.Attachment{ContainerID: atts[0].ContainerID + "-other", IfName: "eth0", Pod: atts[0].Pod}
+				}
 				var wg sync.WaitGroup
 				res := make([]types.Result, 2)
 				errs := make([]error, 2)
@@ -268,7 +282,7 @@ func TestConcurrentAdd(t *testing.T) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						res[j], errs[j] = r.Add(list, att)
+						res[j], errs[j] = r.Add(list, atts[j])
 					}()
 				}
 				wg.Wait()
@@ -288,7 +302,15 @@ func TestConcurrentAdd(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				att := atts[ok]
 				wholeAttachment(t, r, kind, c.ipam == "host-local", att, won)
+				if c.otherID {
+					// The runtime DELs the container whose ADD failed.
+					if err := r.Del(list, atts[1-ok]); err != nil {
+						t.Fatalf("round %d: DEL of the loser: %v", round, err)
+					}
+					wholeAttachment(t, r, kind, c.ipam == "host-local", att, won)
+				}
 				if err := r.Del(list, att); err != nil {
 					t.Fatalf("round %d: DEL: %v", round, err)
 				}
