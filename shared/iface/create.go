@@ -45,6 +45,11 @@ func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, 
 			if errors.Is(err, unix.EEXIST) && try == 0 && removeLink(netns, tmp) {
 				continue // left by a killed plugin of the same attachment
 			}
+			if errors.Is(err, unix.EEXIST) && hasLink(netns, ifName) {
+				// A VLAN ID or MAC that the pod's own ifName holds: a
+				// repeated ADD.
+				return ifNameTaken(ifName)
+			}
 			if err != nil {
 				return fmt.Errorf("create %s link: %w", link.Type(), err)
 			}
@@ -71,7 +76,7 @@ func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, 
 		if err := netlink.LinkSetName(l, ifName); err != nil {
 			_ = netlink.LinkDel(l)
 			if errors.Is(err, unix.EEXIST) {
-				return cni.Errorf(cni.ErrInvalidEnv, "CNI_IFNAME: %q already exists in the pod", ifName)
+				return ifNameTaken(ifName)
 			}
 			return fmt.Errorf("rename %s link %q to %q: %w", link.Type(), tmp, ifName, err)
 		}
@@ -99,6 +104,22 @@ func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, 
 func StagingName(applet string, req *cni.Request) string {
 	sum := sha256.Sum256([]byte(applet + "\x00" + req.Name + "\x00" + req.ContainerID + "\x00" + req.IfName))
 	return "cni" + hex.EncodeToString(sum[:5])
+}
+
+// ifNameTaken is the error of an ADD whose CNI_IFNAME the pod has (code 4).
+func ifNameTaken(ifName string) error {
+	return cni.Errorf(cni.ErrInvalidEnv, "CNI_IFNAME: %q already exists in the pod", ifName)
+}
+
+// hasLink reports whether netns has a link called name.
+func hasLink(netns ns.NetNS, name string) bool {
+	found := false
+	_ = netns.Do(func(ns.NetNS) error {
+		_, err := netlinksafe.LinkByName(name)
+		found = err == nil
+		return nil
+	})
+	return found
 }
 
 // removeLink deletes the link name in netns and reports whether there was
