@@ -9,6 +9,8 @@ SHELL := /bin/bash
 #   make bench    side-by-side benchmark against the reference plugins
 #   make fuzz     every fuzz target for FUZZTIME each (make test runs 3000 inputs of each)
 #   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
+#   make conformance  the field corpus on the reference v1.9.1 and on cnibox, compared (make test runs it)
+#   make ref-plugins  build the reference plugins v1.9.1 into REF_CACHE (only the missing ones)
 
 GO          ?= go
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -32,7 +34,19 @@ TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet vmtest demo clean bench soak fuzz
+.PHONY: build install test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
+
+# The reference the conformance runner compares with: upstream's plugins at
+# REF_VERSION, built from source into REF_CACHE (never committed). Debian's
+# 1.1.1 in /usr/lib/cni stands in only for a plugin this list lacks.
+REF_VERSION := v1.9.1
+REF_CACHE   ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/cnibox/ref-$(REF_VERSION)
+REF_PLUGINS := main/bridge main/ptp main/macvlan main/ipvlan main/vlan main/host-device main/loopback \
+               main/dummy main/tap ipam/host-local ipam/static ipam/dhcp meta/tuning meta/portmap \
+               meta/bandwidth meta/firewall meta/sbr meta/vrf
+# Cases the conformance runner plays at once (they wait on processes, not CPU).
+CONFORMANCE_JOBS ?= 8
+CONFORMANCE_FLAGS ?=
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
@@ -62,18 +76,41 @@ test-deps:
 vet:
 	$(GO) vet ./...
 
-test: test-deps vet build
+# The conformance package runs once, through make conformance (its own
+# parallelism and report), not a second time in go test ./... .
+test: test-deps vet build ref-plugins
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the integration tests create network namespaces"; exit 1; }
 	@rc=0; \
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" \
-	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./... || rc=1; \
+	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v '/shared/testing/conformance$$') || rc=1; \
+	$(MAKE) --no-print-directory conformance || rc=1; \
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3000x || rc=1; \
-	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest || rc=1; \
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
+	  VMTEST_CONFORMANCE_REF="$(REF_CACHE)" scripts/vmtest || rc=1; \
 	exit $$rc
 
 # The tests that need kernel features this machine lacks, in a VM.
-vmtest: build
-	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) scripts/vmtest
+vmtest: build ref-plugins
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
+	  VMTEST_CONFORMANCE_REF="$(REF_CACHE)" scripts/vmtest
+
+ref-plugins:
+	@dir="$(REF_CACHE)"; for p in $(REF_PLUGINS); do \
+	  [ -x "$$dir/$${p#*/}" ] && continue; \
+	  echo "building the reference $${p#*/} $(REF_VERSION) into $$dir"; \
+	  CGO_ENABLED=0 GOBIN="$$dir" $(GO) install github.com/containernetworking/plugins/plugins/$$p@$(REF_VERSION) || exit 1; \
+	done
+
+# The differential runner (shared/testing/conformance) over testdata/field:
+# one line per divergence, then "N cases, M identical, K intentional, U
+# unexplained". CONFORMANCE_FLAGS="-test.run TestConformance/containerd/".
+conformance: build ref-plugins
+	@[ "$$(id -u)" = 0 ] || { echo "make conformance needs root: it creates network namespaces"; exit 1; }
+	@bin=$$(mktemp -d)/conformance.test; \
+	$(GO) test -c -o $$bin ./shared/testing/conformance || exit 1; \
+	cd shared/testing/conformance && CNIBOX_BINARY=$(CURDIR)/bin/cnibox REF_CNI_PATH="$(REF_CACHE)" \
+	  $$bin -test.count=1 -test.parallel $(CONFORMANCE_JOBS) -test.timeout 30m $(CONFORMANCE_FLAGS); \
+	rc=$$?; rm -rf "$$(dirname $$bin)"; exit $$rc
 
 demo: build
 	$(call install-missing,$(DEMO_DEBS))

@@ -30,11 +30,14 @@ var (
 	refErr    error
 )
 
-// refSource is the directory of the reference plugins: REF_CNI_PATH, or
-// where make ref-plugins builds v1.9.1.
+// refSource is the directory of the reference plugins:
+// CNIBOX_CONFORMANCE_REF (scripts/vmtest sets it in the VM), REF_CNI_PATH
+// (make conformance sets it), or where make ref-plugins builds v1.9.1.
 func refSource() string {
-	if d := os.Getenv("REF_CNI_PATH"); d != "" {
-		return d
+	for _, v := range []string{"CNIBOX_CONFORMANCE_REF", "REF_CNI_PATH"} {
+		if d := os.Getenv(v); d != "" {
+			return d
+		}
 	}
 	cache := os.Getenv("XDG_CACHE_HOME")
 	if cache == "" {
@@ -53,8 +56,8 @@ func referenceDir(t *testing.T) string {
 	t.Helper()
 	src := refSource()
 	refOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(src, "bridge")); err != nil {
-			refErr = fmt.Errorf("the reference plugins v1.9.1 are not in %s (make ref-plugins builds them): %w", src, err)
+		if ents, err := os.ReadDir(src); err != nil || len(ents) == 0 {
+			refErr = fmt.Errorf("the reference plugins v1.9.1 are not in %s (make ref-plugins builds them): %v", src, err)
 			return
 		}
 		refMerged, refErr = os.MkdirTemp("", "cnibox-conformance-ref-")
@@ -75,7 +78,7 @@ func referenceDir(t *testing.T) string {
 		}
 	})
 	if refErr != nil {
-		if os.Getenv("REF_CNI_PATH") != "" {
+		if os.Getenv("REF_CNI_PATH") != "" || os.Getenv("CNIBOX_CONFORMANCE_REF") != "" {
 			t.Fatal(refErr)
 		}
 		t.Skip(refErr)

@@ -34,11 +34,11 @@ var (
 	// IPv6 link-local addresses are derived from those random MACs (EUI-64).
 	linkLocalRe = regexp.MustCompile(`\bfe80::[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){0,3}\b`)
 	// cnibox names every host veth it makes with an alias
-	// "cnibox/<network>/<container ID>/<ifname>": that is how its crash
-	// recovery and GC tell an attachment's veth from a stranger's; the
-	// reference keeps the same facts only in libcni's cache. The alias is
-	// bookkeeping, not network state.
-	cniboxAliasRe = regexp.MustCompile(` alias=cnibox/\S+`)
+	// "cnibox/<network>/<container ID>/<ifname>", and bandwidth's IFBs
+	// "cnibox-bandwidth": that is how its crash recovery and GC tell its
+	// own links from a stranger's; the reference keeps the same facts only
+	// in libcni's cache. The alias is bookkeeping, not network state.
+	cniboxAliasRe = regexp.MustCompile(` alias=cnibox(/\S+|-bandwidth\b)`)
 	// Link-netns ids and peer ifindexes ("eth0@if12") are kernel counters.
 	peerIdxRe = regexp.MustCompile(`@if\d+\b`)
 )

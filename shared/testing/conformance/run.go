@@ -87,6 +87,7 @@ func randomID() string {
 // play runs one plan of a case on a fresh node and pod and returns what
 // it did. It fails t only when the harness cannot do its part.
 func play(t *testing.T, c *Case, p plan, containerID string) *outcome {
+	learnNewDevice(t)
 	r := testnet.NewRuntime(t)
 	e := prepare(t, c, r, p.steps[0].dir)
 	base := map[string]sysctlBase{}

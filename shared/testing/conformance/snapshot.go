@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/testing/testnet"
@@ -128,15 +129,47 @@ func ok(base sysctlBase, k string) bool { _, found := base[k]; return found }
 var perDevice = regexp.MustCompile(`^(net\.ipv[46]\.(?:conf|neigh))\.([^.]+)\.(.+)$`)
 
 // sameAsDefault reports whether k, a sysctl of a device made since the
-// baseline, has the value its family's "default" gives new devices: only
-// what a plugin set on a new device is state, not the kernel's defaults.
+// baseline, has the value the kernel gives a new veth (newDevice), or
+// else the value of its family's "default": only what a plugin set on a
+// new device is state, not the kernel's defaults.
 func sameAsDefault(now sysctlBase, k, v string) bool {
 	m := perDevice.FindStringSubmatch(k)
 	if m == nil {
 		return false
 	}
+	if tv, found := newDevice[m[1]+".*."+m[3]]; found {
+		return tv == v
+	}
 	def, found := now[m[1]+".default."+m[3]]
 	return found && def == v
+}
+
+var (
+	newDeviceOnce sync.Once
+	// newDevice holds the per-device sysctls of a veth the kernel just
+	// made, keyed "net.ipv6.neigh.*.retrans_time": the per-device neigh
+	// values are not their family's "default" entries (ND's retrans_time
+	// is in other units), so only a real new device tells the defaults.
+	newDevice map[string]string
+)
+
+// learnNewDevice fills newDevice, once, from a veth made in a scratch netns.
+func learnNewDevice(t *testing.T) {
+	newDeviceOnce.Do(func() {
+		n := testnet.NewNS(t, "probe")
+		defer n.Delete()
+		n.MustRun("ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
+		all, err := sysctls(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		newDevice = map[string]string{}
+		for k, v := range all {
+			if m := perDevice.FindStringSubmatch(k); m != nil && m[2] == "probe0" {
+				newDevice[m[1]+".*."+m[3]] = v
+			}
+		}
+	})
 }
 
 // volatileSysctl are sysctls the kernel changes by itself.
