@@ -42,6 +42,13 @@ func TestReleaseHostDevice(t *testing.T) {
 	testRelease(t, releaseCase{conf: `"type":"host-device","device":"uplink"`})
 }
 
+// TestReleaseBridge: our bridge on br-dhcp (uplink is its port). Unlike
+// the reference bridge, which deletes the pod's veth before IPAM DEL, it
+// runs dhcp's DEL first.
+func TestReleaseBridge(t *testing.T) {
+	testRelease(t, releaseCase{conf: `"type":"bridge","bridge":"br-dhcp"`, bridge: true})
+}
+
 // TestReleaseIPVlan: ipvlan L2 on uplink. The slave shares the master's
 // MAC, so the daemon asks for broadcast replies (a unicast OFFER to an
 // address nobody has yet would go to the master).
