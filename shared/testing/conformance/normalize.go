@@ -81,7 +81,9 @@ func (n *normalizer) str(s string) string {
 func (n *normalizer) state(s state) []string {
 	out := make([]string, 0, len(s))
 	for _, l := range s {
-		out = append(out, n.str(l))
+		if l = n.str(l); !eui64Addr.MatchString(l) {
+			out = append(out, l)
+		}
 	}
 	sort.Strings(out)
 	return out
