@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,6 +49,7 @@ func lockName(applet, network, containerID, ifName string) string {
 func LockAttachment(applet, network, containerID, ifName string, wait time.Duration) (*AttachmentLock, error) {
 	addr := &unix.SockaddrUnix{Name: lockName(applet, network, containerID, ifName)}
 	deadline := time.Now().Add(wait)
+	var refusedSince time.Time
 	for {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -67,9 +69,35 @@ func LockAttachment(applet, network, containerID, ifName string, wait time.Durat
 			return nil, Errorf(ErrTryAgain, "attachment %s/%s/%s: another invocation still holds its lock after %v (ss -xlp shows it: %s); try again",
 				network, containerID, ifName, wait, addr.Name)
 		}
-		waitRelease(addr, left)
+		switch waitRelease(addr, left) {
+		case heldByStranger:
+			return nil, &LockUnavailableError{fmt.Errorf("%s is held by a process of another user, not by a cnibox invocation", addr.Name)}
+		case refused:
+			if refusedSince.IsZero() {
+				refusedSince = time.Now()
+			} else if time.Since(refusedSince) > refusedGrace {
+				return nil, &LockUnavailableError{fmt.Errorf("%s is bound but not listening: not a cnibox invocation", addr.Name)}
+			}
+		default:
+			refusedSince = time.Time{}
+		}
 	}
 }
+
+// Abstract unix sockets have no permissions: any process in the node's
+// netns can bind a lock's name. A holder that is not a cnibox invocation
+// (another user's process, seen in SO_PEERCRED; or a socket that stays
+// bound without listening, which a cnibox holder does for microseconds)
+// must not stall ADDs and DELs until LockWait: the lock is then
+// unavailable, and the dispatcher runs the verb without it.
+var refusedGrace = time.Second
+
+// What waitRelease saw.
+const (
+	released       = iota // the holder's socket closed, or the wait ended
+	refused               // bound, not listening: look again shortly
+	heldByStranger        // listening, but owned by another user
+)
 
 // LockUnavailableError says the lock could not be taken at all (a
 // sandbox that forbids unix sockets, say), as opposed to being held: the
@@ -82,12 +110,12 @@ func (e *LockUnavailableError) Unwrap() error { return e.Err }
 
 // waitRelease returns when the holder of addr has (probably) released it,
 // or after at most left.
-func waitRelease(addr *unix.SockaddrUnix, left time.Duration) {
+func waitRelease(addr *unix.SockaddrUnix, left time.Duration) int {
 	short := min(left, time.Millisecond)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		time.Sleep(short)
-		return
+		return released
 	}
 	defer unix.Close(fd)
 	if err := unix.Connect(fd, addr); err != nil {
@@ -96,8 +124,12 @@ func waitRelease(addr *unix.SockaddrUnix, left time.Duration) {
 		time.Sleep(min(left, 100*time.Microsecond))
 		if errors.Is(err, unix.EAGAIN) {
 			time.Sleep(short)
+			return released
 		}
-		return
+		return refused
+	}
+	if cred, err := unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil && cred.Uid != uint32(os.Geteuid()) {
+		return heldByStranger
 	}
 	// Connected to the holder's backlog: when its socket closes, ours is
 	// reset, which poll reports.
@@ -109,7 +141,7 @@ func waitRelease(addr *unix.SockaddrUnix, left time.Duration) {
 	for {
 		_, err := unix.Poll(fds, ms)
 		if !errors.Is(err, unix.EINTR) {
-			return
+			return released
 		}
 	}
 }

@@ -1,17 +1,21 @@
 package cni_test
 
 import (
+	"errors"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
 )
@@ -172,6 +176,87 @@ func TestAttachmentLockKilledHolder(t *testing.T) {
 		}
 		l.Release()
 	})
+}
+
+// TestAttachmentLockStranger: abstract sockets have no permissions, so
+// any user's process in the node's netns can bind a lock's name. Such a
+// squatter (listening, as another user; or only bound, never listening)
+// does not stall the invocation until LockWait: the lock is reported
+// unavailable within a second, and the dispatcher runs unlocked.
+func TestAttachmentLockStranger(t *testing.T) {
+	if name := os.Getenv("CNIBOX_LOCK_SQUATTER"); name != "" {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err == nil {
+			err = unix.Bind(fd, &unix.SockaddrUnix{Name: name})
+		}
+		if err == nil && os.Getenv("CNIBOX_LOCK_SQUATTER_LISTEN") != "" {
+			err = unix.Listen(fd, 1)
+		}
+		if err != nil {
+			os.Exit(3)
+		}
+		os.Stdout.WriteString("held\n")
+		time.Sleep(time.Minute)
+		os.Exit(0)
+	}
+	// The test binary, where another user can run it.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "cni.test")
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer cni.SetRefusedGrace(100 * time.Millisecond)()
+	for _, c := range []struct {
+		name   string
+		listen bool
+		uid    uint32
+	}{{"another user listening", true, 65534}, {"bound, not listening", false, 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			inFreshNetns(t, func(netns.NsHandle) {
+				name := cni.LockName("bridge", "net", "c1", "eth0")
+				cmd := exec.Command(bin, "-test.run", "^TestAttachmentLockStranger$")
+				cmd.Env = append(os.Environ(), "CNIBOX_LOCK_SQUATTER="+name)
+				if c.listen {
+					cmd.Env = append(cmd.Env, "CNIBOX_LOCK_SQUATTER_LISTEN=1")
+				}
+				cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: c.uid, Gid: c.uid}}
+				out, err := cmd.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+				buf := make([]byte, 5)
+				if _, err := out.Read(buf); err != nil || !strings.HasPrefix(string(buf), "held") {
+					t.Fatalf("squatter did not bind %s: %q %v", name, buf, err)
+				}
+				start := time.Now()
+				_, err = cni.LockAttachment("bridge", "net", "c1", "eth0", 30*time.Second)
+				var unavailable *cni.LockUnavailableError
+				if !errors.As(err, &unavailable) {
+					t.Fatalf("lock squatted by a stranger: %v, want LockUnavailableError", err)
+				}
+				if time.Since(start) > 10*time.Second {
+					t.Errorf("took %v to tell a stranger from a cnibox holder", time.Since(start))
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkAttachmentLock is what the lock adds to every ADD, CHECK and
