@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
 // Case is one file of the corpus, as testdata/field/README.md describes it.
@@ -89,7 +91,12 @@ func LoadCase(file string) (*Case, error) {
 		}
 	}
 	for _, n := range c.Node {
-		if _, ok := fixtures[n]; !ok && !strings.HasPrefix(n, "kernel:") {
+		f, isKernel := strings.CutPrefix(n, "kernel:")
+		_, known := fixtures[n]
+		if isKernel {
+			known = f == "8021q" || contains(testnet.KernelFeatures, f)
+		}
+		if !known {
 			return nil, fmt.Errorf("case %s: unknown node fixture %q (known: %s)", file, n, strings.Join(fixtureNames(), ", "))
 		}
 	}

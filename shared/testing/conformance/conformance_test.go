@@ -283,7 +283,7 @@ func runCase(t *testing.T, c *Case, ref, box string, applets map[string]bool, sw
 		}
 	}
 	for i := range divs {
-		if in := classify(divs[i]); in != nil {
+		if in := classify(divs[i], append(c.types(), c.ipamTypes()...), divs); in != nil {
 			divs[i].Reason = in.Summary
 		} else {
 			t.Errorf("unexplained: %s", divs[i])

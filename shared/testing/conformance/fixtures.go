@@ -53,10 +53,19 @@ var fixtures = map[string]fixture{
 	// pod addresses and routes, and whose host end is named as the
 	// prevResult's host interface (or "veth0").
 	"pod-veth": podVeth,
+	// kube-proxy: the nat chain KUBE-MARK-MASQ (mark 0x4000) that
+	// kube-proxy makes in both families, which portmap's
+	// externalSetMarkChain and the no-kube-proxy docs' configs jump to.
+	"kube-proxy": func(t *testing.T, e *env, c *Case, side string) {
+		for _, tool := range []string{"iptables", "ip6tables"} {
+			e.r.Node.MustRun(tool, "-w", "-t", "nat", "-N", "KUBE-MARK-MASQ")
+			e.r.Node.MustRun(tool, "-w", "-t", "nat", "-A", "KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", "0x4000")
+		}
+	},
 }
 
 // fixtureOrder is the order fixtures run in.
-var fixtureOrder = []string{"uplink", "dhcp", "device", "pod-veth"}
+var fixtureOrder = []string{"uplink", "dhcp", "device", "kube-proxy", "pod-veth"}
 
 func fixtureNames() []string {
 	var names []string
@@ -64,7 +73,11 @@ func fixtureNames() []string {
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	return append(names, "kernel:ipvlan", "kernel:8021q", "kernel:dummy", "kernel:vrf")
+	names = append(names, "kernel:8021q")
+	for _, f := range testnet.KernelFeatures {
+		names = append(names, "kernel:"+f)
+	}
+	return names
 }
 
 // kernelFeature maps the corpus's kernel:X names to testnet's features.

@@ -15,6 +15,8 @@ type normalizer struct {
 	// keep are the MACs and link-local addresses the case's own input
 	// names: a plugin must set those exactly, so they are not rewritten.
 	keep map[string]bool
+	// dhcp: the case leases its address from the dhcp fixture.
+	dhcp bool
 }
 
 var (
@@ -41,10 +43,22 @@ var (
 	cniboxAliasRe = regexp.MustCompile(` alias=cnibox(/\S+|-bandwidth\b)`)
 	// Link-netns ids and peer ifindexes ("eth0@if12") are kernel counters.
 	peerIdxRe = regexp.MustCompile(`@if\d+\b`)
+	// The rules of iptables-nft's own tables (ip/ip6 filter, nat, mangle,
+	// raw, security) are compared rule by rule in the iptables and
+	// ip6tables sections; "nft list ruleset" shows the same rules again
+	// in whichever encoding the writing tool chose (a native expression
+	// or an xtables-compat target, "XT target DNAT not found"), which
+	// differs between iptables and iptables-restore and between families
+	// for the same rule. Their tables and chains stay in the nft section.
+	xtRuleRe = regexp.MustCompile(`^(node|pod) nft: table ip6? (filter|nat|mangle|raw|security) / chain [^/]+ / `)
 )
 
+// leaseRe matches the addresses the dhcp fixture's dnsmasq leases
+// (10.99.0.100-200): it picks one from a hash of the client's random MAC.
+var leaseRe = regexp.MustCompile(`\b10\.99\.0\.(1\d\d|200)\b`)
+
 func newNormalizer(c *Case) *normalizer {
-	n := &normalizer{keep: map[string]bool{}}
+	n := &normalizer{keep: map[string]bool{}, dhcp: c.hasNode("dhcp")}
 	raw, _ := json.Marshal(c)
 	text := string(raw) + string(c.Conflist) + string(c.Config)
 	for _, m := range macRe.FindAllString(text, -1) {
@@ -73,6 +87,9 @@ func (n *normalizer) str(s string) string {
 		return "fe80::<eui64>"
 	})
 	s = cniboxAliasRe.ReplaceAllString(s, "")
+	if n.dhcp {
+		s = leaseRe.ReplaceAllString(s, "10.99.0.<lease>")
+	}
 	s = peerIdxRe.ReplaceAllString(s, "")
 	return s
 }
@@ -81,7 +98,7 @@ func (n *normalizer) str(s string) string {
 func (n *normalizer) state(s state) []string {
 	out := make([]string, 0, len(s))
 	for _, l := range s {
-		if l = n.str(l); !eui64Addr.MatchString(l) {
+		if l = n.str(l); !eui64Addr.MatchString(l) && !xtRuleRe.MatchString(l) {
 			out = append(out, l)
 		}
 	}
@@ -125,8 +142,16 @@ func (n *normalizer) result(raw []byte) []string {
 		}
 	}
 	walk("", v)
-	sort.Strings(out)
-	return out
+	// An empty DNS object and none mean the same (types.DNS's zero
+	// value); plugins differ in whether they print "dns": {}.
+	kept := out[:0]
+	for _, l := range out {
+		if l != ".dns = {}" {
+			kept = append(kept, l)
+		}
+	}
+	sort.Strings(kept)
+	return kept
 }
 
 // diff returns the lines only a has and the lines only b has, as
