@@ -116,3 +116,24 @@ func TestPairDeleteOnlyItsOwn(t *testing.T) {
 		t.Errorf("Delete left its pair")
 	}
 }
+
+// BenchmarkAbsent is what bridge and ptp ADD pay to refuse a pod that has
+// the interface already, before IPAM: one setns there and back and one
+// link lookup.
+//
+//	go test -run '^$' -bench Absent ./shared/veth/
+func BenchmarkAbsent(b *testing.B) {
+	testnet.RequireRoot(b)
+	pod := testnet.NewNS(b, "pod")
+	podNS, err := ns.GetNS(pod.Path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer podNS.Close()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := veth.Absent(podNS, "c1", "eth0"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
