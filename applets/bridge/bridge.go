@@ -270,9 +270,8 @@ func Add(req *cni.Request) (res types.Result, err error) {
 	// masqDone the rules it set up (keyed by this attachment, which Absent
 	// showed has no interface, under its lock; ipmasq.Undo leaves the
 	// iptables chain that other interfaces of the container on this
-	// network share). IPAM is released
-	// first, while the pod's interface still exists (dhcp sends its
-	// DHCPRELEASE from it).
+	// network share). IPAM is released first, while the pod's interface
+	// still exists (dhcp sends its DHCPRELEASE from it).
 	var ipamDone, spoofDone bool
 	var masqDone func() error
 	var early *earlyIPAM
