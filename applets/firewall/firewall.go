@@ -127,18 +127,32 @@ func Add(req *cni.Request) (types.Result, error) {
 		return nil, err
 	}
 	be := backendFor(a.Backend)
+	// Recorded first, so that DEL finds what a killed ADD half made. A
+	// record of an earlier ADD of the attachment is put back if this one
+	// fails: its DEL must still find that ADD's backend and addresses.
+	earlier, _ := os.ReadFile(recordPath(a.Net, a.ID, a.IfName))
 	if err := save(a); err != nil {
 		return nil, fmt.Errorf("firewall: %w", err)
 	}
 	if err := be.add(a); err != nil {
+		putBack(a, earlier)
 		return nil, fmt.Errorf("firewall: %s: %w", a.Backend, err)
 	}
 	if a.Policy != policyOpen {
 		if err := isolationBackend(a).isolate(a); err != nil {
+			putBack(a, earlier)
 			return nil, fmt.Errorf("firewall: ingressPolicy %s: %w", a.Policy, err)
 		}
 	}
 	return prev, nil
+}
+
+// putBack restores the record a failed ADD replaced (nil: there was none,
+// and this ADD's stays for DEL).
+func putBack(a *attachment, earlier []byte) {
+	if earlier != nil {
+		_ = os.WriteFile(recordPath(a.Net, a.ID, a.IfName), earlier, 0o600)
+	}
 }
 
 // Del removes the attachment's rules. Without prevResult it uses the

@@ -394,8 +394,11 @@ func execMeta(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, 
 		edit(conf)
 	}
 	stdin, _ := json.Marshal(conf)
+	// No system bus: firewall's firewalld backend must fail, never
+	// reach the machine's firewalld.
+	noBus := "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + filepath.Join(t.TempDir(), "no-bus")
 	out, stderr, rc := r.Exec(plugin.Network.Type, []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=" + cid,
-		"CNI_NETNS=" + pod.Path, "CNI_IFNAME=eth0", "CNI_PATH=" + r.Path}, stdin)
+		"CNI_NETNS=" + pod.Path, "CNI_IFNAME=eth0", "CNI_PATH=" + r.Path, noBus}, stdin)
 	if rc == 0 {
 		return nil
 	}
@@ -410,7 +413,9 @@ func execMeta(t *testing.T, r *testnet.Runtime, list *libcni.NetworkConfigList, 
 // (these applets are idempotent). A repeated tuning ADD that fails
 // half-way undoes only its own changes and keeps the first ADD's backup,
 // which before the fix it replaced with the first's "originals" and then
-// deleted.
+// deleted; a repeated firewall ADD that fails keeps the first's record
+// (before the fix the first's DEL then looked for its rules in the failed
+// ADD's backend, and left them).
 func TestRepeatedAddMeta(t *testing.T) {
 	for i, kind := range []string{"loopback", "tuning", "portmap", "firewall"} {
 		t.Run(kind, func(t *testing.T) {
@@ -461,6 +466,17 @@ func TestRepeatedAddMeta(t *testing.T) {
 				})
 				if e == nil {
 					t.Errorf("tuning ADD with rp_filter=x succeeded")
+				}
+				check("a repeated ADD that failed")
+			}
+			if kind == "firewall" {
+				// With a backend that cannot work here (no firewalld):
+				// the first ADD's record, which its DEL reads, stays.
+				e := execMeta(t, r, list, "ADD", f.att.ContainerID, f.att.Pod, prev, nil, func(c map[string]any) {
+					c["backend"] = "firewalld"
+				})
+				if e == nil {
+					t.Errorf("firewall ADD with the firewalld backend and no firewalld succeeded")
 				}
 				check("a repeated ADD that failed")
 			}
