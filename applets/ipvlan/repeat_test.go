@@ -1,6 +1,8 @@
 package ipvlan_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"regexp"
 	"strings"
 	"sync"
@@ -27,18 +29,29 @@ var nodeSnap *testnet.Snapshotter
 
 func stateOf(t *testing.T, r *testnet.Runtime, pod *testnet.NS) attachmentState {
 	t.Helper()
-	f := strings.Fields(pod.MustRun("ip", "-o", "link", "show", "eth0"))
-	link := f[0] // the ifindex
-	for i, w := range f {
-		if w == "link/ether" && i+1 < len(f) {
-			link += " " + f[i+1]
-		}
-	}
 	return attachmentState{
 		node: nodeSnap.Take(t),
 		pod:  (&testnet.Snapshotter{Node: pod}).Take(t),
-		link: link,
+		link: ifaceID(t, pod),
 	}
+}
+
+// ifaceID is the ifindex and MAC of eth0 in pod (from ip's JSON: its
+// text output may start with warnings about peer netns ids).
+func ifaceID(t *testing.T, pod *testnet.NS) string {
+	t.Helper()
+	out, err := pod.Command("ip", "-j", "link", "show", "eth0").Output()
+	if err != nil {
+		t.Fatalf("the pod's eth0 is gone (ip link show eth0: %v)", err)
+	}
+	var links []struct {
+		Index   int    `json:"ifindex"`
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j link show eth0: %v: %s", err, out)
+	}
+	return fmt.Sprintf("%d %s", links[0].Index, links[0].Address)
 }
 
 func (s attachmentState) assertSame(t *testing.T, r *testnet.Runtime, pod *testnet.NS, l *libcni.NetworkConfigList, a *testnet.Attachment, what string) {
@@ -91,6 +104,13 @@ func repeatedAdd(t *testing.T, r *testnet.Runtime, l, l2 *libcni.NetworkConfigLi
 			}
 		}
 		before.assertSame(t, r, pod, l, a, c.what)
+		if c.att != a {
+			// The runtime DELs the container whose ADD was refused.
+			if err := r.Del(l, c.att); err != nil {
+				t.Errorf("DEL of the refused container ID: %v", err)
+			}
+			before.assertSame(t, r, pod, l, a, "the DEL of the refused container ID")
+		}
 	}
 	for round := 0; round < 3; round++ {
 		for _, same := range []bool{true, false} {
@@ -116,13 +136,21 @@ func repeatedAdd(t *testing.T, r *testnet.Runtime, l, l2 *libcni.NetworkConfigLi
 			if err := r.Check(l2, atts[won]); err != nil {
 				t.Errorf("round %d (same attachment %v): CHECK of the ADD that succeeded: %v (the other: %v)", round, same, err, errs[1-won])
 			}
-			if err := r.Del(l2, atts[won]); err != nil {
-				t.Fatalf("DEL: %v", err)
-			}
 			if !same {
+				// The runtime DELs the container whose ADD failed: the
+				// winner's eth0 is not its to delete.
 				if err := r.Del(l2, atts[1-won]); err != nil {
 					t.Fatalf("DEL of the ADD that failed: %v", err)
 				}
+				if err := r.Check(l2, atts[won]); err != nil {
+					t.Errorf("round %d: CHECK of the winner after the loser's DEL: %v", round, err)
+				}
+			}
+			if err := r.Del(l2, atts[won]); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if got := p.Links(t); len(got) != 1 {
+				t.Errorf("round %d: the pod has %v after DEl2, want lo", round, got)
 			}
 		}
 	}

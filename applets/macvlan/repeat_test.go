@@ -1,6 +1,8 @@
 package macvlan_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -24,21 +26,26 @@ func stateOf(t *testing.T, r *testnet.Runtime, pod *testnet.NS) attachmentState 
 	return attachmentState{
 		node: r.Snapshot(t),
 		pod:  (&testnet.Snapshotter{Node: pod}).Take(t),
-		link: ifaceID(t, pod, "eth0"),
+		link: ifaceID(t, pod),
 	}
 }
 
-// ifaceID is the ifindex and MAC of ifName in pod.
-func ifaceID(t *testing.T, pod *testnet.NS, ifName string) string {
+// ifaceID is the ifindex and MAC of eth0 in pod (from ip's JSON: its
+// text output may start with warnings about peer netns ids).
+func ifaceID(t *testing.T, pod *testnet.NS) string {
 	t.Helper()
-	f := strings.Fields(pod.MustRun("ip", "-o", "link", "show", ifName))
-	for i, w := range f {
-		if w == "link/ether" && i+1 < len(f) {
-			return f[0] + " " + f[i+1]
-		}
+	out, err := pod.Command("ip", "-j", "link", "show", "eth0").Output()
+	if err != nil {
+		t.Fatalf("the pod's eth0 is gone (ip link show eth0: %v)", err)
 	}
-	t.Fatalf("no MAC for %s in %v", ifName, f)
-	return ""
+	var links []struct {
+		Index   int    `json:"ifindex"`
+		Address string `json:"address"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j link show eth0: %v: %s", err, out)
+	}
+	return fmt.Sprintf("%d %s", links[0].Index, links[0].Address)
 }
 
 func (s attachmentState) assertSame(t *testing.T, r *testnet.Runtime, pod *testnet.NS, l *libcni.NetworkConfigList, a *testnet.Attachment, what string) {
@@ -87,6 +94,13 @@ func TestRepeatedAdd(t *testing.T) {
 			t.Errorf("%s: %v, want an error naming CNI_IFNAME eth0", c.what, err)
 		}
 		before.assertSame(t, r, pod, l, a, c.what)
+		if c.att != a {
+			// The runtime DELs the container whose ADD was refused.
+			if err := r.Del(l, c.att); err != nil {
+				t.Errorf("DEL of the refused container ID: %v", err)
+			}
+			before.assertSame(t, r, pod, l, a, "the DEL of the refused container ID")
+		}
 	}
 	if got := r.Reservations(l.Name); len(got) != 1 {
 		t.Errorf("host-local holds %v, want the first attachment's address only", got)
@@ -121,15 +135,21 @@ func TestRepeatedAdd(t *testing.T) {
 			if err := r.Check(l, atts[won]); err != nil {
 				t.Errorf("round %d (same attachment %v): CHECK of the ADD that succeeded: %v (the other: %v)", round, same, err, errs[1-won])
 			}
-			if err := r.Del(l, atts[won]); err != nil {
-				t.Fatalf("DEL: %v", err)
-			}
 			if !same {
-				// The loser's DEL, as a runtime sends after a failed ADD,
-				// finds nothing of its own: the pod's eth0 is gone already.
+				// The runtime DELs the container whose ADD failed: the
+				// winner's eth0 is not its to delete.
 				if err := r.Del(l, atts[1-won]); err != nil {
 					t.Fatalf("DEL of the ADD that failed: %v", err)
 				}
+				if err := r.Check(l, atts[won]); err != nil {
+					t.Errorf("round %d: CHECK of the winner after the loser's DEL: %v", round, err)
+				}
+			}
+			if err := r.Del(l, atts[won]); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if got := p.Links(t); len(got) != 1 {
+				t.Errorf("round %d: the pod has %v after DEl, want lo", round, got)
 			}
 		}
 	}

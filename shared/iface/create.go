@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/veth"
 )
 
 // Create adds link (a *netlink.Macvlan, *netlink.IPVlan, *netlink.Vlan...
@@ -29,6 +30,10 @@ import (
 // them, so the link found there is never one that another invocation is
 // still making; another attachment's staged link, or a working one, has
 // another name and is never touched.
+//
+// The link's alias is Mark(req), so that a DEL of another attachment
+// (the runtime's DEL of a container whose ADD was refused because the
+// pod's CNI_IFNAME was taken) can tell it is not its own.
 //
 // It returns the link as netns sees it. On failure nothing is left behind.
 // A CNI_IFNAME that already exists in the pod (a repeated ADD, or another
@@ -73,6 +78,10 @@ func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, 
 		if err != nil {
 			return fmt.Errorf("find new %s link %q: %w", link.Type(), tmp, err)
 		}
+		if err := netlink.LinkSetAlias(l, Mark(req)); err != nil {
+			_ = netlink.LinkDel(l)
+			return fmt.Errorf("set alias of new %s link %q: %w", link.Type(), tmp, err)
+		}
 		if err := netlink.LinkSetName(l, ifName); err != nil {
 			_ = netlink.LinkDel(l)
 			if errors.Is(err, unix.EEXIST) {
@@ -104,6 +113,13 @@ func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, 
 func StagingName(applet string, req *cni.Request) string {
 	sum := sha256.Sum256([]byte(applet + "\x00" + req.Name + "\x00" + req.ContainerID + "\x00" + req.IfName))
 	return "cni" + hex.EncodeToString(sum[:5])
+}
+
+// Mark is the alias of the pod link Create makes for an attachment:
+// "cnibox/<network>/<container ID>/<ifname>", the format of the host
+// veths' aliases (veth.Alias), which conformance runs normalise away.
+func Mark(req *cni.Request) string {
+	return veth.Alias(req.Name, req.ContainerID, req.IfName)
 }
 
 // ifNameTaken is the error of an ADD whose CNI_IFNAME the pod has (code 4).
@@ -140,6 +156,12 @@ func removeLink(netns ns.NetNS, name string) bool {
 // killed before the rename. A netns or a link that does not exist (any
 // more) is success: DEL must be idempotent, and a deleted netns takes its
 // virtual links with it.
+//
+// A CNI_IFNAME whose alias marks it as another attachment's (Mark) is
+// left alone: a runtime DELs the container whose ADD was refused because
+// the pod's ifname was taken, and that DEL must not take the other
+// container's interface. A link without our mark (made by the reference,
+// or by an older cnibox) is deleted, as the reference does.
 func DeleteLink(req *cni.Request, applet string) error {
 	nspath, ifName := req.Netns, req.IfName
 	if nspath == "" {
@@ -162,6 +184,10 @@ func DeleteLink(req *cni.Request, applet string) error {
 				return nil
 			}
 			return fmt.Errorf("look up %q: %w", ifName, err)
+		}
+		alias := l.Attrs().Alias
+		if _, _, _, marked := veth.ParseAlias(alias); marked && alias != Mark(req) {
+			return nil // another attachment's
 		}
 		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 			return fmt.Errorf("delete %q: %w", ifName, err)

@@ -24,7 +24,8 @@
 // (CheckLink and CheckIPs inside the netns).
 // DEL: iface.Del(req, "macvlan", conf.IPAM.Type) releases the IPAM
 // allocation while the link still exists (dhcp's release leaves from it),
-// then deletes the link (DeleteLink tolerates a missing netns or link).
+// then deletes the link (DeleteLink tolerates a missing netns or link, and
+// leaves alone a link whose alias, Mark, names another attachment).
 //
 // Functions documented as running "inside the netns" use the calling
 // thread's namespace; call them from ns.NetNS.Do.

@@ -268,3 +268,55 @@ func TestDeleteCreated(t *testing.T) {
 		t.Fatalf("the created link survived its roll-back: %s", out)
 	}
 }
+
+// TestDeleteLinkOthers: DeleteLink deletes the pod's ifName when it is
+// this attachment's (Create marked it), or unmarked (the reference's),
+// and leaves it alone when its mark names another attachment: the DEL a
+// runtime sends for a container whose ADD was refused because the pod's
+// eth0 was taken.
+func TestDeleteLinkOthers(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	pod := testnet.NewNS(t, "pod")
+	node.MustRun("ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1")
+	netns, err := iface.OpenNetns(pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Close()
+	create := func(r *cni.Request) {
+		t.Helper()
+		err := node.Do(func() error {
+			master, err := netlink.LinkByName("up0")
+			if err != nil {
+				return err
+			}
+			_, err = iface.Create(r, "macvlan", netns, &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{ParentIndex: master.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}, false)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine, other := req(pod, "c1", "eth0"), req(pod, "c2", "eth0")
+	create(mine)
+	if out := pod.MustRun("ip", "-o", "link", "show", "eth0"); !strings.Contains(out, "alias "+iface.Mark(mine)) {
+		t.Fatalf("eth0 lacks its mark %q: %s", iface.Mark(mine), out)
+	}
+	if err := iface.DeleteLink(other, "macvlan"); err != nil {
+		t.Fatalf("DeleteLink of another attachment: %v", err)
+	}
+	pod.MustRun("ip", "link", "show", "eth0")
+	if err := iface.DeleteLink(mine, "macvlan"); err != nil {
+		t.Fatalf("DeleteLink: %v", err)
+	}
+	if n := linkCount(t, pod); n != 1 {
+		t.Fatalf("pod has %d links after its own DeleteLink, want lo", n)
+	}
+	pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
+	if err := iface.DeleteLink(other, "macvlan"); err != nil {
+		t.Fatalf("DeleteLink of an unmarked link: %v", err)
+	}
+	if n := linkCount(t, pod); n != 1 {
+		t.Fatalf("an unmarked eth0 survived DeleteLink: %d links", n)
+	}
+}
