@@ -38,7 +38,7 @@ func takeState(t *testing.T, e *env, base map[string]sysctlBase) state {
 		if _, err := os.Stat(side.ns.Path); err != nil {
 			continue // the case deleted it
 		}
-		s := &testnet.Snapshotter{Node: side.ns, Dirs: side.dirs, Ignore: testnet.DefaultIgnore, NoSettle: true}
+		s := &testnet.Snapshotter{Node: side.ns, Dirs: side.dirs, Ignore: testnet.DefaultIgnore, NoSettle: true, Batch: true}
 		snap := s.Take(t)
 		for sec, lines := range snap.Sections {
 			for _, l := range lines {
@@ -73,52 +73,48 @@ var eui64Addr = regexp.MustCompile(`^(node|pod) addr: \S+ inet6 fe80::<eui64>/64
 
 // extraLines are the sections testnet's Snapshot does not take.
 func extraLines(t *testing.T, n *testnet.NS, base sysctlBase) []string {
-	run := func(name string, args ...string) string {
-		out, err := n.Run(name, args...)
-		if err != nil {
-			t.Fatalf("snapshot: %v", err)
-		}
-		return out
+	outs, err := n.RunBatch([][]string{{"ip", "-o", "-d", "link", "show"}, {"ip", "-4", "neigh", "show", "nud", "permanent"},
+		{"ip", "-6", "neigh", "show", "nud", "permanent"}, {"bridge", "-o", "vlan", "show"}, {"tc", "qdisc", "show"}})
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
 	}
 	var out []string
-	links := run("ip", "-o", "-d", "link", "show")
-	for _, l := range linkAttrLines(links) {
+	for _, l := range linkAttrLines(outs[0]) {
 		out = append(out, "linkattr: "+l)
 	}
-	for _, fam := range []string{"-4", "-6"} {
-		// Only permanent entries: the others are the kernel's, learnt
-		// from traffic, and come and go.
-		for _, l := range strings.Split(run("ip", fam, "neigh", "show", "nud", "permanent"), "\n") {
-			if l = strings.TrimSpace(l); l != "" {
-				out = append(out, "neigh: "+l)
-			}
+	// Only permanent neighbours: the others are the kernel's, learnt from
+	// traffic, and come and go.
+	for _, l := range strings.Split(outs[1]+outs[2], "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, "neigh: "+l)
 		}
 	}
-	for _, l := range strings.Split(run("bridge", "-o", "vlan", "show"), "\n") {
+	for _, l := range strings.Split(outs[3], "\n") {
 		if f := strings.Fields(l); len(f) > 0 && f[0] != "port" {
 			out = append(out, "vlan: "+strings.Join(f, " "))
 		}
 	}
 	// tc filters of the devices that have a qdisc of their own (a filter
-	// needs one; listing every device would cost a process each).
-	qdiscs := run("tc", "qdisc", "show")
-	devs := map[string]bool{}
-	for _, l := range strings.Split(qdiscs, "\n") {
+	// needs one), at the root and at ingress.
+	var cmds [][]string
+	seen := map[string]bool{}
+	for _, l := range strings.Split(outs[4], "\n") {
 		f := strings.Fields(l)
-		if len(f) > 4 && f[0] == "qdisc" && f[1] != "noqueue" && f[3] == "dev" {
-			devs[f[4]] = true
+		if len(f) > 4 && f[0] == "qdisc" && f[1] != "noqueue" && f[3] == "dev" && !seen[f[4]] {
+			seen[f[4]] = true
+			cmds = append(cmds, []string{"tc", "filter", "show", "dev", f[4]}, []string{"tc", "filter", "show", "dev", f[4], "ingress"})
 		}
 	}
-	for dev := range devs {
-		for _, parent := range [][]string{nil, {"ingress"}} {
-			args := append([]string{"filter", "show", "dev", dev}, parent...)
-			flt, err := n.Run("tc", args...)
-			if err != nil {
-				continue // the device went away meanwhile
-			}
+	if len(cmds) > 0 {
+		flts, err := n.RunBatch(cmds)
+		if err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		for i, flt := range flts {
+			dev := cmds[i][4] + " " + strings.Join(cmds[i][5:], "")
 			for _, l := range strings.Split(flt, "\n") {
 				if l = strings.Join(strings.Fields(l), " "); l != "" {
-					out = append(out, "filter: "+dev+" "+strings.Join(parent, "")+" "+l)
+					out = append(out, "filter: "+dev+" "+l)
 				}
 			}
 		}

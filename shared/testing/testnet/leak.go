@@ -41,6 +41,10 @@ type Snapshotter struct {
 	// anycast routes), such as the conformance runner, which takes
 	// thousands of snapshots.
 	NoSettle bool
+	// Batch runs the snapshot's commands in one shell inside the node
+	// (NS.RunBatch: one "ip netns exec", not one per command), for
+	// callers that take many snapshots.
+	Batch bool
 }
 
 // DefaultIgnore are the lines every snapshot leaves out: host-local's lock,
@@ -71,7 +75,25 @@ func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 	if !s.NoSettle {
 		s.settle()
 	}
+	var batched map[string]string
+	if s.Batch {
+		cmds := [][]string{{"ip", "-o", "-d", "link", "show"}, {"ip", "-o", "addr", "show"},
+			{"ip", "-4", "-o", "route", "show", "table", "all"}, {"ip", "-6", "-o", "route", "show", "table", "all"},
+			{"ip", "rule", "show"}, {"ip", "-6", "rule", "show"}, {"tc", "qdisc", "show"},
+			{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}}
+		outs, err := s.Node.RunBatch(cmds)
+		if err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		batched = map[string]string{}
+		for i, c := range cmds {
+			batched[strings.Join(c, " ")] = outs[i]
+		}
+	}
 	run := func(name string, args ...string) string {
+		if out, ok := batched[strings.Join(append([]string{name}, args...), " ")]; ok {
+			return out
+		}
 		out, err := s.Node.Run(name, args...)
 		if err != nil {
 			t.Fatalf("snapshot: %v", err)
