@@ -376,6 +376,9 @@ var errNotInPod = errors.New("not in the pod")
 func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 	var orig string
 	direct := false
+	// With the device home already, a link in the pod without an alias
+	// is not it (another plugin's eth0, the pod's own link of that name).
+	home := fallback != "" && hasLink(node, fallback)
 	err := pod.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
@@ -388,8 +391,11 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 		if l != nil && fallback != "" && l.Attrs().Alias != "" && l.Attrs().Alias != fallback {
 			l = nil // device Alias, not ours
 		}
+		if l != nil && l.Attrs().Alias == "" && home {
+			l = nil
+		}
 		if l == nil {
-			if l = halfMoved(fallback); l == nil {
+			if l = halfMoved(fallback, home); l == nil {
 				return errNotInPod
 			}
 			ifName = l.Attrs().Name
@@ -471,6 +477,17 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 	})
 }
 
+// hasLink reports whether netns has a link called name.
+func hasLink(netns ns.NetNS, name string) bool {
+	found := false
+	_ = netns.Do(func(ns.NetNS) error {
+		_, err := netlinksafe.LinkByName(name)
+		found = err == nil
+		return nil
+	})
+	return found
+}
+
 // clearAlias clears the alias of the device that is home as name.
 func clearAlias(node ns.NetNS, name string) {
 	_ = node.Do(func(ns.NetNS) error {
@@ -483,10 +500,11 @@ func clearAlias(node ns.NetNS, name string) {
 
 // halfMoved (in the pod) finds a device that a killed ADD or DEL left in
 // the pod under its original name: named like its alias, or, without an
-// alias, named fallback (the config's device). With fallback set, only a
-// device of that name: another attachment's device named like its alias
-// may be one that its ADD is moving in at this moment.
-func halfMoved(fallback string) netlink.Link {
+// alias, named fallback (the config's device) unless that is home. With
+// fallback set, only a device of that name: another attachment's device
+// named like its alias may be one that its ADD is moving in at this
+// moment.
+func halfMoved(fallback string, home bool) netlink.Link {
 	links, err := netlinksafe.LinkList()
 	if err != nil {
 		return nil
@@ -496,7 +514,7 @@ func halfMoved(fallback string) netlink.Link {
 		if fallback != "" && a.Name != fallback {
 			continue
 		}
-		if a.Alias == a.Name || (fallback != "" && a.Alias == "") {
+		if a.Alias == a.Name || (fallback != "" && a.Alias == "" && !home) {
 			return l
 		}
 	}
@@ -515,8 +533,18 @@ func backToPod(l netlink.Link, pod ns.NetNS) error {
 // returned to the node). The release comes first, as in the reference,
 // while the device is still the pod's interface: dhcp sends its
 // DHCPRELEASE out of it. Both are tried whatever happens to the other.
+//
+// A config whose device selector ADD refused (a malformed hwaddr,
+// kernelpath or pciBusID, or none at all) moved nothing in: its DEL, which
+// a runtime sends for the refused container, only releases IPAM and
+// succeeds (the reference's DEL fails on some of those, and moves out
+// whatever the pod's ifname is on others).
 func Del(req *cni.Request) error {
 	c, sel, err := load(req)
+	if err != nil && c != nil && cni.AsError(err).Code == cni.ErrInvalidConfig {
+		req.Log.Warnf("host-device: DEL: %v: no device of this config can be in the pod", err)
+		return iface.DelIPAM(req, c.IPAM.Type)
+	}
 	if err != nil {
 		return err
 	}

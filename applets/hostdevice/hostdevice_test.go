@@ -290,6 +290,18 @@ func TestBadInput(t *testing.T) {
 			if got := r.Reservations("bad"); len(got) != 0 {
 				t.Errorf("allocations left: %v", got)
 			}
+			// The runtime's DEL of the refused container succeeds (unless
+			// its IPAM plugin cannot be found) and moves nothing: no
+			// device of this config is in the pod.
+			env[0] = "CNI_COMMAND=DEL"
+			out, _, code = r.Exec("host-device", env, []byte(conf))
+			if delFails := c.name == "ipam missing"; (code != 0) != delFails {
+				t.Errorf("DEL of the refused config: exit %d, %s", code, out)
+			}
+			home(t, r, nil)
+			if after := keys(linkMap(t, pod)); !slices.Equal(after, before) {
+				t.Errorf("pod links after DEL %v, were %v", after, before)
+			}
 		})
 	}
 }

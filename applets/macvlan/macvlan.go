@@ -187,12 +187,16 @@ func setUp(req *cni.Request, c *conf, netns ns.NetNS, link netlink.Link) (*curre
 	return iface.SetUp(req, "macvlan", &c.NetConf, nil, netns, link, iface.NotifyAll)
 }
 
-// Del deletes the link and releases the IPAM allocation. Both are tried
-// even when one fails, and a netns or link that is already gone is fine:
-// the IPAM release must still happen (for one, after a node reboot).
+// Del releases the IPAM allocation, then deletes the link. Both are
+// tried even when one fails, and a netns or link that is already gone is
+// fine: the IPAM release must still happen (for one, after a node
+// reboot). It reads only what it needs, the ipam type: a runtime DELs a
+// container whose ADD was refused for a bad key (a mode, a MAC), and that
+// DEL must succeed, as the reference's does, or the pod is never torn
+// down.
 func Del(req *cni.Request) error {
-	c, err := load(req)
-	if err != nil {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
 		return err
 	}
 	return iface.Del(req, "macvlan", c.IPAM.Type)

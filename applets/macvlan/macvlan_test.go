@@ -432,7 +432,8 @@ func TestCheckDetectsDrift(t *testing.T) {
 }
 
 // TestBadInput: bad configs get a CNI error naming the field, and leave
-// nothing in the pod and nothing allocated.
+// nothing in the pod and nothing allocated; the runtime's DEL of the
+// refused container then succeeds, as the reference's does.
 func TestBadInput(t *testing.T) {
 	r := node(t)
 	v := ipamVersion(t)
@@ -485,6 +486,14 @@ func TestBadInput(t *testing.T) {
 			}
 			if got := r.Reservations("bad"); len(got) != want {
 				t.Errorf("allocations = %v, want %d", got, want)
+			}
+			// The runtime's DEL of the refused container succeeds, as the
+			// reference's does (which reads nothing but JSON and ipam),
+			// unless the JSON does not decode or IPAM cannot be found.
+			env[0] = "CNI_COMMAND=DEL"
+			out, _, code = r.Exec("macvlan", env, []byte(conf))
+			if delFails := c.name == "mtu not a number" || c.name == "missing ipam plugin"; (code != 0) != delFails {
+				t.Errorf("DEL of the refused config: exit %d, %s", code, out)
 			}
 		})
 	}

@@ -132,11 +132,16 @@ func Add(req *cni.Request) (types.Result, error) {
 	return res, nil
 }
 
-// Del deletes the link and releases the IPAM allocation. Both are tried
-// even when one fails, and a netns or link that is already gone is fine.
+// Del releases the IPAM allocation, then deletes the link. Both are
+// tried even when one fails, and a netns or link that is already gone is
+// fine: the IPAM release must still happen (for one, after a node
+// reboot). It reads only what it needs, the ipam type: a runtime DELs a
+// container whose ADD was refused for a bad key (a mode, a MAC), and that
+// DEL must succeed, as the reference's does, or the pod is never torn
+// down.
 func Del(req *cni.Request) error {
-	c, err := load(req)
-	if err != nil {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
 		return err
 	}
 	return iface.Del(req, "vlan", c.IPAM.Type)

@@ -335,6 +335,12 @@ func TestBadInput(t *testing.T) {
 			if len(files) != 0 {
 				t.Errorf("addresses left allocated: %v", files)
 			}
+			// The runtime's DEL of the refused container succeeds: it
+			// reads nothing but the JSON and the ipam type.
+			out, _, code = r.Exec("vlan", env(r, "DEL", pod), []byte(conf))
+			if delFails := tc.name == "vlanId not a number"; (code != 0) != delFails {
+				t.Errorf("DEL of the refused config: exit %d, %s", code, out)
+			}
 		})
 	}
 }

@@ -42,6 +42,11 @@ import (
 func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, masterInNetns bool) (netlink.Link, error) {
 	ifName := req.IfName
 	attrs := link.Attrs()
+	if attrs.TxQLen == 0 {
+		// The kernel's default queue length (1000), as the reference's
+		// netlink.NewLinkAttrs asks for: a zero LinkAttrs would send 0.
+		attrs.TxQLen = -1
+	}
 	tmp := StagingName(applet, req)
 	add := func() error {
 		for try := 0; ; try++ {
