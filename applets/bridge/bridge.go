@@ -735,8 +735,7 @@ func Del(req *cni.Request) error {
 	masqDone := func() error { return nil }
 	if c.IPMasq {
 		// Independent of the links: let it run while they are deleted.
-		nets := ipmasq.PrevNets(&c.NetConf)
-		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
+		masqDone = ipmasq.InBackground(func() error { return ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns) })
 	}
 	// IPAM first, while the pod's interface exists: dhcp releases the
 	// lease from it. host-local and static need no interface: they run

@@ -246,8 +246,7 @@ func Del(req *cni.Request) error {
 	}
 	masqDone := func() error { return nil }
 	if c.IPMasq {
-		nets := ipmasq.PrevNets(&c.NetConf)
-		masqDone = ipmasq.InBackground(func() error { return ipmasq.Teardown(c.masqAttachment(req), nets) })
+		masqDone = ipmasq.InBackground(func() error { return ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns) })
 	}
 	err = errors.Join(delegate.Del(req, c.IPAM.Type),
 		veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns), masqDone())

@@ -25,6 +25,9 @@ import (
 	"os/exec"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
@@ -140,7 +143,60 @@ func Check(backend string, a Attachment, ips []*net.IPNet) error {
 // one iptables-restore per family of ips, and reads the table only when
 // that fails. Without ips both families' tables are read.
 func Teardown(a Attachment, ips []*net.IPNet) error {
-	return errors.Join(teardownIPT(a, ips), teardownNFT(a))
+	return errors.Join(teardownIPT(a, jumps{ips: ips}), teardownNFT(a))
+}
+
+// TeardownBeside is Teardown for a DEL that does not know the attachment's
+// addresses (no prevResult: the DEL that follows a failed ADD, say) but
+// knows others, the addresses of the pod's other interfaces (OtherAddrs):
+// the iptables jumps from those stay, and with them the chain that another
+// interface of the container on this network shares.
+func TeardownBeside(a Attachment, others []net.IP) error {
+	return errors.Join(teardownIPT(a, jumps{keep: others}), teardownNFT(a))
+}
+
+// TeardownFor is DEL's teardown: with the addresses of the config's
+// prevResult when it has one, and otherwise beside the addresses of the
+// pod's other interfaces (in the netns at path, if it still exists).
+func TeardownFor(conf *cni.NetConf, a Attachment, path string) error {
+	if nets := PrevNets(conf); nets != nil {
+		return Teardown(a, nets)
+	}
+	return TeardownBeside(a, OtherAddrs(path, a.IfName))
+}
+
+// OtherAddrs are the addresses of the interfaces of the netns at path other
+// than ifName, for TeardownBeside; none when the netns is gone.
+func OtherAddrs(path, ifName string) []net.IP {
+	if path == "" {
+		return nil
+	}
+	var out []net.IP
+	_ = ns.WithNetNSPath(path, func(ns.NetNS) error {
+		addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		// Links listed after the addresses: an ifName that DEL deletes
+		// meanwhile takes its addresses off this list either way.
+		links, err := netlinksafe.LinkList()
+		if err != nil {
+			return err
+		}
+		other := map[int]bool{}
+		for _, l := range links {
+			if l.Attrs().Name != ifName {
+				other[l.Attrs().Index] = true
+			}
+		}
+		for _, a := range addrs {
+			if other[a.LinkIndex] && !a.IP.IsLoopback() {
+				out = append(out, a.IP)
+			}
+		}
+		return nil
+	})
+	return out
 }
 
 // Undo is the roll-back of a Setup(a, ips) whose ADD failed later: it
@@ -149,8 +205,10 @@ func Teardown(a Attachment, ips []*net.IPNet) error {
 // the reference's, one per network and container ID: a pod attached to
 // the same network twice (eth0, net1) shares it, so Undo removes only the
 // POSTROUTING jumps of ips, and the chain only when no other jump to it
-// is left. Teardown (DEL) removes the chain whatever jumps to it, as the
-// reference does.
+// is left. Teardown (DEL) does the same when it knows the addresses (from
+// prevResult), TeardownBeside keeps the jumps of the pod's other
+// interfaces; Teardown without addresses removes the chain and every jump
+// to it.
 func Undo(a Attachment, ips []*net.IPNet) error {
 	return errors.Join(undoIPT(a, ips), teardownNFT(a))
 }

@@ -207,15 +207,16 @@ func checkIPTSave(a Attachment, ips []*net.IPNet) error {
 
 // teardownIPT removes the attachment's chain and the POSTROUTING rules
 // that jump to it, found in iptables-save's output so that neither the
-// pod's addresses nor its netns are needed.
-func teardownIPT(a Attachment, ips []*net.IPNet) error {
+// pod's addresses nor its netns are needed. sel says which jumps are the
+// attachment's when another interface of the container shares the chain.
+func teardownIPT(a Attachment, sel jumps) error {
 	chain := ChainName(a.Network, a.ContainerID)
 	comment := strconv.Quote(Comment(a.Network, a.ContainerID))
 	families := []iptables.Family{iptables.IPv4, iptables.IPv6}
 	byFamily := map[iptables.Family][]*net.IPNet{}
-	if len(ips) > 0 {
+	if len(sel.ips) > 0 {
 		families = nil
-		for _, ipn := range ips {
+		for _, ipn := range sel.ips {
 			f := family(ipn.IP)
 			if byFamily[f] == nil {
 				families = append(families, f)
@@ -228,20 +229,91 @@ func teardownIPT(a Attachment, ips []*net.IPNet) error {
 		if !available(f) {
 			continue
 		}
-		if iptables.NFT(f) && teardownIPTNFT(f, chain) {
+		fsel := jumps{ips: byFamily[f], keep: sel.keep}
+		if iptables.NFT(f) && teardownIPTNFT(f, chain, fsel) {
 			continue
 		}
-		errs = append(errs, teardownIn(f, chain, comment, byFamily[f]))
+		errs = append(errs, teardownIn(f, chain, comment, fsel))
 	}
 	return errors.Join(errs...)
 }
 
+// jumps says which POSTROUTING jumps to an attachment's chain are its
+// own. The chain is one per network and container ID (the reference's
+// name), so two interfaces of one container on one network share it.
+type jumps struct {
+	// ips are the attachment's addresses (DEL's prevResult, the result
+	// ADD set up): the jumps from them. None: every jump but keep's.
+	ips []*net.IPNet
+	// keep are the addresses of the pod's other interfaces, whose jumps
+	// stay, and with them the chain.
+	keep []net.IP
+}
+
+// mine reports whether a jump from source (an address) is the attachment's.
+func (s jumps) mine(source net.IP) bool {
+	if len(s.ips) > 0 {
+		for _, ipn := range s.ips {
+			if ipn.IP.Equal(source) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, ip := range s.keep {
+		if ip.Equal(source) {
+			return false
+		}
+	}
+	return true
+}
+
+// all says that every jump is the attachment's: nothing to tell apart.
+func (s jumps) all() bool { return len(s.ips) == 0 && len(s.keep) == 0 }
+
+// mineNFT is mine for a rule read over netlink.
+func (s jumps) mineNFT(r iptables.NFTRule, f iptables.Family) bool {
+	if s.all() {
+		return true
+	}
+	for _, ipn := range s.ips {
+		if hasSource(r, ipn.IP, f) {
+			return true
+		}
+	}
+	if len(s.ips) > 0 {
+		return false
+	}
+	for _, ip := range s.keep {
+		if hasSource(r, ip, f) {
+			return false
+		}
+	}
+	return true
+}
+
+// mineSaved is mine for a line of iptables-save ("-A POSTROUTING -s
+// 10.0.0.2/32 ..."); a jump without a source is the attachment's.
+func (s jumps) mineSaved(line string) bool {
+	fields := strings.Fields(line)
+	if s.all() || len(fields) < 4 || fields[2] != "-s" {
+		return true
+	}
+	ip, _, err := net.ParseCIDR(fields[3])
+	if err != nil {
+		ip = net.ParseIP(fields[3])
+	}
+	return ip == nil || s.mine(ip)
+}
+
 // teardownIPTNFT is teardownIPT with iptables-nft, over netlink: it deletes the
 // POSTROUTING rules that jump to the chain (by handle) and the chain in one
-// transaction, no process; what removeChains ends with. false when it
-// declined (a chain iptables could not list, a goto) or the transaction
-// failed (the chain is still used elsewhere, say), nothing changed then.
-func teardownIPTNFT(f iptables.Family, chain string) bool {
+// transaction, no process; what removeChains ends with. Only the jumps sel
+// picks go, and the chain only when no other jump to it is left. false
+// when it declined (a chain iptables could not list, a goto) or the
+// transaction failed (the chain is still used elsewhere, say), nothing
+// changed then.
+func teardownIPTNFT(f iptables.Family, chain string, sel jumps) bool {
 	nt, err := iptables.ReadNFT(f, "nat", "POSTROUTING", chain)
 	if err != nil {
 		return false
@@ -258,13 +330,21 @@ func teardownIPTNFT(f iptables.Family, chain string) bool {
 		if !post.Compatible {
 			return false
 		}
+		others := 0
 		for _, r := range post.Rules {
 			if r.Target == chain {
 				if r.Goto {
 					return false // iptables-save's -g: removeChains leaves it
 				}
+				if !sel.mineNFT(r, f) {
+					others++
+					continue
+				}
 				refs = append(refs, iptables.NFTRuleRef{Chain: "POSTROUTING", Handle: r.Handle})
 			}
+		}
+		if others > 0 {
+			drop = nil
 		}
 	}
 	if len(refs) == 0 && len(drop) == 0 {
@@ -274,11 +354,11 @@ func teardownIPTNFT(f iptables.Family, chain string) bool {
 }
 
 // teardownIn is teardown of one family with iptables processes.
-func teardownIn(f iptables.Family, chain, comment string, ipns []*net.IPNet) error {
-	if len(ipns) > 0 {
+func teardownIn(f iptables.Family, chain, comment string, sel jumps) error {
+	if len(sel.ips) > 0 {
 		// The fast path: exactly the rules ADD made, in one restore.
 		b := iptables.NewBatch("nat")
-		for _, ipn := range ipns {
+		for _, ipn := range sel.ips {
 			b.Rule("-D POSTROUTING -s %s -m comment --comment %s -j %s", ipn.IP, comment, chain)
 		}
 		b.Chain(chain)
@@ -286,6 +366,13 @@ func teardownIn(f iptables.Family, chain, comment string, ipns []*net.IPNet) err
 		if iptables.Apply(f, b) == nil {
 			return nil
 		}
+		// A rule was gone already, or another interface of the container
+		// on this network still jumps to the chain: remove what is there
+		// of these addresses' jumps, and the chain only if unused.
+		return removeJumps(f, chain, sel)
+	}
+	if !sel.all() {
+		return removeJumps(f, chain, sel)
 	}
 	return removeChains(f, func(rules natRules) []string {
 		if rules.hasChain(chain) || len(rules.jumps(chain)) > 0 {
@@ -297,58 +384,53 @@ func teardownIn(f iptables.Family, chain, comment string, ipns []*net.IPNet) err
 
 // undoIPT is Undo's iptables part: per family of ips, the POSTROUTING
 // jumps to the attachment's chain from those addresses, then the chain
-// if nothing else jumps to it, in one iptables-restore after one
-// iptables-save (retried once when the table changed in between).
+// if nothing else jumps to it.
 func undoIPT(a Attachment, ips []*net.IPNet) error {
 	chain := ChainName(a.Network, a.ContainerID)
-	byFamily := map[iptables.Family]map[string]bool{}
+	byFamily := map[iptables.Family][]*net.IPNet{}
 	for _, ipn := range ips {
-		f := family(ipn.IP)
-		if byFamily[f] == nil {
-			byFamily[f] = map[string]bool{}
-		}
-		bits := 32
-		if f == iptables.IPv6 {
-			bits = 128
-		}
-		byFamily[f][fmt.Sprintf("%s/%d", ipn.IP, bits)] = true
+		byFamily[family(ipn.IP)] = append(byFamily[family(ipn.IP)], ipn)
 	}
 	var errs []error
-	for f, sources := range byFamily {
-		if !available(f) {
-			continue
-		}
-		var err error
-		for try := 0; try < 2; try++ {
-			var rules natRules
-			if rules, err = saveNAT(f); err != nil {
-				break
-			}
-			b := iptables.NewBatch("nat")
-			others := 0
-			for _, j := range rules.jumps(chain) {
-				if fields := strings.Fields(j); len(fields) > 3 && fields[2] == "-s" && sources[fields[3]] {
-					b.Rule("-D%s", strings.TrimPrefix(j, "-A"))
-				} else {
-					others++
-				}
-			}
-			if others == 0 && rules.hasChain(chain) {
-				b.Chain(chain)
-				b.Rule("-X %s", chain)
-			}
-			if b.Empty() {
-				break
-			}
-			if err = iptables.Apply(f, b); err == nil {
-				break
-			}
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("ipMasq: undo: %w", err))
+	for f, fips := range byFamily {
+		if available(f) {
+			errs = append(errs, removeJumps(f, chain, jumps{ips: fips}))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeJumps deletes the POSTROUTING jumps to chain that sel picks, and
+// the chain when no other jump to it is left, in one iptables-restore
+// after one iptables-save (retried once when the table changed between).
+func removeJumps(f iptables.Family, chain string, sel jumps) error {
+	var err error
+	for try := 0; try < 2; try++ {
+		var rules natRules
+		if rules, err = saveNAT(f); err != nil {
+			break
+		}
+		b := iptables.NewBatch("nat")
+		others := 0
+		for _, j := range rules.jumps(chain) {
+			if sel.mineSaved(j) {
+				b.Rule("-D%s", strings.TrimPrefix(j, "-A"))
+			} else {
+				others++
+			}
+		}
+		if others == 0 && rules.hasChain(chain) {
+			b.Chain(chain)
+			b.Rule("-X %s", chain)
+		}
+		if b.Empty() {
+			return nil
+		}
+		if err = iptables.Apply(f, b); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("ipMasq teardown: %w", err)
 }
 
 // removeChains deletes the chains pick chooses and every POSTROUTING rule

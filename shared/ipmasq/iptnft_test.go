@@ -3,6 +3,7 @@ package ipmasq
 import (
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
@@ -31,9 +32,12 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 					fips = append(fips, ipn)
 				}
 			}
+			if ipns != nil && fips == nil {
+				continue // teardownIPT leaves a family the addresses do not name
+			}
 			tw.Delete(t, step, f, iptablestest.Want(f, want4, want6),
-				func() error { return teardownIn(f, chain, comment, fips) },
-				func() bool { return teardownIPTNFT(f, chain) })
+				func() error { return teardownIn(f, chain, comment, jumps{ips: fips}) },
+				func() bool { return teardownIPTNFT(f, chain, jumps{ips: fips}) })
 		}
 		tw.Same(t, step)
 	}
@@ -55,6 +59,37 @@ func TestNFTTeardownEquivalence(t *testing.T) {
 	teardown("teardown of a chain still used elsewhere", a3, ip3, false, true)
 	tw.Run("iptables", "-t", "nat", "-F", "USER")
 	teardown("teardown once it is not", a3, ip3, true, true)
+	// Two interfaces of one container on the network share its chain:
+	// DEL of one (with its addresses) leaves the other's jump and the
+	// chain; the other's DEL removes both.
+	net1 := Attachment{Network: "mnet", ContainerID: "c1", IfName: "net1"}
+	ip5 := ips("10.1.0.5/24")
+	setup(a1, ip1)
+	setup(net1, ip5)
+	eth0Kept := func(step string) {
+		t.Helper()
+		tw.Do(t, func() error {
+			if out, _ := iptables.Save(iptables.IPv4, "nat"); !strings.Contains(out, "-A POSTROUTING -s 10.1.0.2/32") || !strings.Contains(out, ":"+ChainName("mnet", "c1")) {
+				t.Errorf("%s took eth0's masquerade:\n%s", step, out)
+			}
+			return nil
+		})
+	}
+	teardown("teardown of one of a container's two interfaces", net1, ip5, true, true)
+	eth0Kept("DEL of net1")
+	// Without net1's addresses, beside eth0's (TeardownBeside).
+	setup(net1, ip5)
+	beside := jumps{keep: []net.IP{ip1[0].IP, ip1[1].IP}}
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		chain := ChainName("mnet", "c1")
+		comment := strconv.Quote(Comment("mnet", "c1"))
+		tw.Delete(t, "teardown beside eth0", f, true,
+			func() error { return teardownIn(f, chain, comment, beside) },
+			func() bool { return teardownIPTNFT(f, chain, beside) })
+	}
+	tw.Same(t, "teardown beside eth0")
+	eth0Kept("DEL of net1 without its addresses")
+	teardown("teardown of the other", a1, ip1, true, true)
 }
 
 // TestNFTCheckEquivalence: where the netlink CHECK passes, the

@@ -515,7 +515,10 @@ func TestRepeatedAddMeta(t *testing.T) {
 // fails after IPAM and the masquerade rules were set up (its host veth
 // name is taken) loses nothing of eth0. The iptables masquerade chain is
 // one per network and container ID, as the reference names it: before the
-// fix the roll-back deleted it, with eth0's jump to it.
+// fix the roll-back deleted it, with eth0's jump to it. The runtime's DEL
+// of net1 that follows (without prevResult) keeps them too, as does, on
+// bridge, the DEL of a net1 that was added (with prevResult); the
+// reference's DEL flushes the shared chain in both cases.
 func TestFailedAddKeepsSibling(t *testing.T) {
 	for i, kind := range []string{"bridge", "ptp"} {
 		t.Run(kind, func(t *testing.T) {
@@ -533,6 +536,23 @@ func TestFailedAddKeepsSibling(t *testing.T) {
 			}
 			f.intact(t, r, "a failed ADD of net1")
 			r.Node.MustRun("ip", "link", "del", blocker)
+			f.node = r.Snapshot(t)
+			// The runtime DELs net1 (no prevResult: its ADD failed).
+			if err := r.Del(list, second); err != nil {
+				t.Errorf("DEL of the failed net1: %v", err)
+			}
+			f.intact(t, r, "DEL of the failed net1")
+			if kind == "bridge" { // ptp cannot route one subnet through two interfaces
+				// net1 made and deleted: eth0 keeps its masquerade,
+				// whose iptables chain net1 shared.
+				if _, err := r.Add(list, second); err != nil {
+					t.Fatalf("ADD of net1: %v", err)
+				}
+				if err := r.Del(list, second); err != nil {
+					t.Fatalf("DEL of net1: %v", err)
+				}
+				f.intact(t, r, "ADD and DEL of net1")
+			}
 			if err := r.Del(list, f.att); err != nil {
 				t.Fatal(err)
 			}
