@@ -39,6 +39,7 @@ import (
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/delegate"
 	"github.com/cnibox/cnibox/shared/iface"
+	"github.com/cnibox/cnibox/shared/veth"
 )
 
 // Applet is host-device's entry in cnibox's applet table.
@@ -181,10 +182,11 @@ func ifNameFree(pod ns.NetNS, ifName string) error {
 		}
 		return nil
 	})
+	_, _, _, marked := veth.ParseAlias(alias) // another applet's link
 	switch {
 	case !found:
 		return nil
-	case alias != "":
+	case alias != "" && !marked:
 		return cni.Errorf(cni.ErrInvalidEnv, "host-device: CNI_IFNAME: %q already exists in the pod: it is device %q, moved in by an earlier ADD", ifName, alias)
 	}
 	return fmt.Errorf("host-device: %w", ifNameTaken(ifName))
