@@ -311,6 +311,13 @@ func TestKeys(t *testing.T) {
 					t.Errorf("result MAC = %s", res.Interfaces[0].Mac)
 				}
 			}},
+		{name: "l2-only-no-notify", fields: `"master":"up0"`,
+			check: func(t *testing.T, pod *testnet.NS, info *linkInfo, res *current.Result) {
+				// As the reference: no address, nothing to announce.
+				if out := pod.MustRun("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify"); out != "0\n" {
+					t.Errorf("arp_notify = %q on an L2-only link", out)
+				}
+			}},
 		{name: "cni-args-mac", fields: `"master":"up0","mac":"02:11:22:33:44:55"`,
 			args: [][2]string{{"IgnoreUnknown", "1"}, {"MAC", "02:00:00:00:aa:01"}}, check: wantMAC("02:00:00:00:aa:01")},
 		{name: "runtimeconfig-mac", fields: `"master":"up0","capabilities":{"mac":true}`,

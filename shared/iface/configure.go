@@ -146,6 +146,11 @@ func SetUp(req *cni.Request, applet string, conf *cni.NetConf, fallback *current
 		ipRes = fallback
 	}
 	res := NewResult(ipRes, conf.DNS, link, req.Netns)
+	if len(res.IPs) == 0 {
+		// An L2-only link has no address to announce; like the
+		// reference (macvlan without ipam), leave the sysctls alone.
+		notify = NotifyNone
+	}
 	if err := netns.Do(func(ns.NetNS) error { return Configure(req.IfName, res, notify) }); err != nil {
 		ReleaseIPAM(req, conf.IPAM.Type)
 		return nil, fmt.Errorf("%s: %w", applet, err)
