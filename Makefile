@@ -47,6 +47,8 @@ REF_PLUGINS := main/bridge main/ptp main/macvlan main/ipvlan main/vlan main/host
 # Cases the conformance runner plays at once (they wait on processes, not CPU).
 CONFORMANCE_JOBS ?= 8
 CONFORMANCE_FLAGS ?=
+# The cnibox under test (make -o build conformance CONFORMANCE_BINARY=... tests another build).
+CONFORMANCE_BINARY ?= $(CURDIR)/bin/cnibox
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
@@ -108,7 +110,7 @@ conformance: build ref-plugins
 	@[ "$$(id -u)" = 0 ] || { echo "make conformance needs root: it creates network namespaces"; exit 1; }
 	@bin=$$(mktemp -d)/conformance.test; \
 	$(GO) test -c -o $$bin ./shared/testing/conformance || exit 1; \
-	cd shared/testing/conformance && CNIBOX_BINARY=$(CURDIR)/bin/cnibox REF_CNI_PATH="$(REF_CACHE)" \
+	cd shared/testing/conformance && CNIBOX_BINARY=$(CONFORMANCE_BINARY) REF_CNI_PATH="$(REF_CACHE)" \
 	  $$bin -test.count=1 -test.parallel $(CONFORMANCE_JOBS) -test.timeout 30m $(CONFORMANCE_FLAGS); \
 	rc=$$?; rm -rf "$$(dirname $$bin)"; exit $$rc
 

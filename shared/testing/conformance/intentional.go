@@ -80,7 +80,7 @@ var Intentionals = []Intentional{
 	{
 		Cases:      `.*`,
 		Plugins:    `portmap`,
-		Divergence: `(state|leak): \+node (iptables: filter (:CNI-HOSTPORT-GUARD - |-A INPUT -j CNI-HOSTPORT-GUARD$|-A CNI-HOSTPORT-GUARD )|nft: table ip filter / chain CNI-HOSTPORT-GUARD$)`,
+		Divergence: `(state|leak): \+node (iptables: filter (:CNI-HOSTPORT-GUARD -$|-A INPUT -j CNI-HOSTPORT-GUARD$|-A CNI-HOSTPORT-GUARD )|nft: table ip filter / chain CNI-HOSTPORT-GUARD$)`,
 		Summary:    "portmap adds a guard, filter INPUT → CNI-HOSTPORT-GUARD, dropping packets DNATed to 127.0.0.0/8 that arrive on another interface than lo; like the reference's CNI-HOSTPORT-* chains it stays after DEL",
 		Reason:     "Host ports to localhost need route_localnet=1, which otherwise exposes the node's 127.0.0.1 services to its network (CVE-2020-8558); the guard is shared by every attachment.",
 	},
@@ -91,6 +91,14 @@ var Intentionals = []Intentional{
 		Divergence: `(state|leak): \+node (iptables: (\*filter|filter :(INPUT|FORWARD|OUTPUT) ACCEPT)|nft: table ip filter( / chain (INPUT|FORWARD|OUTPUT)( / type filter hook \w+ priority filter; policy accept;)?)?)$`,
 		Summary:    "(with the guard) the filter table's built-in chains, listed because the guard's rule makes the table non-empty",
 		Reason:     "A consequence of the guard above, declared only together with it.",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `bridge`,
+		With:       `less: -node linkattr: \S+ <[A-Z,]*> .*link/ether=00:00:00:00:00:00 .*vlan_filtering=`,
+		Divergence: `leak: \+node linkattr: \S+ <[A-Z,]*> .*link/ether=<mac> .*vlan_filtering=`,
+		Summary:    "The bridge keeps the MAC cnibox gave it when it made it, also once its last port is gone; the reference's bridge takes its lowest port's MAC (00:00:00:00:00:00 without ports)",
+		Reason:     "The gateway's MAC then does not change under the pods' ARP caches as pods come and go (applets/bridge ensureBridge).",
 	},
 	{
 		Cases:      `.*`,

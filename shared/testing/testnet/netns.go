@@ -105,6 +105,11 @@ func (n *NS) RunBatch(cmds [][]string) ([]string, error) {
 	var script strings.Builder
 	for i, c := range cmds {
 		fmt.Fprintf(&script, "echo '%s %d'; ", mark, i)
+		// By path: a busybox sh (the VM's) runs its own applet for a
+		// bare "ip" whatever PATH says.
+		if p, err := exec.LookPath(c[0]); err == nil {
+			c = append([]string{p}, c[1:]...)
+		}
 		for _, a := range c {
 			script.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "' ")
 		}
