@@ -3,6 +3,8 @@ package cni
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -30,7 +32,16 @@ func PrevResult(conf *NetConf) (*current.Result, error) {
 	if conf.RawPrevResult == nil {
 		return nil, nil
 	}
-	raw, err := json.Marshal(conf.RawPrevResult)
+	// Results before 1.0.0 need not carry their version, and the
+	// reference's tests (and some chaining plugins) send a prevResult
+	// without one: it is then the config's version, as libcni's
+	// ParsePrevResult decides. A version of its own still wins.
+	prev := conf.RawPrevResult
+	if !hasVersion(prev) {
+		prev = maps.Clone(prev)
+		prev["cniVersion"] = conf.CNIVersion
+	}
+	raw, err := json.Marshal(prev)
 	if err != nil {
 		return nil, Errorf(types.ErrDecodingFailure, "prevResult: %v", err)
 	}
@@ -43,6 +54,17 @@ func PrevResult(conf *NetConf) (*current.Result, error) {
 		return nil, Errorf(types.ErrDecodingFailure, "prevResult: convert to cniVersion %s: %v", current.ImplementedSpecVersion, err)
 	}
 	return cur, nil
+}
+
+// hasVersion reports whether a raw result names a non-empty cniVersion,
+// under any case of the key (encoding/json matches keys case-blind).
+func hasVersion(raw map[string]any) bool {
+	for k, v := range raw {
+		if strings.EqualFold(k, "cniVersion") && v != "" && v != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Attachment identifies one attachment of a network: a container's interface.

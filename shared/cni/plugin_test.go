@@ -381,3 +381,28 @@ func TestDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestPrevResultWithoutVersion: a prevResult without a cniVersion of its
+// own (the reference's tuning, portmap and bandwidth tests send one; so do
+// chaining plugins that build it by hand) is read at the config's version,
+// as libcni's ParsePrevResult does; one with its own version (any case of
+// the key) keeps it.
+func TestPrevResultWithoutVersion(t *testing.T) {
+	for _, tc := range []struct{ conf, want string }{
+		{`{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"10.0.0.2/24"}]}}`, "10.0.0.2/24"},
+		{`{"cniVersion":"0.4.0","name":"n","prevResult":{"cniVersion":"","ips":[{"version":"4","address":"10.0.0.3/24"}]}}`, "10.0.0.3/24"},
+		{`{"cniVersion":"0.4.0","name":"n","prevResult":{"CNIVersion":"0.3.1","ips":[{"version":"4","address":"10.0.0.4/24"}]}}`, "10.0.0.4/24"},
+	} {
+		var c NetConf
+		if err := json.Unmarshal([]byte(tc.conf), &c); err != nil {
+			t.Fatal(err)
+		}
+		prev, err := PrevResult(&c)
+		if err != nil || len(prev.IPs) != 1 || prev.IPs[0].Address.String() != tc.want {
+			t.Errorf("%s: prev %+v err %v", tc.conf, prev, err)
+		}
+		if _, ok := c.RawPrevResult["cniVersion"]; ok && c.RawPrevResult["cniVersion"] != "" {
+			t.Errorf("%s: PrevResult changed the request's prevResult", tc.conf)
+		}
+	}
+}
