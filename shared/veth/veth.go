@@ -89,13 +89,23 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 	if old, err := netlinksafe.LinkByName(hostName); err == nil {
 		return nil, hostTaken(hostName, old, o)
 	}
+	// The queue lengths are the reference's. It makes the pair from the
+	// pod's side with netlink.NewLinkAttrs (no IFLA_TXQLEN: the kernel's
+	// DEFAULT_TX_QUEUE_LEN, 1000) for the pod's end and a zero PeerTxQLen
+	// (IFLA_TXQLEN 0) for the host's. Here the host's end is the link and
+	// the pod's the peer; netlink sends the link's TxQLen for a peer whose
+	// PeerTxQLen is negative, so the pod's 1000 is spelled out. A veth is
+	// IFF_NO_QUEUE (noqueue), so the length only matters to a qdisc added
+	// later that takes its limit from it (pfifo, pfifo_fast): a pod's own
+	// pfifo gets 1000 packets, as with the reference, not 1.
 	v := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:   hostName,
-			TxQLen: -1,
+			TxQLen: 0,
 			MTU:    o.MTU,
 		},
 		PeerName:         o.IfName,
+		PeerTxQLen:       1000,
 		PeerHardwareAddr: o.MAC,
 		PeerNamespace:    netlink.NsFd(int(podNS.Fd())),
 	}

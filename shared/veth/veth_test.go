@@ -137,3 +137,37 @@ func BenchmarkAbsent(b *testing.B) {
 		}
 	}
 }
+
+// TestCreateQueueLengths: the pod's end has the kernel's default transmit
+// queue length (1000) and the host's end 0, as the reference's pair (made
+// from the pod's side, host end as the peer) has them.
+func TestCreateQueueLengths(t *testing.T) {
+	node, _, podNS := nodeAndPod(t)
+	o := veth.Options{Network: "net", ContainerID: "c1", IfName: "eth0"}
+	var p *veth.Pair
+	if err := node.Do(func() (err error) { p, err = veth.Create(podNS, o); return err }); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	var hostQ, podQ int
+	if err := node.Do(func() error {
+		l, err := netlinksafe.LinkByName(p.Host.Attrs().Name)
+		if err == nil {
+			hostQ = l.Attrs().TxQLen
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := podNS.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName("eth0")
+		if err == nil {
+			podQ = l.Attrs().TxQLen
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if hostQ != 0 || podQ != 1000 {
+		t.Errorf("txqueuelen: host end %d, pod end %d; want 0 and 1000 (the reference's)", hostQ, podQ)
+	}
+}
