@@ -128,13 +128,27 @@ func podAddrs(res *current.Result) []netip.Addr {
 // maxMTU is the largest MTU an IP interface can have (IP_MAX_MTU).
 const maxMTU = 65535
 
-func load(req *cni.Request) (*Config, error) {
+// decode reads the configuration without judging it: what DEL and GC
+// take. They must tear down whatever a config describes, including one
+// whose ADD was refused (hairpinMode with promiscMode, say): a runtime
+// DELs after every failed ADD, and retries a failed DEL forever. They use
+// only the name, the bridge's name, ipam.type, macspoofchk and ipMasq.
+func decode(req *cni.Request) (*Config, error) {
 	c := &Config{Bridge: "cni0"}
 	if err := req.Decode(c); err != nil {
 		return nil, err
 	}
 	if c.Bridge == "" {
 		c.Bridge = "cni0"
+	}
+	return c, nil
+}
+
+// load reads and validates the configuration for ADD, CHECK and STATUS.
+func load(req *cni.Request) (*Config, error) {
+	c, err := decode(req)
+	if err != nil {
+		return nil, err
 	}
 	if len(c.Bridge) > 15 {
 		return nil, cni.ConfigError("bridge: name %q is longer than 15 characters", c.Bridge)
@@ -154,7 +168,6 @@ func load(req *cni.Request) (*Config, error) {
 	if c.Vlan < 0 || c.Vlan > 4094 {
 		return nil, cni.ConfigError("vlan: %d is not between 0 and 4094", c.Vlan)
 	}
-	var err error
 	if c.vlans, err = trunkVlans(c.VlanTrunk); err != nil {
 		return nil, err
 	}
@@ -727,7 +740,7 @@ func waitOperUp(name string) error {
 // spoof check and masquerade rules. Each step runs even if another failed,
 // and nothing left to delete is not an error.
 func Del(req *cni.Request) error {
-	c, err := load(req)
+	c, err := decode(req)
 	if err != nil {
 		return err
 	}
@@ -829,7 +842,7 @@ func Check(req *cni.Request) error {
 // no longer knows: host veths, spoof checks and masquerade rules, and
 // (through IPAM's GC) their addresses.
 func GC(req *cni.Request) error {
-	c, err := load(req)
+	c, err := decode(req)
 	if err != nil {
 		return err
 	}

@@ -666,30 +666,40 @@ func veth(t *testing.T, e *env, pod *testnet.NS) string {
 }
 
 // TestBadConfig: bad keys get code 7 naming the field and leave nothing.
+// The runtime's DEL after the refused ADD succeeds for every config that
+// decodes (as the reference's does): a DEL that fails is retried forever
+// and the pod is never torn down.
 func TestBadConfig(t *testing.T) {
 	e := newEnv(t)
 	pod := e.Pod(t)
-	for _, tc := range []struct{ keys, field string }{
-		{`"vlan":5000`, "vlan"},
-		{`"vlanTrunk":[{"minID":5}]`, "vlanTrunk[0]"},
-		{`"vlanTrunk":[{"id":0}]`, "vlanTrunk[0].id"},
-		{`"hairpinMode":true,"promiscMode":true`, "hairpinMode"},
-		{`"mtu":-1`, "mtu"},
-		{`"ipMasq":true,"ipMasqBackend":"pf"`, "ipMasqBackend"},
-		{`"runtimeConfig":{"mac":"nope"}`, "runtimeConfig.mac"},
-		{`"disableContainerInterface":true,"ipam":{"type":"host-local"}`, "disableContainerInterface"},
-		{`"bridge":"a-name-that-is-too-long"`, "bridge"},
-		{`"isGateway":"yes"`, "isGateway"},
+	for _, tc := range []struct {
+		keys, field string
+		delFails    bool // the JSON does not decode: DEL refuses it too
+	}{
+		{keys: `"vlan":5000`, field: "vlan"},
+		{keys: `"vlanTrunk":[{"minID":5}]`, field: "vlanTrunk[0]"},
+		{keys: `"vlanTrunk":[{"id":0}]`, field: "vlanTrunk[0].id"},
+		{keys: `"hairpinMode":true,"promiscMode":true`, field: "hairpinMode"},
+		{keys: `"mtu":-1`, field: "mtu"},
+		{keys: `"ipMasq":true,"ipMasqBackend":"pf"`, field: "ipMasqBackend"},
+		{keys: `"runtimeConfig":{"mac":"nope"}`, field: "runtimeConfig.mac"},
+		{keys: `"disableContainerInterface":true,"ipam":` + e.hostLocal("10.96.1.0/24", ""), field: "disableContainerInterface"},
+		{keys: `"bridge":"a-name-that-is-too-long"`, field: "bridge"},
+		{keys: `"isGateway":"yes"`, field: "isGateway", delFails: true},
 	} {
 		conf := []byte(`{"cniVersion":"1.0.0","name":"bad","type":"bridge",` + tc.keys + `}`)
-		out, _, code := e.Exec("bridge", []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0",
-			"CNI_NETNS=" + pod.Path, "CNI_PATH=" + e.Path}, conf)
+		env := []string{"CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + e.Path}
+		out, _, code := e.Exec("bridge", append([]string{"CNI_COMMAND=ADD"}, env...), conf)
 		if code == 0 {
 			t.Errorf("%s: ADD succeeded", tc.keys)
 			continue
 		}
 		if er := testnet.ParseError(t, out); er.Code != types.ErrInvalidNetworkConfig || !strings.Contains(er.Msg, tc.field) {
 			t.Errorf("%s: error %d %q, want code 7 naming %s", tc.keys, er.Code, er.Msg, tc.field)
+		}
+		out, _, code = e.Exec("bridge", append([]string{"CNI_COMMAND=DEL"}, env...), conf)
+		if (code != 0) != tc.delFails {
+			t.Errorf("%s: DEL after the refused ADD: exit %d %s", tc.keys, code, out)
 		}
 	}
 	if v := e.Veths(); len(v) > 0 {
