@@ -48,9 +48,22 @@ type Config struct {
 	IPMasqBackend string `json:"ipMasqBackend"`
 }
 
-func load(req *cni.Request) (*Config, error) {
+// decode reads the configuration without judging it: what DEL and GC
+// take, as the reference's DEL does. A runtime DELs after every refused
+// ADD (a bad mtu or ipMasqBackend) and retries a failed DEL forever; the
+// teardown needs only the name, ipam.type and ipMasq.
+func decode(req *cni.Request) (*Config, error) {
 	c := &Config{}
 	if err := req.Decode(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// load reads and validates the configuration for ADD, CHECK and STATUS.
+func load(req *cni.Request) (*Config, error) {
+	c, err := decode(req)
+	if err != nil {
 		return nil, err
 	}
 	if c.IPAM.Type == "" {
@@ -60,7 +73,6 @@ func load(req *cni.Request) (*Config, error) {
 		return nil, cni.ConfigError("mtu: %d is not between 0 and 65535", c.MTU)
 	}
 	if c.IPMasq {
-		var err error
 		if c.IPMasqBackend, err = ipmasq.Backend(c.IPMasqBackend); err != nil {
 			return nil, err
 		}
@@ -166,9 +178,10 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 
 // configurePod gives the pod its addresses without subnet routes, then
 // "gw dev eth0 scope link" and "subnet via gw" per address, then the
-// result's routes (via the gateway of their family).
+// result's routes (via the gateway of their family). Unlike bridge it
+// leaves arp_notify alone, as the reference's ptp does: the pod's only
+// neighbour is the node's end of the pair, which has no stale entry.
 func configurePod(ifName string, res *current.Result) error {
-	_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+ifName+"/arp_notify", []byte("1"), 0o644)
 	bare := *res
 	bare.Routes = nil
 	if err := iface.Apply(ifName, &bare, iface.Options{NoPrefixRoute: true}); err != nil {
@@ -227,7 +240,9 @@ func configureHost(host netlink.Link, res *current.Result) error {
 		if err := netlink.AddrAdd(host, gw); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("add gateway %s: %w", gw.IPNet, err)
 		}
-		r := &netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_LINK,
+		// Scope host, as the reference's ip.AddHostRoute makes it: what
+		// the node's route table shows (and tools compare) is the same.
+		r := &netlink.Route{LinkIndex: host.Attrs().Index, Scope: netlink.SCOPE_HOST,
 			Dst: &net.IPNet{IP: ipc.Address.IP, Mask: net.CIDRMask(bits, bits)}}
 		if err := netlink.RouteAdd(r); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("add host route %s: %w", r.Dst, err)
@@ -240,7 +255,7 @@ func configureHost(host netlink.Link, res *current.Result) error {
 // node when the pod's netns is gone) and the masquerade rules; each step
 // runs even if another failed.
 func Del(req *cni.Request) error {
-	c, err := load(req)
+	c, err := decode(req)
 	if err != nil {
 		return err
 	}
@@ -310,7 +325,7 @@ func Check(req *cni.Request) error {
 // GC removes the node ends and masquerade rules of attachments the
 // runtime no longer lists, and runs IPAM's GC.
 func GC(req *cni.Request) error {
-	c, err := load(req)
+	c, err := decode(req)
 	if err != nil {
 		return err
 	}

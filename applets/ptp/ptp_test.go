@@ -210,11 +210,15 @@ func TestBadConfig(t *testing.T) {
 	e := newEnv(t)
 	pod := e.Pod(t)
 	env := []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + e.Path}
-	for _, tc := range []struct{ conf, field string }{
-		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp"}`, "ipam.type"},
-		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp","mtu":-5,"ipam":{"type":"host-local"}}`, "mtu"},
-		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp","ipMasq":true,"ipMasqBackend":"x","ipam":{"type":"host-local"}}`, "ipMasqBackend"},
-		{`{"cniVersion":"1.0.0","name":"bad","type":"ptp","ipam":{"type":"static","addresses":[{"address":"10.94.0.5/24"}]}}`, "gateway"},
+	hostLocal := fmt.Sprintf(`{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.94.1.0/24"}]]}`, e.dataDir)
+	for _, tc := range []struct {
+		conf, field string
+		delFails    bool // DEL cannot release IPAM without its type (nor can the reference's)
+	}{
+		{conf: `{"cniVersion":"1.0.0","name":"bad","type":"ptp"}`, field: "ipam.type", delFails: true},
+		{conf: `{"cniVersion":"1.0.0","name":"bad","type":"ptp","mtu":-5,"ipam":` + hostLocal + `}`, field: "mtu"},
+		{conf: `{"cniVersion":"1.0.0","name":"bad","type":"ptp","ipMasq":true,"ipMasqBackend":"x","ipam":` + hostLocal + `}`, field: "ipMasqBackend"},
+		{conf: `{"cniVersion":"1.0.0","name":"bad","type":"ptp","ipam":{"type":"static","addresses":[{"address":"10.94.0.5/24"}]}}`, field: "gateway"},
 	} {
 		out, _, code := e.Exec("ptp", env, []byte(tc.conf))
 		if code == 0 {
@@ -224,8 +228,39 @@ func TestBadConfig(t *testing.T) {
 		if er := testnet.ParseError(t, out); er.Code != types.ErrInvalidNetworkConfig || !strings.Contains(er.Msg, tc.field) {
 			t.Errorf("%s: %d %q, want 7 naming %s", tc.conf, er.Code, er.Msg, tc.field)
 		}
+		// The runtime's DEL after the refused ADD succeeds, as the
+		// reference's does: a failing DEL is retried forever.
+		delEnv := append([]string{"CNI_COMMAND=DEL"}, env[1:]...)
+		if out, _, code := e.Exec("ptp", delEnv, []byte(tc.conf)); (code != 0) != tc.delFails {
+			t.Errorf("%s: DEL after the refused ADD: exit %d %s", tc.conf, code, out)
+		}
 	}
 	if v := e.Veths(); len(v) > 0 {
 		t.Errorf("veths left: %v", v)
 	}
+}
+
+// TestAsReference: what the reference's ptp leaves on the node and in the
+// pod, where the kernel lets the two differ: the node's route to the pod
+// is scope host (ip.AddHostRoute), and the pod's arp_notify is untouched.
+func TestAsReference(t *testing.T) {
+	e := newEnv(t)
+	l := e.list(t, "ptpref", "1.0.0", ``, `[[{"subnet":"10.95.0.0/24"}]]`)
+	pod := e.Pod(t)
+	a := e.Attach(pod, "eth0")
+	res := add(t, e, l, a)
+	host, ip := res.Interfaces[0].Name, res.IPs[0].Address.IP.String()
+	if out := e.Node.MustRun("ip", "-4", "route", "show", ip); !strings.Contains(out, ip+" dev "+host+" scope host") {
+		t.Errorf("node route to the pod: %q, want %s dev %s scope host", out, ip, host)
+	}
+	if v := pod.MustRun("cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"); strings.TrimSpace(v) != "0" {
+		t.Errorf("pod arp_notify = %s, want the default 0", v)
+	}
+	if err := pod.Ping("10.95.0.1"); err != nil {
+		t.Errorf("pod to node: %v", err)
+	}
+	if err := e.Del(l, a); err != nil {
+		t.Fatal(err)
+	}
+	e.AssertNoAttachments(t, e.dataDir, "ptpref")
 }
