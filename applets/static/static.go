@@ -64,18 +64,53 @@ type AddressConf struct {
 	// an object). encoding/json matches keys case-insensitively but
 	// prefers an exact match, so with this field "Address" no longer
 	// lands in (and breaks) Address, as in the reference, which has both
-	// fields. Its value is not used.
+	// fields. As in the reference, when it holds an IP it is the address
+	// (the string is then not read).
 	Parsed json.RawMessage `json:"Address,omitempty"`
+}
+
+// parsed is the prefix of the entry's "Address" object; ok=false when it
+// is absent or holds no IP.
+func (ac AddressConf) parsed() (p netip.Prefix, ok bool, err error) {
+	if len(ac.Parsed) == 0 {
+		return netip.Prefix{}, false, nil
+	}
+	var n net.IPNet
+	if err := json.Unmarshal(ac.Parsed, &n); err != nil {
+		return netip.Prefix{}, false, err
+	}
+	if n.IP == nil {
+		return netip.Prefix{}, false, nil
+	}
+	ip, ok := netip.AddrFromSlice(n.IP)
+	ones, bits := n.Mask.Size()
+	if !ok || bits == 0 {
+		return netip.Prefix{}, false, fmt.Errorf("%s: not an address with a mask", ac.Parsed)
+	}
+	if ip.Is4In6() {
+		ip = ip.Unmap()
+		if bits == 128 {
+			ones -= 96
+		}
+	}
+	if ones < 0 || ones > ip.BitLen() {
+		return netip.Prefix{}, false, fmt.Errorf("%s: the mask does not fit the address", ac.Parsed)
+	}
+	return netip.PrefixFrom(ip, ones), true, nil
 }
 
 // address is a validated address.
 type address struct {
 	prefix  netip.Prefix // the address with its prefix length
 	gateway netip.Addr
+	// network says the reference holds this address parsed when it
+	// applies CNI_ARGS GATEWAY= (an IP= address, or an entry with an
+	// "Address" object): only those get that gateway.
+	network bool
 }
 
 // envArgs is what static reads from CNI_ARGS: IP appends addresses,
-// GATEWAY sets the gateway of each address whose subnet holds it.
+// GATEWAY sets the gateway of each IP= address whose subnet holds it.
 type envArgs struct {
 	types.CommonArgs
 	IP      types.UnmarshallableString `json:"ip,omitempty"`
@@ -145,9 +180,13 @@ func Check(req *cni.Request) error {
 	return nil
 }
 
-// load decodes the configuration and works out the addresses with the
-// reference's precedence: runtimeConfig.ips, else args.cni.ips, else
-// ipam.addresses; then CNI_ARGS IP= appended and GATEWAY= applied.
+// load decodes the configuration and works out the addresses in the
+// reference's order: ipam.addresses, CNI_ARGS IP= appended to them and
+// GATEWAY= applied to the IP= ones (the reference has only those parsed
+// at that point, and entries that carry an "Address" object); then
+// args.cni.ips, when set, replace all of them, and runtimeConfig.ips,
+// when set, replace whatever is there (so with either, CNI_ARGS IP= and
+// GATEWAY= count for nothing).
 func load(req *cni.Request) (*Config, []address, error) {
 	conf := &Config{}
 	if err := req.Decode(conf); err != nil {
@@ -156,43 +195,40 @@ func load(req *cni.Request) (*Config, []address, error) {
 	if conf.IPAM == nil {
 		return nil, nil, cni.ConfigError("ipam: missing; static needs an \"ipam\" object")
 	}
+	// With args.cni.ips or runtimeConfig.ips, ipam.addresses are replaced
+	// before the reference validates them: only a gateway that is not an
+	// IP address (which its JSON decoding refuses) is an error then.
+	replaced := len(conf.RuntimeConfig.IPs) > 0 || (conf.Args != nil && conf.Args.CNI != nil && len(conf.Args.CNI.IPs) > 0)
 	var addrs []address
-	switch {
-	case len(conf.RuntimeConfig.IPs) > 0:
-		for i, s := range conf.RuntimeConfig.IPs {
-			p, err := parseCIDR(s)
-			if err != nil {
-				return nil, nil, cni.ConfigError("runtimeConfig.ips[%d]: %v", i, err)
+	for i, ac := range conf.IPAM.Addresses {
+		var gw netip.Addr
+		if ac.Gateway != "" {
+			var err error
+			gw, err = netip.ParseAddr(strings.TrimSpace(ac.Gateway))
+			if err != nil || gw.Zone() != "" {
+				return nil, nil, cni.ConfigError("ipam.addresses[%d].gateway: %q is not an IP address", i, ac.Gateway)
 			}
-			addrs = append(addrs, address{prefix: p})
 		}
-	case conf.Args != nil && conf.Args.CNI != nil && len(conf.Args.CNI.IPs) > 0:
-		for i, s := range conf.Args.CNI.IPs {
-			p, err := parseCIDR(s)
-			if err != nil {
-				return nil, nil, cni.ConfigError("args.cni.ips[%d]: %v", i, err)
-			}
-			addrs = append(addrs, address{prefix: p})
+		p, network, err := ac.parsed()
+		if err != nil {
+			return nil, nil, cni.ConfigError("ipam.addresses[%d].Address: %v", i, err)
 		}
-	default:
-		for i, ac := range conf.IPAM.Addresses {
-			p, err := parseCIDR(ac.Address)
-			if err != nil {
+		if replaced {
+			continue
+		}
+		if !network {
+			if p, err = parseCIDR(ac.Address); err != nil {
 				return nil, nil, cni.ConfigError("ipam.addresses[%d].address: %v", i, err)
 			}
-			a := address{prefix: p}
-			if ac.Gateway != "" {
-				gw, err := netip.ParseAddr(strings.TrimSpace(ac.Gateway))
-				if err != nil || gw.Zone() != "" {
-					return nil, nil, cni.ConfigError("ipam.addresses[%d].gateway: %q is not an IP address", i, ac.Gateway)
-				}
-				if gw.Unmap().Is4() != p.Addr().Is4() {
-					return nil, nil, cni.ConfigError("ipam.addresses[%d].gateway: %s is not of the family of %s", i, gw, p)
-				}
-				a.gateway = gw.Unmap()
-			}
-			addrs = append(addrs, a)
 		}
+		a := address{prefix: p, network: network}
+		if gw.IsValid() {
+			if gw.Unmap().Is4() != p.Addr().Is4() {
+				return nil, nil, cni.ConfigError("ipam.addresses[%d].gateway: %s is not of the family of %s", i, gw, p)
+			}
+			a.gateway = gw.Unmap()
+		}
+		addrs = append(addrs, a)
 	}
 
 	if req.Args != "" {
@@ -206,7 +242,7 @@ func load(req *cni.Request) (*Config, []address, error) {
 				if err != nil {
 					return nil, nil, cni.Errorf(cni.ErrInvalidEnv, "CNI_ARGS IP: %v", err)
 				}
-				addrs = append(addrs, address{prefix: p})
+				addrs = append(addrs, address{prefix: p, network: true})
 			}
 		}
 		if e.GATEWAY != "" {
@@ -217,11 +253,32 @@ func load(req *cni.Request) (*Config, []address, error) {
 				}
 				gw = gw.Unmap()
 				for i := range addrs {
-					if addrs[i].prefix.Masked().Contains(gw) {
+					if addrs[i].network && addrs[i].prefix.Masked().Contains(gw) {
 						addrs[i].gateway = gw
 					}
 				}
 			}
+		}
+	}
+
+	if conf.Args != nil && conf.Args.CNI != nil && len(conf.Args.CNI.IPs) > 0 {
+		addrs = nil
+		for i, s := range conf.Args.CNI.IPs {
+			p, err := parseCIDR(s)
+			if err != nil {
+				return nil, nil, cni.ConfigError("args.cni.ips[%d]: %v", i, err)
+			}
+			addrs = append(addrs, address{prefix: p})
+		}
+	}
+	if len(conf.RuntimeConfig.IPs) > 0 {
+		addrs = nil
+		for i, s := range conf.RuntimeConfig.IPs {
+			p, err := parseCIDR(s)
+			if err != nil {
+				return nil, nil, cni.ConfigError("runtimeConfig.ips[%d]: %v", i, err)
+			}
+			addrs = append(addrs, address{prefix: p})
 		}
 	}
 

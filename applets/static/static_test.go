@@ -101,8 +101,9 @@ func TestLibcni(t *testing.T) {
 	})
 }
 
-// TestCnitool: CNI_ARGS IP= appends, GATEWAY= sets gateways, and the ips
-// capability replaces the configured addresses, at every version.
+// TestCnitool: CNI_ARGS IP= appends, GATEWAY= sets the gateways of those
+// addresses, and the ips capability replaces the configured addresses, at
+// every version.
 func TestCnitool(t *testing.T) {
 	r := testnet.NewRuntime(t)
 	testnet.ForEachVersion(t, nil, func(t *testing.T, v string) {
@@ -113,10 +114,14 @@ func TestCnitool(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"10.81.0.5/24", "10.81.0.1", "fd00:81::7/64", "fd00:81::1"} {
+		for _, want := range []string{"10.81.0.5/24", "fd00:81::7/64", "fd00:81::1"} {
 			if !strings.Contains(out, want) {
 				t.Fatalf("ADD result lacks %s: %s", want, out)
 			}
+		}
+		if strings.Contains(out, `"10.81.0.1"`) {
+			// As in the reference: GATEWAY= goes to the IP= addresses only.
+			t.Fatalf("GATEWAY= applied to a configured address: %s", out)
 		}
 		if cni.VersionAtLeast(v, "0.4.0") {
 			if _, err := r.Cnitool("check", name, pod, "CNI_IFNAME=eth0", "CNI_ARGS=IP=fd00:81::7/64;GATEWAY=10.81.0.1,fd00:81::1"); err != nil {
@@ -141,7 +146,9 @@ func TestCnitool(t *testing.T) {
 }
 
 // TestPrecedence: runtimeConfig.ips beats args.cni.ips, which beats
-// ipam.addresses; CNI_ARGS IP= is appended to whichever won.
+// ipam.addresses with CNI_ARGS IP= appended (as in the reference, IP= is
+// dropped with the addresses it was appended to); GATEWAY= goes to the
+// IP= addresses.
 func TestPrecedence(t *testing.T) {
 	r := testnet.NewRuntime(t)
 	pod := r.Pod(t)
@@ -156,8 +163,57 @@ func TestPrecedence(t *testing.T) {
 	if out := run(`,"args":{"cni":{"ips":["10.82.0.2/24"]}}`, ""); !strings.Contains(out, "10.82.0.2/24") || strings.Contains(out, "10.82.0.1/") {
 		t.Errorf("args.cni.ips did not replace addresses: %s", out)
 	}
-	if out := run(`,"args":{"cni":{"ips":["10.82.0.2/24"]}},"runtimeConfig":{"ips":["10.82.0.3/24"]}`, "IP=10.82.0.4/24"); !strings.Contains(out, "10.82.0.3/24") || strings.Contains(out, "10.82.0.2/") || !strings.Contains(out, "10.82.0.4/24") {
-		t.Errorf("runtimeConfig.ips did not win, or CNI_ARGS IP was not appended: %s", out)
+	if out := run(`,"args":{"cni":{"ips":["10.82.0.2/24"]}},"runtimeConfig":{"ips":["10.82.0.3/24"]}`, "IP=10.82.0.4/24"); !strings.Contains(out, "10.82.0.3/24") || strings.Contains(out, "10.82.0.2/") || strings.Contains(out, "10.82.0.4/24") {
+		t.Errorf("runtimeConfig.ips did not replace everything, CNI_ARGS IP included: %s", out)
+	}
+	if out := run(``, "IP=10.82.0.4/24;GATEWAY=10.82.0.254"); !strings.Contains(out, "10.82.0.1/24") || !strings.Contains(out, "10.82.0.4/24") || strings.Count(out, "10.82.0.254") != 1 {
+		t.Errorf("CNI_ARGS IP not appended to ipam.addresses, or GATEWAY not applied to it alone: %s", out)
+	}
+}
+
+// TestReferencePrecedence: the addresses static returns, with their
+// gateways, are the reference's on the reference's own precedence test
+// (runtimeConfig.ips replaces everything, CNI_ARGS IP= and GATEWAY=
+// included, which the reference applies before the replacement) and its
+// variations: GATEWAY= goes to the IP= addresses (and to entries with an
+// "Address" object, which then is the address), not to plain
+// ipam.addresses; a bad ipam.addresses entry that runtimeConfig.ips
+// replaces is no error in either.
+func TestReferencePrecedence(t *testing.T) {
+	ref := testnet.RequireReference(t, "static")
+	r := testnet.NewRuntime(t)
+	pod := r.Pod(t)
+	const rc = `,"runtimeConfig":{"ips":["10.10.0.1/24","3ffe:ffff:0:01ff::1/64"]}`
+	const ac = `,"args":{"cni":{"ips":["10.10.0.2/24","3ffe:ffff:0:01ff::2/64"]}}`
+	const cniArgs = "IgnoreUnknown=1;IP=10.10.0.3/24,11.11.0.3/24;GATEWAY=10.10.0.254"
+	addrs := `"addresses":[{"address":"10.10.0.9/24"}]`
+	for _, c := range []struct{ name, addresses, extra, args string }{
+		{"runtimeConfig, args and CNI_ARGS", addrs, rc + ac, cniArgs},
+		{"args and CNI_ARGS", addrs, ac, cniArgs},
+		{"addresses and CNI_ARGS", addrs, ``, cniArgs},
+		{"runtimeConfig over a bad address", `"addresses":[{"address":"10.10.0.9"}]`, rc, ""},
+		{"an Address object and CNI_ARGS", `"addresses":[{"address":"10.10.0.9/24","Address":{"IP":"10.10.0.8","Mask":"////AA=="}},{"address":"10.10.0.7/24"}]`, ``, cniArgs},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prec","type":"static","ipam":{"type":"static",%s}%s}`, c.addresses, c.extra)
+			run := func(bin string) []string {
+				cmd := exec.Command(bin)
+				cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + r.BinDir, "CNI_ARGS=" + c.args}
+				cmd.Stdin = strings.NewReader(conf)
+				out, err := cmd.Output()
+				if err != nil {
+					t.Fatalf("%s: %v: %s", bin, err, out)
+				}
+				var res current.Result
+				if err := json.Unmarshal(out, &res); err != nil {
+					t.Fatalf("%s: result %q: %v", bin, out, err)
+				}
+				return ips(t, &res)
+			}
+			if got, want := run(filepath.Join(r.BinDir, "static")), run(ref); !slices.Equal(got, want) {
+				t.Errorf("ips = %q, the reference's %q", got, want)
+			}
+		})
 	}
 }
 
