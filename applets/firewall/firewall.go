@@ -259,7 +259,11 @@ func Status(req *cni.Request) error {
 }
 
 // load decodes the configuration. needPrev makes prevResult mandatory
-// (ADD, CHECK).
+// and the configuration judged (ADD, CHECK). Without it (DEL) a value ADD
+// would refuse is taken as its default instead, as the reference's DEL
+// does (an unknown backend is its default backend there): the runtime
+// DELs after every refused ADD and retries a failed DEL forever, and the
+// attachment's record, when there is one, names what ADD really used.
 func load(req *cni.Request, needPrev bool) (*attachment, *current.Result, error) {
 	conf := &Config{}
 	if err := req.Decode(conf); err != nil {
@@ -270,7 +274,7 @@ func load(req *cni.Request, needPrev bool) (*attachment, *current.Result, error)
 	if a.Zone == "" {
 		a.Zone = "trusted"
 	}
-	if a.Admin == "" {
+	if a.Admin == "" || !validChain(a.Admin) && !needPrev {
 		a.Admin = "CNI-ADMIN"
 	}
 	if !validChain(a.Admin) {
@@ -281,17 +285,22 @@ func load(req *cni.Request, needPrev bool) (*attachment, *current.Result, error)
 		a.Policy = policyOpen
 	case policyOpen, policySameBridge, policyIsolated:
 	default:
+		if !needPrev {
+			a.Policy = policyOpen
+			break
+		}
 		return nil, nil, cni.ConfigError("ingressPolicy: %q is not open, same-bridge or isolated", a.Policy)
 	}
 	switch a.Backend {
-	case "":
+	case "iptables", "firewalld", "nftables":
+	default:
+		if a.Backend != "" && needPrev {
+			return nil, nil, cni.ConfigError("backend: %q is not iptables, firewalld or nftables", a.Backend)
+		}
 		a.Backend = "iptables"
 		if firewalldRunning() {
 			a.Backend = "firewalld"
 		}
-	case "iptables", "firewalld", "nftables":
-	default:
-		return nil, nil, cni.ConfigError("backend: %q is not iptables, firewalld or nftables", a.Backend)
 	}
 	prev, err := cni.PrevResult(&conf.NetConf)
 	if err != nil {
@@ -313,12 +322,19 @@ func load(req *cni.Request, needPrev bool) (*attachment, *current.Result, error)
 	}
 	if a.Policy != policyOpen {
 		if len(prev.Interfaces) == 0 || prev.Interfaces[0] == nil || prev.Interfaces[0].Name == "" {
+			if !needPrev {
+				return a, prev, nil // no bridge ADD could have isolated
+			}
 			return nil, nil, cni.ConfigError("ingressPolicy: %q needs the bridge as prevResult.interfaces[0]: chain firewall after bridge", a.Policy)
 		}
 		a.Bridge = prev.Interfaces[0].Name
 		// The name goes into iptables rules as an argument and into
 		// nftables as IFNAMSIZ bytes: it must be an interface name.
 		if e := utils.ValidateInterfaceName(a.Bridge); e != nil || strings.ContainsFunc(a.Bridge, unicode.IsControl) {
+			if !needPrev {
+				a.Bridge = "" // not a bridge ADD could have isolated
+				return a, prev, nil
+			}
 			return nil, nil, cni.ConfigError("prevResult.interfaces[0].name: %q is not an interface name (1-15 characters, no '/', ':', space or control character)", a.Bridge)
 		}
 	}

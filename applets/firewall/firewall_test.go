@@ -218,8 +218,8 @@ func TestDelGCStatus(t *testing.T) {
 			if out, _, code := r.Exec("firewall", env("DEL", "pod-b"), raw("1.1.0", "fw", keys, 3, true)); code != 0 {
 				t.Fatalf("DEL: %s", out)
 			}
-			if s := rules(t, r); strings.Contains(s, "10.10.9.") || strings.Contains(s, "fwbr9") {
-				t.Fatalf("rules left after the last DEL:\n%s", s)
+			if s := rules(t, r); strings.Contains(s, "10.10.9.") || strings.Contains(s, "fwbr9") || strings.Contains(s, "cni_firewall") {
+				t.Fatalf("rules (or the nftables backend's table) left after the last DEL:\n%s", s)
 			}
 			if out, _, code := r.Exec("firewall", env("DEL", "pod-b"), raw("1.1.0", "fw", keys, 3, true)); code != 0 {
 				t.Fatalf("second DEL: %s", out)
@@ -246,6 +246,14 @@ func TestDelGCStatus(t *testing.T) {
 			e := testnet.ParseError(t, out)
 			if code == 0 || e.Code != tc.code || !strings.Contains(e.Msg, tc.field) {
 				t.Errorf("%s: %d %+v", tc.conf, code, e)
+			}
+			// The runtime's DEL after a refused ADD succeeds, as the
+			// reference's does (it falls back to its default backend):
+			// a failing DEL is retried forever.
+			if tc.code == 7 {
+				if out, _, code := r.Exec("firewall", env("DEL", "bad"), tc.conf); code != 0 {
+					t.Errorf("%s: DEL after the refused ADD: %s", tc.conf, out)
+				}
 			}
 		}
 		if s := rules(t, r); strings.Contains(s, "CNI-") || strings.Contains(s, "cni_firewall") {
@@ -338,5 +346,43 @@ func TestReferenceInterop(t *testing.T) {
 				t.Errorf("rules left after DEL:\n%s", s)
 			}
 		})
+	}
+}
+
+// TestNftablesTable: the nftables backend's table goes with the last DEL,
+// unless it holds something of the admin's (a rule in chain admin), which
+// keeps it, and with it the admin's rule.
+func TestNftablesTable(t *testing.T) {
+	r := testnet.NewRuntime(t)
+	keys := `,"backend":"nftables"`
+	add := func(id string, host int) {
+		t.Helper()
+		if out, errb, code := r.Exec("firewall", env("ADD", id), raw("1.0.0", "fwt", keys, host, true)); code != 0 {
+			t.Fatalf("ADD %s: %s %s", id, out, errb)
+		}
+	}
+	del := func(id string, host int) {
+		t.Helper()
+		if out, _, code := r.Exec("firewall", env("DEL", id), raw("1.0.0", "fwt", keys, host, true)); code != 0 {
+			t.Fatalf("DEL %s: %s", id, out)
+		}
+	}
+	tables := func() string { return r.Node.MustRun("nft", "list", "tables") }
+	add("pod-a", 2)
+	add("pod-b", 3)
+	del("pod-a", 2)
+	if !strings.Contains(tables(), "cni_firewall") {
+		t.Fatal("DEL of one pod of two took the table")
+	}
+	del("pod-b", 3)
+	if s := tables(); strings.Contains(s, "cni_firewall") {
+		t.Fatalf("table left after the last DEL:\n%s", s)
+	}
+	del("pod-b", 3) // again: nothing there
+	add("pod-a", 2)
+	r.Node.MustRun("nft", "add", "rule", "inet", "cni_firewall", "admin", "tcp", "dport", "22", "drop")
+	del("pod-a", 2)
+	if s := r.Node.MustRun("nft", "list", "chain", "inet", "cni_firewall", "admin"); !strings.Contains(s, "dport 22 drop") {
+		t.Fatalf("the admin's rule went with the last DEL:\n%s", s)
 	}
 }

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -75,7 +76,7 @@ func podExprs(a *attachment) [][]expr.Any {
 func (b nftBackend) add(a *attachment) error {
 	return commit(func(c *nftables.Conn) error {
 		key := podKey(a)
-		if err := deleteRules(c, []string{fwPods}, func(s string) bool { return s == key }); err != nil {
+		if _, err := deleteRules(c, []string{fwPods}, func(s string) bool { return s == key }); err != nil {
 			return err
 		}
 		t, ch := base(c)
@@ -108,16 +109,17 @@ func commit(queue func(c *nftables.Conn) error) error {
 }
 
 // deleteRules queues the deletion of the rules of the chains whose comment
-// matches; the caller flushes.
-func deleteRules(c *nftables.Conn, chains []string, match func(string) bool) error {
+// matches; the caller flushes. left is the number of rules of those chains
+// that stay (-1: the table is not there).
+func deleteRules(c *nftables.Conn, chains []string, match func(string) bool) (left int, err error) {
 	ok, err := nft.TableExists(c, nftables.TableFamilyINet, fwTable)
 	if err != nil || !ok {
-		return err
+		return -1, err
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable}
 	have, err := nft.Chains(c, t)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, name := range chains {
 		if have[name] == nil {
@@ -125,21 +127,87 @@ func deleteRules(c *nftables.Conn, chains []string, match func(string) bool) err
 		}
 		rules, err := c.GetRules(t, have[name])
 		if err != nil {
-			return fmt.Errorf("nftables: list %s: %w", name, err)
+			return 0, fmt.Errorf("nftables: list %s: %w", name, err)
 		}
 		for _, r := range rules {
-			if match(nft.CommentOf(r)) {
-				if err := c.DelRule(r); err != nil {
-					return err
-				}
+			if !match(nft.CommentOf(r)) {
+				left++
+				continue
+			}
+			if err := c.DelRule(r); err != nil {
+				return 0, err
 			}
 		}
 	}
-	return nil
+	return left, nil
 }
 
+// flushDelete deletes the matching rules of chains and, when that leaves
+// the table as base made it with no rule of any pod or bridge in it, the
+// table, in the same transaction: the last DEL leaves nothing behind, as
+// with the iptables backend. Every cnibox writer of the table holds the
+// firewall-nft lock across its listing and its transaction, so no ADD can
+// put a rule in between; anything else in the table (a rule of the admin
+// in chain admin, a chain, set or object of their own, a changed forward
+// chain) keeps it.
 func flushDelete(chains []string, match func(string) bool) error {
-	return commit(func(c *nftables.Conn) error { return deleteRules(c, chains, match) })
+	return commit(func(c *nftables.Conn) error {
+		left, err := deleteRules(c, chains, match)
+		if err != nil || left != 0 {
+			return err
+		}
+		deleteTableIfUnused(c, chains)
+		return nil
+	})
+}
+
+// deleteTableIfUnused queues the deletion of the table when, but for the
+// rules of done that the transaction deletes, it holds only base's
+// chains, empty, and the forward chain's jumps. When it cannot tell (a
+// listing fails) the table stays: the rules' deletion must not fail on it.
+func deleteTableIfUnused(c *nftables.Conn, done []string) {
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable}
+	have, err := nft.Chains(c, t)
+	if err != nil {
+		return
+	}
+	for name, ch := range have {
+		if slices.Contains(done, name) {
+			continue
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return
+		}
+		switch name {
+		case fwFilter:
+			jumps := []string{fwIso1, fwAdmin, fwPods}
+			if len(rules) > len(jumps) {
+				return
+			}
+			for i, r := range rules {
+				if !nft.SameExprs(nftables.TableFamilyINet, r.Exprs, nft.Jump(jumps[i])) {
+					return
+				}
+			}
+		case fwAdmin, fwPods, fwIso1, fwIso2:
+			if len(rules) > 0 {
+				return
+			}
+		default:
+			return // a chain of someone else's
+		}
+	}
+	if sets, err := c.GetSets(t); err != nil || len(sets) > 0 {
+		return
+	}
+	if objs, err := c.GetObjects(t); err != nil || len(objs) > 0 {
+		return
+	}
+	if fts, err := c.ListFlowtables(t); err != nil || len(fts) > 0 {
+		return
+	}
+	c.DelTable(t)
 }
 
 func (nftBackend) del(a *attachment) error {
@@ -231,7 +299,7 @@ func isolationExprs(bridge, policy string) (s1, s2 [][]expr.Any) {
 func (nftBackend) isolate(a *attachment) error {
 	return commit(func(c *nftables.Conn) error {
 		key := bridgeKey(a.Bridge)
-		if err := deleteRules(c, []string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) }); err != nil {
+		if _, err := deleteRules(c, []string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) }); err != nil {
 			return err
 		}
 		t, ch := base(c)
