@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"sort"
@@ -422,7 +423,7 @@ func sameEntry(have, want string) bool {
 
 var dportsRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`--dports \S+`) })
 
-func (b iptBackend) del(net, id string) error {
+func (b iptBackend) del(net, id string, _ []netip.Addr) error {
 	chains := []string{dnChain(net, id), chainName("CNI-SN-", net, id)}
 	return b.remove(chains, nil)
 }

@@ -1,46 +1,73 @@
 package portmap
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
 )
 
-// The nftables layout, in tables "ip cni_hostport" and "ip6 cni_hostport"
-// (the reference's table name; cnibox keys rules by network and container,
-// and also removes the reference's container-only keyed rules on DEL):
+// The nftables layout is the reference's (v1.9.1 portmap_nftables.go), so
+// that a node can switch between cnibox and the reference and either one's
+// CHECK and DEL find the other's rules. Tables "ip cni_hostport" and
+// "ip6 cni_hostport" (comment "CNI portmap plugin"):
 //
-//	prerouting  nat/prerouting/dstnat:  fib daddr type local jump hostports
-//	output      nat/output/dstnat:      fib daddr type local jump hostports
-//	hostports:  per mapping [conds] [ip daddr HOSTIP] meta l4proto P th dport HP dnat to POD:CP
-//	masquerading nat/postrouting/srcnat: per mapping (snat) ip saddr SUBNET|127.0.0.1
-//	            ip daddr POD meta l4proto P th dport CP ct status dnat masquerade
-//	guard       filter/input/filter (ip only, with snat): iifname != "lo"
-//	            ip daddr 127.0.0.0/8 ct status & dnat == 0
-//	            ct state & (established|related) == 0 drop
+//	prerouting   nat/prerouting/dstnat:  [conditions] fib daddr type local jump hostports_all
+//	output       nat/output/dstnat:      [conditions] fib daddr type local jump hostports_all
+//	hostports_all:    jump hostip_hostports; jump hostports
+//	hostip_hostports: empty (the reference keeps it for upgrades)
+//	hostports:   per mapping [ip daddr HOSTIP] P dport HP dnat to POD:CP
+//	masquerading nat/postrouting/srcnat (snat): ip saddr POD ip daddr POD masquerade,
+//	             and for IPv4 ip saddr 127.0.0.1 ip daddr POD masquerade
+//
+// Every per-pod rule's comment is the container ID alone: the reference
+// counts (CHECK) and deletes (DEL) the rules whose comment is the ID. cnibox
+// adds, in the same tables:
+//
+//	masquerading (masqAll): per mapping ip daddr POD P dport CP ct status dnat masquerade
+//	guard        filter/input/filter (ip only, with snat): iifname != "lo"
+//	             ip daddr 127.0.0.0/8 ct status & dnat == 0
+//	             ct state & (established|related) == 0 drop
+//
+// A container attached to two networks has rules with the same comment in
+// both; cnibox's DEL and GC take only the rules that also name the
+// attachment's pod addresses (from prevResult or ADD's record), where the
+// reference's DEL takes them all.
 const (
-	nftTable     = "cni_hostport"
-	nftHostports = "hostports"
-	nftMasq      = "masquerading"
-	nftGuard     = "guard"
+	nftTable           = "cni_hostport"
+	nftTableComment    = "CNI portmap plugin"
+	nftHostportsAll    = "hostports_all"
+	nftHostIPHostports = "hostip_hostports"
+	nftHostports       = "hostports"
+	nftMasq            = "masquerading"
+	nftGuard           = "guard"
 )
+
+// nftPodChains are the chains that hold per-pod rules.
+var nftPodChains = []string{nftHostports, nftHostIPHostports, nftMasq}
 
 type nftBackend struct{}
 
 func (nftBackend) usable() error { return nft.Usable() }
 
-func nftKey(net, id string) string { return "net=" + net + " id=" + id }
+// oldKey is the comment of the rules cnibox wrote before it used the
+// reference's layout; DEL and GC still remove them.
+func oldKey(net, id string) string { return "net=" + net + " id=" + id }
 
-func parseKey(c string) (net, id string, ok bool) {
+func parseOldKey(c string) (net, id string, ok bool) {
 	n, rest, ok1 := strings.Cut(c, " id=")
 	if !ok1 || !strings.HasPrefix(n, "net=") {
 		return "", "", false
@@ -50,7 +77,7 @@ func parseKey(c string) (net, id string, ok bool) {
 
 type nftFamily struct {
 	fam  nftables.TableFamily
-	pod  netip.Prefix // the pod's address with its prefix length
+	pod  netip.Addr
 	cond []string
 	v6   bool
 }
@@ -58,14 +85,21 @@ type nftFamily struct {
 func (a *attachment) nftFamilies() []nftFamily {
 	var out []nftFamily
 	if a.v4 != nil {
-		ones, _ := a.v4.Mask.Size()
 		addr, _ := netip.AddrFromSlice(a.v4.IP.To4())
-		out = append(out, nftFamily{nftables.TableFamilyIPv4, netip.PrefixFrom(addr, ones), a.cond4, false})
+		out = append(out, nftFamily{nftables.TableFamilyIPv4, addr, a.cond4, false})
 	}
 	if a.v6 != nil {
-		ones, _ := a.v6.Mask.Size()
 		addr, _ := netip.AddrFromSlice(a.v6.IP.To16())
-		out = append(out, nftFamily{nftables.TableFamilyIPv6, netip.PrefixFrom(addr, ones), a.cond6, true})
+		out = append(out, nftFamily{nftables.TableFamilyIPv6, addr, a.cond6, true})
+	}
+	return out
+}
+
+// podAddrs returns the attachment's pod addresses.
+func (a *attachment) podAddrs() []netip.Addr {
+	var out []netip.Addr
+	for _, f := range a.nftFamilies() {
+		out = append(out, f.pod)
 	}
 	return out
 }
@@ -80,51 +114,51 @@ func protoNum(p string) byte {
 	return nft.TCP
 }
 
-// nftRules returns the attachment's rules for one family, by chain.
-func nftRules(a *attachment, f nftFamily) (map[string][][]expr.Any, error) {
-	conds, err := parseConditions(f.cond, f.v6)
-	if err != nil {
-		return nil, err
-	}
+func host(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+// nftRules returns the attachment's per-pod rules for one family, by chain.
+func nftRules(a *attachment, f nftFamily) map[string][][]expr.Any {
 	out := map[string][][]expr.Any{}
-	pod := f.pod.Addr()
 	for _, m := range mapsFor(a.maps, f.v6) {
 		var dst []expr.Any
 		if h, ok := m.hostAddr(); ok {
-			dst = nft.DAddr(netip.PrefixFrom(h, h.BitLen()), false)
+			dst = nft.DAddr(host(h), false)
 		}
-		out[nftHostports] = append(out[nftHostports], nft.Concat(conds, dst,
+		out[nftHostports] = append(out[nftHostports], nft.Concat(dst,
 			nft.L4Proto(protoNum(m.Protocol)), nft.DPort(uint16(m.HostPort)),
-			nft.DNAT(pod, uint16(m.ContainerPort))))
-		if !a.snat {
-			continue
-		}
-		var sources [][]expr.Any
-		switch {
-		case a.masqAll:
-			sources = [][]expr.Any{nil}
-		case f.v6:
-			sources = [][]expr.Any{nft.SAddr(f.pod.Masked(), false)}
-		default:
-			sources = [][]expr.Any{nft.SAddr(f.pod.Masked(), false),
-				nft.SAddr(netip.MustParsePrefix("127.0.0.1/32"), false)}
-		}
-		for _, src := range sources {
-			out[nftMasq] = append(out[nftMasq], nft.Concat(src,
-				nft.DAddr(netip.PrefixFrom(pod, pod.BitLen()), false),
+			nft.DNAT(f.pod, uint16(m.ContainerPort))))
+	}
+	if !a.snat {
+		return out
+	}
+	out[nftMasq] = append(out[nftMasq], nft.Concat(nft.SAddr(host(f.pod), false), nft.DAddr(host(f.pod), false), nft.Masquerade()))
+	if !f.v6 {
+		out[nftMasq] = append(out[nftMasq], nft.Concat(nft.SAddr(netip.MustParsePrefix("127.0.0.1/32"), false),
+			nft.DAddr(host(f.pod), false), nft.Masquerade()))
+	}
+	if a.masqAll {
+		for _, m := range mapsFor(a.maps, f.v6) {
+			out[nftMasq] = append(out[nftMasq], nft.Concat(nft.DAddr(host(f.pod), false),
 				nft.L4Proto(protoNum(m.Protocol)), nft.DPort(uint16(m.ContainerPort)),
 				nft.CtStatus(nft.CtStatusDNAT, true), nft.Masquerade()))
 		}
 	}
-	return out, nil
+	return out
 }
 
-// nftBase adds the table and its chains (a no-op for those that exist)
-// and rewrites the hook chains' single jump.
-func nftBase(c *nftables.Conn, fam nftables.TableFamily, guard bool) (*nftables.Table, map[string]*nftables.Chain) {
+// nftBase adds the table's chains (a no-op for those that exist) and
+// rewrites the hook chains' single jump and hostports_all, as the
+// reference's ADD does.
+func nftBase(c *nftables.Conn, fam nftables.TableFamily, conds []expr.Any, snat, guard bool) (*nftables.Table, map[string]*nftables.Chain) {
 	t := c.AddTable(&nftables.Table{Family: fam, Name: nftTable})
 	ch := map[string]*nftables.Chain{}
 	ch[nftHostports] = c.AddChain(&nftables.Chain{Table: t, Name: nftHostports})
+	ch[nftHostIPHostports] = c.AddChain(&nftables.Chain{Table: t, Name: nftHostIPHostports})
+	all := c.AddChain(&nftables.Chain{Table: t, Name: nftHostportsAll})
+	c.FlushChain(all)
+	c.AddRule(&nftables.Rule{Table: t, Chain: all, Exprs: nft.Jump(nftHostIPHostports)})
+	c.AddRule(&nftables.Rule{Table: t, Chain: all, Exprs: nft.Jump(nftHostports)})
+	ch[nftHostportsAll] = all
 	for _, hook := range []struct {
 		name string
 		hook *nftables.ChainHook
@@ -132,11 +166,13 @@ func nftBase(c *nftables.Conn, fam nftables.TableFamily, guard bool) (*nftables.
 		hc := c.AddChain(&nftables.Chain{Table: t, Name: hook.name, Type: nftables.ChainTypeNAT,
 			Hooknum: hook.hook, Priority: nftables.ChainPriorityNATDest})
 		c.FlushChain(hc)
-		c.AddRule(&nftables.Rule{Table: t, Chain: hc, Exprs: nft.Concat(nft.DAddrLocal(), nft.Jump(nftHostports))})
+		c.AddRule(&nftables.Rule{Table: t, Chain: hc, Exprs: nft.Concat(conds, nft.DAddrLocal(), nft.Jump(nftHostportsAll))})
 		ch[hook.name] = hc
 	}
-	ch[nftMasq] = c.AddChain(&nftables.Chain{Table: t, Name: nftMasq, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	if snat {
+		ch[nftMasq] = c.AddChain(&nftables.Chain{Table: t, Name: nftMasq, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	}
 	if guard {
 		g := c.AddChain(&nftables.Chain{Table: t, Name: nftGuard, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
@@ -149,6 +185,40 @@ func nftBase(c *nftables.Conn, fam nftables.TableFamily, guard bool) (*nftables.
 	return t, ch
 }
 
+// ownedBy returns the matcher of an attachment's rules: comment id (or
+// cnibox's older "net=N id=ID") and, when the pod's addresses are known,
+// naming one of them.
+func ownedBy(net, id string, pods []netip.Addr) func(*nftables.Rule) bool {
+	return func(r *nftables.Rule) bool {
+		switch nft.CommentOf(r) {
+		case oldKey(net, id):
+			return true
+		case id:
+			return len(pods) == 0 || slices.ContainsFunc(pods, func(p netip.Addr) bool { return namesAddr(r, p) })
+		}
+		return false
+	}
+}
+
+// namesAddr reports whether a rule compares with or loads the address
+// (ip saddr/daddr, dnat to).
+func namesAddr(r *nftables.Rule, a netip.Addr) bool {
+	b := a.AsSlice()
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Cmp:
+			if bytes.Equal(e.Data, b) {
+				return true
+			}
+		case *expr.Immediate:
+			if bytes.Equal(e.Data, b) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (b nftBackend) add(a *attachment) error {
 	unlock, err := iptables.Lock("portmap-nft")
 	if err != nil {
@@ -159,25 +229,69 @@ func (b nftBackend) add(a *attachment) error {
 	if err != nil {
 		return err
 	}
-	key := nftKey(a.net, a.id)
+	own := ownedBy(a.net, a.id, a.podAddrs())
 	for _, f := range a.nftFamilies() {
-		rules, err := nftRules(a, f)
+		conds, err := parseConditions(f.cond, f.v6)
 		if err != nil {
 			return err
 		}
-		// A repeated ADD replaces the pod's rules.
-		if err := b.queueDelete(c, f.fam, func(comment string) bool { return comment == key }); err != nil {
+		if err := createCommentedTable(f.fam); err != nil {
 			return err
 		}
-		t, chains := nftBase(c, f.fam, a.snat && !f.v6)
+		// A repeated ADD replaces the pod's rules.
+		if err := b.queueDelete(c, f.fam, own); err != nil {
+			return err
+		}
+		rules := nftRules(a, f)
+		t, chains := nftBase(c, f.fam, conds, a.snat, a.snat && !f.v6)
 		for _, name := range []string{nftHostports, nftMasq} {
 			for _, ex := range rules[name] {
-				c.AddRule(&nftables.Rule{Table: t, Chain: chains[name], Exprs: ex, UserData: nft.Comment(key)})
+				c.AddRule(&nftables.Rule{Table: t, Chain: chains[name], Exprs: ex, UserData: nft.Comment(a.id)})
 			}
 		}
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("nftables: %s table %s: %w", famName(f.fam), nftTable, err)
 		}
+	}
+	return nil
+}
+
+// createCommentedTable creates the table with the reference's comment when
+// it does not exist (google/nftables cannot set a table's comment; an
+// existing table keeps its own).
+func createCommentedTable(fam nftables.TableFamily) error {
+	fail := func(err error) error {
+		return fmt.Errorf("nftables: create table %s %s: %w", famName(fam), nftTable, err)
+	}
+	const nftaTableUserdata = 6 // NFTA_TABLE_USERDATA
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: []byte(nftTable + "\x00")},
+		{Type: nftaTableUserdata, Data: userdata.AppendString(nil, 0 /* NFTNL_UDATA_TABLE_COMMENT */, nftTableComment)},
+	})
+	if err != nil {
+		return fail(err)
+	}
+	subsys := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
+	msgs := []netlink.Message{
+		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: subsys},
+		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE),
+			Flags: netlink.Request | netlink.Create | netlink.Acknowledge},
+			Data: append([]byte{byte(fam), unix.NFNETLINK_V0, 0, 0}, attrs...)},
+		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: subsys},
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return fail(err)
+	}
+	defer conn.Close()
+	if err := conn.SetReadDeadline(time.Now().Add(iptables.LockWait)); err != nil {
+		return fail(err)
+	}
+	if _, err := conn.SendMessages(msgs); err != nil {
+		return fail(err)
+	}
+	if _, err := conn.Receive(); err != nil {
+		return fail(err)
 	}
 	return nil
 }
@@ -189,9 +303,9 @@ func famName(f nftables.TableFamily) string {
 	return "ip"
 }
 
-// queueDelete queues the deletion of every rule of the per-pod chains whose
-// comment matches; the caller flushes.
-func (nftBackend) queueDelete(c *nftables.Conn, fam nftables.TableFamily, match func(comment string) bool) error {
+// queueDelete queues the deletion of every rule of the per-pod chains that
+// match; the caller flushes.
+func (nftBackend) queueDelete(c *nftables.Conn, fam nftables.TableFamily, match func(*nftables.Rule) bool) error {
 	ok, err := nft.TableExists(c, fam, nftTable)
 	if err != nil || !ok {
 		return err
@@ -201,7 +315,7 @@ func (nftBackend) queueDelete(c *nftables.Conn, fam nftables.TableFamily, match 
 	if err != nil {
 		return err
 	}
-	for _, name := range []string{nftHostports, nftMasq} {
+	for _, name := range nftPodChains {
 		ch := chains[name]
 		if ch == nil {
 			continue
@@ -211,7 +325,7 @@ func (nftBackend) queueDelete(c *nftables.Conn, fam nftables.TableFamily, match 
 			return fmt.Errorf("nftables: list %s %s %s: %w", famName(fam), nftTable, name, err)
 		}
 		for _, r := range rules {
-			if match(nft.CommentOf(r)) {
+			if match(r) {
 				if err := c.DelRule(r); err != nil {
 					return err
 				}
@@ -224,7 +338,7 @@ func (nftBackend) queueDelete(c *nftables.Conn, fam nftables.TableFamily, match 
 // remove deletes the matching rules of both families. cnibox's own writers
 // are serialized by a lock, and the listing is repeated after the delete:
 // a rule dump interrupted by another writer can come back short.
-func (b nftBackend) remove(match func(string) bool) error {
+func (b nftBackend) remove(match func(*nftables.Rule) bool) error {
 	unlock, err := iptables.Lock("portmap-nft")
 	if err != nil {
 		return err
@@ -237,8 +351,8 @@ func (b nftBackend) remove(match func(string) bool) error {
 		}
 		left := false
 		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-			if err := b.queueDelete(c, fam, func(s string) bool {
-				if match(s) {
+			if err := b.queueDelete(c, fam, func(r *nftables.Rule) bool {
+				if match(r) {
 					left = true
 					return true
 				}
@@ -259,38 +373,48 @@ func (b nftBackend) remove(match func(string) bool) error {
 	}
 }
 
-func (b nftBackend) del(net, id string) error {
-	key := nftKey(net, id)
-	// The reference keys its rules by container ID alone.
-	return b.remove(func(c string) bool { return c == key || c == id })
+func (b nftBackend) del(net, id string, pods []netip.Addr) error {
+	return b.remove(ownedBy(net, id, pods))
 }
 
+// gc removes the rules of the network's recorded attachments that are not
+// in keep (a rule's comment names only the container, so the network's
+// attachments are those ADD recorded), and cnibox's older "net=N id=ID"
+// rules of the network.
 func (b nftBackend) gc(net string, keep map[string]bool) error {
-	return b.remove(func(c string) bool {
-		n, id, ok := parseKey(c)
-		return ok && n == net && !keep[id]
+	gone := map[string][]netip.Addr{}
+	for _, id := range recordedIDs(net) {
+		if !keep[id] {
+			_, pods := recalledState(net, id)
+			gone[id] = pods
+		}
+	}
+	return b.remove(func(r *nftables.Rule) bool {
+		c := nft.CommentOf(r)
+		if n, id, ok := parseOldKey(c); ok {
+			return n == net && !keep[id]
+		}
+		pods, ok := gone[c]
+		return ok && ownedBy(net, c, pods)(r)
 	})
 }
 
-// check verifies that each per-pod chain holds exactly the attachment's
-// rules (by comment and count) and that the hook chains jump to hostports.
+// check verifies the reference's chain structure and that the per-pod
+// chains hold exactly the attachment's rules.
 func (nftBackend) check(a *attachment) error {
 	c, err := nft.Open()
 	if err != nil {
 		return err
 	}
-	key := nftKey(a.net, a.id)
+	own := ownedBy(a.net, a.id, a.podAddrs())
 	for _, f := range a.nftFamilies() {
-		want, err := nftRules(a, f)
-		if err != nil {
-			return err
-		}
+		want := nftRules(a, f)
 		t := &nftables.Table{Family: f.fam, Name: nftTable}
 		chains, err := nft.Chains(c, t)
 		if err != nil {
 			return err
 		}
-		for _, name := range []string{"prerouting", "output", nftHostports, nftMasq} {
+		for _, name := range []string{"prerouting", "output", nftHostportsAll, nftHostports, nftMasq} {
 			if chains[name] == nil {
 				if name == nftMasq && len(want[nftMasq]) == 0 {
 					continue
@@ -301,7 +425,13 @@ func (nftBackend) check(a *attachment) error {
 			if err != nil {
 				return fmt.Errorf("nftables: list %s: %w", name, err)
 			}
-			if name == "prerouting" || name == "output" {
+			switch name {
+			case "prerouting", "output":
+				if !slices.ContainsFunc(rules, func(r *nftables.Rule) bool { return ruleJumpsTo(r, nftHostportsAll) }) {
+					return fmt.Errorf("nftables: %s %s: chain %s does not jump to %s", famName(f.fam), nftTable, name, nftHostportsAll)
+				}
+				continue
+			case nftHostportsAll:
 				if !slices.ContainsFunc(rules, func(r *nftables.Rule) bool { return ruleJumpsTo(r, nftHostports) }) {
 					return fmt.Errorf("nftables: %s %s: chain %s does not jump to %s", famName(f.fam), nftTable, name, nftHostports)
 				}
@@ -309,16 +439,16 @@ func (nftBackend) check(a *attachment) error {
 			}
 			var have []*nftables.Rule
 			for _, r := range rules {
-				if nft.CommentOf(r) == key {
+				if own(r) {
 					have = append(have, r)
 				}
 			}
 			if len(have) != len(want[name]) {
-				return fmt.Errorf("nftables: %s %s: chain %s has %d rules of %s, want %d", famName(f.fam), nftTable, name, len(have), key, len(want[name]))
+				return fmt.Errorf("nftables: %s %s: chain %s has %d rules of container %s for %s, want %d", famName(f.fam), nftTable, name, len(have), a.id, f.pod, len(want[name]))
 			}
 			for i, r := range have {
 				if !nft.SameExprs(f.fam, r.Exprs, want[name][i]) {
-					return fmt.Errorf("nftables: %s %s: chain %s: rule %d of %s (handle %d) is not what ADD wrote", famName(f.fam), nftTable, name, i, key, r.Handle)
+					return fmt.Errorf("nftables: %s %s: chain %s: rule %d of container %s (handle %d) is not what ADD wrote", famName(f.fam), nftTable, name, i, a.id, r.Handle)
 				}
 			}
 		}

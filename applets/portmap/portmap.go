@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -118,8 +119,9 @@ type backend interface {
 	add(a *attachment) error
 	check(a *attachment) error
 	// del removes every rule of the network+container, with or without
-	// the mappings.
-	del(net, id string) error
+	// the mappings; pods, when known, are the pod's addresses (nftables
+	// tells two networks' rules of one container apart by them).
+	del(net, id string, pods []netip.Addr) error
 	// gc removes the rules of the network whose container is not in keep.
 	gc(net string, keep map[string]bool) error
 	usable() error
@@ -145,7 +147,7 @@ func Add(req *cni.Request) (types.Result, error) {
 		return prev, nil
 	}
 	// Recorded first: a DEL after a failed ADD finds what was half made.
-	if err := remember(req.Name, req.ContainerID, *conf.Backend); err != nil {
+	if err := remember(req.Name, req.ContainerID, *conf.Backend, a.podAddrs()); err != nil {
 		req.Log.Warnf("portmap: %v (DEL without portMappings will not find the rules)", err)
 	}
 	be := backendFor(*conf.Backend)
@@ -170,11 +172,16 @@ func Add(req *cni.Request) (types.Result, error) {
 // Del removes the attachment's rules. It needs neither the mappings nor
 // the netns: rules are found by network name and container ID.
 func Del(req *cni.Request) error {
-	conf, _, _, err := load(req)
+	conf, a, _, err := load(req)
 	if err != nil {
 		return err
 	}
-	used := recalled(req.Name, req.ContainerID)
+	used, pods := recalledState(req.Name, req.ContainerID)
+	for _, p := range a.podAddrs() {
+		if !slices.Contains(pods, p) {
+			pods = append(pods, p)
+		}
+	}
 	if used == "" && len(conf.RuntimeConfig.PortMappings) == 0 {
 		return nil // never mapped anything here: no rule to look for
 	}
@@ -184,7 +191,7 @@ func Del(req *cni.Request) error {
 	}
 	for _, name := range names {
 		be := backendFor(name)
-		if err := be.del(req.Name, req.ContainerID); err != nil {
+		if err := be.del(req.Name, req.ContainerID, pods); err != nil {
 			if be.usable() != nil {
 				continue // that backend is gone here, so are its rules
 			}
@@ -506,35 +513,60 @@ func enableRouteLocalnet(pod net.IP) error {
 	return nil
 }
 
-// State: which backend holds an attachment's rules, so that a DEL without
-// portMappings (the runtime need not resend them) finds them, and a DEL of a
-// pod that never had any costs nothing.
+// State: which backend holds an attachment's rules and the pod's addresses
+// they name, so that a DEL without portMappings (the runtime need not resend
+// them) finds them, a DEL of a pod that never had any costs nothing, and
+// GC knows the network's attachments (an nftables rule's comment names only
+// the container, as the reference's do). The record is the backend's name,
+// then one address a line.
 
 func stateFile(net, id string) string {
 	return filepath.Join("/var/lib/cni/cnibox-portmap", net, id)
 }
 
-func remember(net, id, backend string) error {
+func remember(net, id, backend string, pods []netip.Addr) error {
 	f := stateFile(net, id)
 	if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
 		return fmt.Errorf("record backend: %w", err)
 	}
-	if err := os.WriteFile(f, []byte(backend+"\n"), 0o600); err != nil {
+	rec := backend + "\n"
+	for _, p := range pods {
+		rec += p.String() + "\n"
+	}
+	if err := os.WriteFile(f, []byte(rec), 0o600); err != nil {
 		return fmt.Errorf("record backend: %w", err)
 	}
 	return nil
 }
 
-func recalled(net, id string) string {
+// recalledState returns the recorded backend ("" without a record) and
+// pod addresses.
+func recalledState(net, id string) (string, []netip.Addr) {
 	b, err := os.ReadFile(stateFile(net, id))
 	if err != nil {
-		return ""
+		return "", nil
 	}
-	switch s := strings.TrimSpace(string(b)); s {
-	case backendIPTables, backendNFTables:
-		return s
+	lines := strings.Fields(string(b))
+	if len(lines) == 0 || (lines[0] != backendIPTables && lines[0] != backendNFTables) {
+		return "", nil
 	}
-	return ""
+	var pods []netip.Addr
+	for _, l := range lines[1:] {
+		if a, err := netip.ParseAddr(l); err == nil {
+			pods = append(pods, a)
+		}
+	}
+	return lines[0], pods
+}
+
+// recordedIDs returns the container IDs the network has records of.
+func recordedIDs(net string) []string {
+	entries, _ := os.ReadDir(filepath.Dir(stateFile(net, "x")))
+	var out []string
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
 }
 
 func forget(net, id string) {

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -95,9 +97,15 @@ func TestTraffic(t *testing.T) {
 				traffic.Expect(t, pod2, proto, nodeIP6, 8080, "pod1")
 			}
 			// Who the pod sees: other machines as themselves, a hairpin
-			// connection masqueraded to the bridge's address.
+			// connection masqueraded to the bridge's address: its own in
+			// both backends, another pod's of the subnet with iptables
+			// only (the reference's nftables rule is "ip saddr POD ip
+			// daddr POD masquerade", its iptables rule "-s SUBNET").
 			traffic.Expect(t, w.outside, "tcp", nodeIP, 8082, "192.168.77.2")
-			traffic.Expect(t, pod2, "tcp", nodeIP, 8082, "10.88.0.1")
+			traffic.Expect(t, pod1, "tcp", nodeIP, 8082, "10.88.0.1")
+			if backend == "iptables" {
+				traffic.Expect(t, pod2, "tcp", nodeIP, 8082, "10.88.0.1")
+			}
 			// Not addressed to the node: routed to far, untouched.
 			traffic.Expect(t, w.outside, "tcp", farIP, 8080, "far")
 			traffic.Expect(t, w.outside, "tcp", farIP, 9090, "far")
@@ -164,41 +172,77 @@ func dnChain(net, id string) string {
 	return ("CNI-DN-" + hex.EncodeToString(sum[:]))[:28]
 }
 
-// TestReferenceInterop: rules made by the reference portmap are removed
-// by cnibox's DEL and the other way round; a node can switch.
+// TestReferenceInterop: rules made by the reference portmap are found by
+// cnibox's CHECK and removed by its DEL, and the other way round, in both
+// backends: a node can switch either way.
 func TestReferenceInterop(t *testing.T) {
 	testnet.RequireReference(t, "portmap")
 	w := newWorld(t)
 	r := w.r
-	list := r.Conflist(bridgeChain("1.0.0", "interop", ""))
 	pod := r.Pod(t)
 	traffic.Serve(t, pod, 80, "pod")
 	ours, ref := r.BinDir+":"+testnet.ReferenceDir(), testnet.ReferenceDir()+":"+r.BinDir
 
-	for _, tc := range []struct{ name, add, del string }{{"reference ADD, cnibox DEL", ref, ours}, {"cnibox ADD, reference DEL", ours, ref}} {
-		t.Run(tc.name, func(t *testing.T) {
-			a := r.Attach(pod, "eth0")
-			a.Caps = mappings(pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", ""))
-			r.SetPath(tc.add)
-			if _, err := r.Add(list, a); err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
-			traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
-			traffic.Expect(t, r.Node, "udp", "127.0.0.1", 8080, "pod")
-			r.SetPath(ours)
-			if err := r.Check(list, a); err != nil {
-				t.Errorf("cnibox CHECK: %v", err)
-			}
-			r.SetPath(tc.del)
-			if err := r.Del(list, a); err != nil {
-				t.Fatalf("DEL: %v", err)
-			}
-			if s := rules(t, r); strings.Contains(s, a.ContainerID) || strings.Contains(s, dnChain(list.Name, a.ContainerID)) {
-				t.Errorf("rules left after DEL:\n%s", s)
-			}
-			traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
-		})
+	for _, backend := range []string{"iptables", "nftables"} {
+		if backend == "nftables" && !referenceHasNFTables(t) {
+			t.Logf("the reference portmap in %s has no nftables backend (v1.6.0 added it; spec 1.1.0 came with it): nftables not tried", testnet.ReferenceDir())
+			continue
+		}
+		list := r.Conflist(bridgeChain("1.0.0", "interop-"+backend[:3], backendKey(backend)))
+		var refSelfCheck error
+		for _, tc := range []struct{ name, add, del string }{{"reference ADD, cnibox DEL", ref, ours}, {"cnibox ADD, reference DEL", ours, ref}} {
+			t.Run(backend+"/"+tc.name, func(t *testing.T) {
+				a := r.Attach(pod, "eth0")
+				a.Caps = mappings(pm(8080, 80, "tcp", ""), pm(8080, 80, "udp", ""))
+				r.SetPath(tc.add)
+				if _, err := r.Add(list, a); err != nil {
+					t.Fatalf("ADD: %v", err)
+				}
+				traffic.Expect(t, w.outside, "tcp", nodeIP, 8080, "pod")
+				traffic.Expect(t, r.Node, "udp", "127.0.0.1", 8080, "pod")
+				r.SetPath(ours)
+				if err := r.Check(list, a); err != nil {
+					t.Errorf("cnibox CHECK: %v", err)
+				}
+				// The reference's CHECK must pass on cnibox's rules
+				// wherever it passes on its own (Debian's 1.1.1 fails
+				// its own dual-stack iptables CHECK).
+				r.SetPath(ref)
+				err := r.Check(list, a)
+				switch {
+				case tc.add == ref:
+					refSelfCheck = err
+					if err != nil {
+						t.Logf("the reference's CHECK fails on its own rules: %v", err)
+					}
+				case err != nil && refSelfCheck == nil:
+					t.Errorf("reference CHECK: %v", err)
+				}
+				r.SetPath(tc.del)
+				if err := r.Del(list, a); err != nil {
+					t.Fatalf("DEL: %v", err)
+				}
+				if s := rules(t, r); strings.Contains(s, a.ContainerID) || strings.Contains(s, dnChain(list.Name, a.ContainerID)) {
+					t.Errorf("rules left after DEL:\n%s", s)
+				}
+				traffic.ExpectNot(t, w.outside, "tcp", nodeIP, 8080, "pod")
+			})
+		}
 	}
+}
+
+// referenceHasNFTables reports whether the reference portmap is recent
+// enough to have the nftables backend (it speaks spec 1.1.0: v1.6.0 on;
+// Debian's 1.1.1 ignores "backend" and writes iptables rules).
+func referenceHasNFTables(t *testing.T) bool {
+	cmd := exec.Command(filepath.Join(testnet.ReferenceDir(), "portmap"))
+	cmd.Env = []string{"CNI_COMMAND=VERSION"}
+	cmd.Stdin = strings.NewReader(`{"cniVersion":"0.3.1"}`)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("reference portmap VERSION: %v", err)
+	}
+	return strings.Contains(string(out), `"1.1.0"`)
 }
 
 // TestVersions sweeps the spec versions the reference bridge speaks,

@@ -214,10 +214,13 @@ func checkIPTRules(t *testing.T, a *attachment, allowed map[string]bool, ports m
 func checkNFTRules(t *testing.T, a *attachment, allowed map[string]bool, ports map[int]bool) {
 	t.Helper()
 	for _, f := range a.nftFamilies() {
-		rules, err := nftRules(a, f)
+		conds, err := parseConditions(f.cond, f.v6)
 		if err != nil {
-			t.Fatalf("nftRules of an accepted config: %v", err)
+			t.Fatalf("conditions of an accepted config: %v", err)
 		}
+		rules := nftRules(a, f)
+		// The conditions go into the hook chains' jump, as the reference's do.
+		rules["prerouting"] = [][]expr.Any{conds}
 		var condAddrs []netip.Prefix
 		toks := strings.Fields(strings.Join(f.cond, " "))
 		for _, tok := range toks {
@@ -298,7 +301,7 @@ func anyMasked(a netip.Addr, ps []netip.Prefix) bool {
 // maskedPod: the pod's subnet as the masquerade rule's source.
 func maskedPod(a netip.Addr, at *attachment) bool {
 	for _, f := range at.nftFamilies() {
-		if f.pod.Masked().Addr() == a {
+		if f.pod == a {
 			return true
 		}
 	}

@@ -18,7 +18,20 @@ func rawConf(version, net, keys, maps string) []byte {
 	if maps != "" {
 		rc = fmt.Sprintf(`,"runtimeConfig":{"portMappings":%s}`, maps)
 	}
-	return []byte(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"type":"portmap","prevResult":%s%s%s}`, version, net, prevResult, keys, rc))
+	prev := prevResult
+	if net == "net2" {
+		// Another network gives the same container other addresses.
+		prev = strings.NewReplacer("10.88.0.", "10.89.0.", "fd88::", "fd89::").Replace(prev)
+	}
+	return []byte(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"type":"portmap","prevResult":%s%s%s}`, version, net, prev, keys, rc))
+}
+
+// podIPv4 is the pod's IPv4 address in rawConf's prevResult of net.
+func podIPv4(net string) string {
+	if net == "net2" {
+		return "10.89.0.2"
+	}
+	return "10.88.0.2"
 }
 
 func env(cmd, id string, extra ...string) []string {
@@ -139,15 +152,24 @@ func TestDelGCStatus(t *testing.T) {
 	})
 }
 
-// has reports whether the ruleset dump holds rules of net/id.
+// has reports whether the ruleset dump holds rules of net/id: for
+// nftables, a DNAT to the pod's address of net with the container ID as
+// its comment, as the reference writes it.
 func has(dump, backend, net, id string) bool {
 	if backend == "nftables" {
-		return strings.Contains(dump, fmt.Sprintf(`"net=%s id=%s"`, net, id))
+		for _, line := range strings.Split(dump, "\n") {
+			if strings.Contains(line, fmt.Sprintf(`comment "%s"`, id)) && strings.Contains(line, "dnat to "+podIPv4(net)+":") {
+				return true
+			}
+		}
+		return false
 	}
 	return strings.Contains(dump, dnChain(net, id))
 }
 
-// tamper points the first DNAT rule of net/id at 10.88.0.99.
+// tamper changes the first DNAT rule of net/id: iptables points it at
+// 10.88.0.99, nftables adds a match to it (the rule still names the pod,
+// so it is still the attachment's).
 func tamper(t *testing.T, r *testnet.Runtime, backend, net, id string) {
 	t.Helper()
 	if backend == "iptables" {
@@ -155,7 +177,7 @@ func tamper(t *testing.T, r *testnet.Runtime, backend, net, id string) {
 		out := r.Node.MustRun("iptables", "-t", "nat", "-S", chain)
 		for i, line := range strings.Split(out, "\n") {
 			if strings.Contains(line, "-j DNAT") {
-				spec := strings.Fields(strings.Replace(line, "10.88.0.2:", "10.88.0.99:", 1))[2:]
+				spec := strings.Fields(strings.Replace(line, podIPv4(net)+":", "10.88.0.99:", 1))[2:]
 				r.Node.MustRun("iptables", append([]string{"-t", "nat", "-R", chain, fmt.Sprint(i)}, spec...)...)
 				return
 			}
@@ -164,10 +186,10 @@ func tamper(t *testing.T, r *testnet.Runtime, backend, net, id string) {
 	}
 	out := r.Node.MustRun("nft", "-a", "list", "chain", "ip", "cni_hostport", "hostports")
 	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, fmt.Sprintf(`"net=%s id=%s"`, net, id)) && strings.Contains(line, "dnat") {
+		if strings.Contains(line, fmt.Sprintf(`comment "%s"`, id)) && strings.Contains(line, "dnat to "+podIPv4(net)+":80") {
 			handle := line[strings.LastIndex(line, "# handle ")+len("# handle "):]
 			r.Node.MustRun("nft", "replace", "rule", "ip", "cni_hostport", "hostports", "handle", strings.TrimSpace(handle),
-				"tcp", "dport", "8080", "dnat", "to", "10.88.0.99:80", "comment", fmt.Sprintf(`"net=%s id=%s"`, net, id))
+				"tcp", "dport", "8080", "ip", "daddr", "!=", "10.88.0.99", "dnat", "to", podIPv4(net)+":80", "comment", fmt.Sprintf(`"%s"`, id))
 			return
 		}
 	}
