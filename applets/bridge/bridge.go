@@ -391,6 +391,16 @@ func Add(req *cni.Request) (res types.Result, err error) {
 			}
 			return err
 		}
+		// The sysctls the reference sets, whatever the addresses' family:
+		// a v6 address added later (by a chained plugin, say) gets the
+		// same DAD as there.
+		conf := "/proc/sys/net/ipv6/conf/" + req.IfName + "/"
+		if c.EnableDAD {
+			_ = os.WriteFile(conf+"enhanced_dad", []byte("1"), 0o644)
+			_ = os.WriteFile(conf+"accept_dad", []byte("1"), 0o644)
+		} else {
+			_ = os.WriteFile(conf+"accept_dad", []byte("0"), 0o644)
+		}
 		_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+req.IfName+"/arp_notify", []byte("1"), 0o644)
 		return iface.Apply(req.IfName, result, iface.Options{DAD: c.EnableDAD})
 	})

@@ -838,3 +838,30 @@ func TestHairpin(t *testing.T) {
 		e.del(l, a)
 	}
 }
+
+// TestSysctlsAsReference: the reference's sysctls, whatever the pod's
+// address family: accept_dad=0 (enabledad off) and arp_notify=1 on the
+// pod's interface; the host end's accept_dad is the kernel's.
+func TestSysctlsAsReference(t *testing.T) {
+	e := newEnv(t)
+	e.Node.MustRun("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=1")
+	l := e.net("sysctls", "1.0.0", `"bridge":"cni-sys","ipam":`+e.hostLocal("10.86.0.0/24", ""))
+	pod := e.Pod(t)
+	pod.MustRun("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=1")
+	a := e.Attach(pod, "eth0")
+	e.add(l, a)
+	for _, c := range []struct {
+		ns         *testnet.NS
+		file, want string
+	}{
+		{pod, "/proc/sys/net/ipv6/conf/eth0/accept_dad", "0"},
+		{pod, "/proc/sys/net/ipv4/conf/eth0/arp_notify", "1"},
+		{e.Node, "/proc/sys/net/ipv6/conf/" + veth(t, e, pod) + "/accept_dad", "1"},
+	} {
+		if got := strings.TrimSpace(c.ns.MustRun("cat", c.file)); got != c.want {
+			t.Errorf("%s = %s, want %s", c.file, got, c.want)
+		}
+	}
+	e.del(l, a)
+	e.assertClean("sysctls")
+}

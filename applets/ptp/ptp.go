@@ -142,7 +142,8 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 	// the links are made.
 	masqDone = masq.Start(c.masqAttachment(req), ipamRes)
 
-	pair, err = veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU})
+	pair, err = veth.Create(podNS, veth.Options{Network: c.Name, ContainerID: req.ContainerID, IfName: req.IfName, MTU: c.MTU,
+		NoHostDAD: true})
 	if err != nil {
 		return nil, fmt.Errorf("ptp: %w", err)
 	}
@@ -184,7 +185,10 @@ func Add(req *cni.Request) (_ types.Result, err error) {
 func configurePod(ifName string, res *current.Result) error {
 	bare := *res
 	bare.Routes = nil
-	if err := iface.Apply(ifName, &bare, iface.Options{NoPrefixRoute: true}); err != nil {
+	// No DAD for the pod's addresses (the node's end, its only
+	// neighbour, holds only the gateway), but accept_dad stays as the
+	// reference leaves it.
+	if err := iface.Apply(ifName, &bare, iface.Options{NoPrefixRoute: true, KeepAcceptDAD: true}); err != nil {
 		return err
 	}
 	link, err := netlinksafe.LinkByName(ifName)

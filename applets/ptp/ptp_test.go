@@ -245,8 +245,9 @@ func TestBadConfig(t *testing.T) {
 // is scope host (ip.AddHostRoute), and the pod's arp_notify is untouched.
 func TestAsReference(t *testing.T) {
 	e := newEnv(t)
-	l := e.list(t, "ptpref", "1.0.0", ``, `[[{"subnet":"10.95.0.0/24"}]]`)
+	l := e.list(t, "ptpref", "1.0.0", ``, `[[{"subnet":"10.95.0.0/24"}],[{"subnet":"fd00:95::/64"}]]`)
 	pod := e.Pod(t)
+	pod.MustRun("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=1")
 	a := e.Attach(pod, "eth0")
 	res := add(t, e, l, a)
 	host, ip := res.Interfaces[0].Name, res.IPs[0].Address.IP.String()
@@ -256,8 +257,21 @@ func TestAsReference(t *testing.T) {
 	if v := pod.MustRun("cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"); strings.TrimSpace(v) != "0" {
 		t.Errorf("pod arp_notify = %s, want the default 0", v)
 	}
-	if err := pod.Ping("10.95.0.1"); err != nil {
-		t.Errorf("pod to node: %v", err)
+	// Its IPv6 addresses skip DAD, but accept_dad is the kernel's, as
+	// the reference leaves it; the node's end has none (see veth.Options).
+	if v := pod.MustRun("cat", "/proc/sys/net/ipv6/conf/eth0/accept_dad"); strings.TrimSpace(v) != "1" {
+		t.Errorf("pod accept_dad = %s, want the default 1", v)
+	}
+	if v := e.Node.MustRun("cat", "/proc/sys/net/ipv6/conf/"+host+"/accept_dad"); strings.TrimSpace(v) != "0" {
+		t.Errorf("node end accept_dad = %s, want 0", v)
+	}
+	if out := pod.MustRun("ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"); strings.Contains(out, "tentative") {
+		t.Errorf("pod address waits for DAD: %s", out)
+	}
+	for _, gw := range []string{"10.95.0.1", "fd00:95::1"} {
+		if err := pod.Ping(gw); err != nil {
+			t.Errorf("pod to node %s: %v", gw, err)
+		}
 	}
 	if err := e.Del(l, a); err != nil {
 		t.Fatal(err)

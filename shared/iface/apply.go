@@ -46,6 +46,11 @@ type Options struct {
 	// (IFA_F_NOPREFIXROUTE), for links that reach their subnet through a
 	// gateway, as ptp's do.
 	NoPrefixRoute bool
+	// KeepAcceptDAD leaves the link's accept_dad as it is when DAD is
+	// off: the addresses are still added without DAD, but the sysctl is
+	// the one the reference leaves (its ptp never sets it), so addresses
+	// added later by others behave as they would there.
+	KeepAcceptDAD bool
 }
 
 // Apply configures ifName with the addresses of res that belong to it
@@ -73,7 +78,7 @@ func Apply(ifName string, res *current.Result, o Options) error {
 	}
 	optimistic := false
 	if v6 {
-		if optimistic, err = enableIPv6(ifName, o.DAD); err != nil {
+		if optimistic, err = enableIPv6(ifName, o.DAD, o.KeepAcceptDAD); err != nil {
 			return err
 		}
 	}
@@ -169,7 +174,7 @@ func AddRoute(link netlink.Link, r *types.Route, gw net.IP) error {
 // does), keeps addresses across down/up, and sets DAD as asked. With DAD it
 // also turns on optimistic DAD and the use of optimistic addresses, and
 // reports whether the kernel has them (CONFIG_IPV6_OPTIMISTIC_DAD).
-func enableIPv6(ifName string, dad bool) (optimistic bool, err error) {
+func enableIPv6(ifName string, dad, keepAcceptDAD bool) (optimistic bool, err error) {
 	for _, dev := range []string{"lo", ifName} {
 		if err := setIfDifferent("/proc/sys/net/ipv6/conf/"+dev+"/disable_ipv6", "0"); err != nil {
 			return false, fmt.Errorf("enable IPv6 on %s: %w", dev, err)
@@ -188,6 +193,9 @@ func enableIPv6(ifName string, dad bool) (optimistic bool, err error) {
 		}
 	}
 	for k, v := range map[string]string{"keep_addr_on_down": "1", "accept_dad": dadv} {
+		if k == "accept_dad" && keepAcceptDAD && !dad {
+			continue
+		}
 		if err := setIfDifferent(conf+k, v); err != nil {
 			return false, fmt.Errorf("set %s=%s on %s: %w", k, v, ifName, err)
 		}

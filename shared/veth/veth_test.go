@@ -2,6 +2,7 @@ package veth_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -169,5 +170,26 @@ func TestCreateQueueLengths(t *testing.T) {
 	}
 	if hostQ != 0 || podQ != 1000 {
 		t.Errorf("txqueuelen: host end %d, pod end %d; want 0 and 1000 (the reference's)", hostQ, podQ)
+	}
+}
+
+// TestCreateHostDAD: the host end keeps the kernel's accept_dad (the
+// reference's) unless NoHostDAD asks for 0 (ptp's).
+func TestCreateHostDAD(t *testing.T) {
+	node, _, podNS := nodeAndPod(t)
+	node.MustRun("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=1")
+	for _, tc := range []struct {
+		noDAD bool
+		want  string
+	}{{false, "1"}, {true, "0"}} {
+		o := veth.Options{Network: "net", ContainerID: fmt.Sprint("c", tc.noDAD), IfName: fmt.Sprint("eth", tc.want), NoHostDAD: tc.noDAD}
+		var p *veth.Pair
+		if err := node.Do(func() (err error) { p, err = veth.Create(podNS, o); return err }); err != nil {
+			t.Fatalf("Create: %v", err)
+		}
+		got := strings.TrimSpace(node.MustRun("cat", "/proc/sys/net/ipv6/conf/"+p.Host.Attrs().Name+"/accept_dad"))
+		if got != tc.want {
+			t.Errorf("NoHostDAD %v: host end accept_dad = %s, want %s", tc.noDAD, got, tc.want)
+		}
 	}
 }
