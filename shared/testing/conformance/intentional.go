@@ -101,6 +101,21 @@ var Intentionals = []Intentional{
 		Reason:     "The gateway's MAC then does not change under the pods' ARP caches as pods come and go (applets/bridge ensureBridge).",
 	},
 	{
+		Cases:      `matrix/bridge-1\.1\.0-defaultgw-and-default-route`,
+		Plugins:    `bridge`,
+		Divergence: `verb: (ADD|CHECK)#1 reference err:plugin, \S+ ok |(state|leak): \+`,
+		Summary:    "bridge with `isDefaultGateway` and an IPAM default route without gateway: cnibox installs the default route once and the attachment works; the reference's ADD fails (route \"file exists\"), so everything the working attachment holds, and what its DEL leaves like any other (the bridge's gateway addresses, forwarding sysctls), shows as more",
+		Reason:     "Both ask for the same default route via the bridge; refusing the duplicate leaves the pod without a network for nothing. cnibox accepts more than the reference here, never less.",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `bandwidth`,
+		With:       `less: -node qdisc: qdisc tbf `,
+		Divergence: `leak: \+node qdisc: qdisc noqueue 0: dev \S+ root$`,
+		Summary:    "After DEL on a host interface bandwidth did not make (a third-party main plugin's), the interface is back to its default root qdisc (noqueue); the reference's DEL leaves its tbf there (kind less)",
+		Reason:     "The mirror of the reference's leftover, not a leftover of cnibox: DEL undoes what ADD did.",
+	},
+	{
 		Cases:      `.*`,
 		Plugins:    `portmap|firewall`,
 		Divergence: `(state|leak): \+node files: cnibox-(portmap|firewall)/`,
