@@ -74,7 +74,8 @@ var eui64Addr = regexp.MustCompile(`^(node|pod) addr: \S+ inet6 fe80::<eui64>/64
 // extraLines are the sections testnet's Snapshot does not take.
 func extraLines(t *testing.T, n *testnet.NS, base sysctlBase) []string {
 	outs, err := n.RunBatch([][]string{{"ip", "-o", "-d", "link", "show"}, {"ip", "-4", "neigh", "show", "nud", "permanent"},
-		{"ip", "-6", "neigh", "show", "nud", "permanent"}, {"bridge", "-o", "vlan", "show"}, {"tc", "qdisc", "show"}})
+		{"ip", "-6", "neigh", "show", "nud", "permanent"}, {"bridge", "-o", "vlan", "show"}, {"tc", "qdisc", "show"},
+		{"bridge", "fdb", "show"}})
 	if err != nil {
 		t.Fatalf("snapshot: %v", err)
 	}
@@ -92,6 +93,19 @@ func extraLines(t *testing.T, n *testnet.NS, base sysctlBase) []string {
 	for _, l := range strings.Split(outs[3], "\n") {
 		if f := strings.Fields(l); len(f) > 0 && f[0] != "port" {
 			out = append(out, "vlan: "+strings.Join(f, " "))
+		}
+	}
+	// The bridges' static and permanent forwarding entries (a port's own
+	// MAC, per VLAN): the learnt ones come with traffic, and the
+	// devices' own multicast entries with IPv6 link-local addresses.
+	for _, l := range strings.Split(outs[5], "\n") {
+		if strings.Contains(l, " master ") && (strings.Contains(l, " permanent") || strings.Contains(l, " static")) {
+			f := strings.Fields(l)
+			line := "fdb: " + strings.Join(f, " ")
+			if len(f) > 4 && f[1] == "dev" && f[3] == "master" && f[2] == f[4] {
+				line += " (the bridge's own address)"
+			}
+			out = append(out, line)
 		}
 	}
 	// tc filters of the devices that have a qdisc of their own (a filter
