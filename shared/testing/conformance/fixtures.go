@@ -21,6 +21,8 @@ type env struct {
 	r       *testnet.Runtime
 	pod     *testnet.NS
 	outside *testnet.NS
+	// named are the sysctl paths the case names (namedSysctls).
+	named []string
 }
 
 // fixture prepares one "node" entry of a case, identically on every side.
@@ -205,7 +207,7 @@ func startDaemon(t *testing.T, cmd *exec.Cmd, logFile string) {
 
 // prepare makes the run's pod and runs the case's fixtures.
 func prepare(t *testing.T, c *Case, r *testnet.Runtime, side string) *env {
-	e := &env{r: r, pod: r.Pod(t)}
+	e := &env{r: r, pod: r.Pod(t), named: namedSysctls(c)}
 	for _, name := range fixtureOrder {
 		if c.hasNode(name) {
 			fixtures[name](t, e, c, side)

@@ -92,7 +92,7 @@ func play(t *testing.T, c *Case, p plan, containerID string) *outcome {
 	e := prepare(t, c, r, p.steps[0].dir)
 	base := map[string]sysctlBase{}
 	for name, n := range map[string]*testnet.NS{"node": r.Node, "pod": e.pod} {
-		s, err := sysctls(n)
+		s, err := sysctls(n, e.named)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,8 +1,7 @@
 package conformance
 
 import (
-	"errors"
-	"io/fs"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -38,7 +37,7 @@ func takeState(t *testing.T, e *env, base map[string]sysctlBase) state {
 		if _, err := os.Stat(side.ns.Path); err != nil {
 			continue // the case deleted it
 		}
-		s := &testnet.Snapshotter{Node: side.ns, Dirs: side.dirs, Ignore: testnet.DefaultIgnore, NoSettle: true, Batch: true}
+		s := &testnet.Snapshotter{Node: side.ns, Dirs: side.dirs, Ignore: testnet.DefaultIgnore, NoSettle: true, Batch: true, Extra: extraCmds}
 		snap := s.Take(t)
 		for sec, lines := range snap.Sections {
 			for _, l := range lines {
@@ -48,7 +47,7 @@ func takeState(t *testing.T, e *env, base map[string]sysctlBase) state {
 				out = append(out, side.name+" "+sec+": "+l)
 			}
 		}
-		for _, l := range extraLines(t, side.ns, base[side.name]) {
+		for _, l := range extraLines(t, side.ns, snap.Raw, base[side.name], e.named) {
 			out = append(out, side.name+" "+l)
 		}
 	}
@@ -71,14 +70,24 @@ var dadRoute = regexp.MustCompile(`^((local|anycast) \S+ dev \S+ table local pro
 // disable_ipv6 (sysctl), which are compared.
 var eui64Addr = regexp.MustCompile(`^(node|pod) addr: \S+ inet6 fe80::<eui64>/64$`)
 
-// extraLines are the sections testnet's Snapshot does not take.
-func extraLines(t *testing.T, n *testnet.NS, base sysctlBase) []string {
-	outs, err := n.RunBatch([][]string{{"ip", "-o", "-d", "link", "show"}, {"ip", "-4", "neigh", "show", "nud", "permanent"},
-		{"ip", "-6", "neigh", "show", "nud", "permanent"}, {"bridge", "-o", "vlan", "show"}, {"tc", "qdisc", "show"},
-		{"bridge", "fdb", "show"}})
-	if err != nil {
-		t.Fatalf("snapshot: %v", err)
+// extraCmds are the commands of the sections testnet's Snapshot does not
+// take; they run in the snapshot's batch.
+var extraCmds = [][]string{{"ip", "-4", "neigh", "show", "nud", "permanent"}, {"ip", "-6", "neigh", "show", "nud", "permanent"},
+	{"bridge", "-o", "vlan", "show"}, {"bridge", "fdb", "show"}}
+
+// extraLines are the sections testnet's Snapshot does not take, from the
+// raw outputs of the snapshot's batch (raw) and the sysctls.
+func extraLines(t *testing.T, n *testnet.NS, raw map[string]string, base sysctlBase, named []string) []string {
+	get := func(cmd ...string) string {
+		out, ok := raw[strings.Join(cmd, " ")]
+		if !ok {
+			t.Fatalf("snapshot: no output of %q", cmd)
+		}
+		return out
 	}
+	outs := []string{get("ip", "-o", "-d", "link", "show"), get("ip", "-4", "neigh", "show", "nud", "permanent"),
+		get("ip", "-6", "neigh", "show", "nud", "permanent"), get("bridge", "-o", "vlan", "show"), get("tc", "qdisc", "show"),
+		get("bridge", "fdb", "show")}
 	var out []string
 	for _, l := range linkAttrLines(outs[0]) {
 		out = append(out, "linkattr: "+l)
@@ -133,7 +142,7 @@ func extraLines(t *testing.T, n *testnet.NS, base sysctlBase) []string {
 			}
 		}
 	}
-	now, err := sysctls(n)
+	now, err := sysctls(n, named)
 	if err != nil {
 		t.Fatalf("snapshot: %v", err)
 	}
@@ -187,7 +196,7 @@ func learnNewDevice(t *testing.T) {
 		n := testnet.NewNS(t, "probe")
 		defer n.Delete()
 		n.MustRun("ip", "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
-		all, err := sysctls(n)
+		all, err := sysctls(n, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,32 +212,81 @@ func learnNewDevice(t *testing.T) {
 // volatileSysctl are sysctls the kernel changes by itself.
 var volatileSysctl = regexp.MustCompile(`^net\.netfilter\.nf_conntrack_count$|\.stable_secret$|^net\.ipv6\.conf\.[^.]+\.mtu$`)
 
-// sysctls reads every net.* sysctl of the netns. /proc/sys/net shows the
-// netns of the thread that opens it, so it is read on a thread inside.
-func sysctls(n *testnet.NS) (sysctlBase, error) {
+// sysctlRoots are the per-device sysctl directories (one subdirectory per
+// device, plus all and default), of which sysctlLeaves are read: the
+// per-device settings the CNI plugins set (forwarding, accept_dad,
+// accept_ra, rp_filter, route_localnet, arp_notify, proxy_arp...).
+// Reading all of /proc/sys/net took a third of a run's CPU time (a sysctl
+// read costs ~0.1 ms of kernel time, and there are thousands); besides
+// these, ip_forward and every key the case names (tuning's sysctls) are
+// read.
+var sysctlRoots = []string{"/proc/sys/net/ipv4/conf", "/proc/sys/net/ipv6/conf"}
+
+var sysctlLeaves = map[string][]string{
+	"/proc/sys/net/ipv4/conf": {"forwarding", "mc_forwarding", "rp_filter", "accept_redirects", "send_redirects",
+		"secure_redirects", "accept_source_route", "proxy_arp", "proxy_arp_pvlan", "arp_notify", "arp_ignore",
+		"arp_announce", "arp_filter", "arp_accept", "route_localnet", "promote_secondaries", "disable_policy",
+		"bc_forwarding", "log_martians", "src_valid_mark", "accept_local"},
+	"/proc/sys/net/ipv6/conf": {"forwarding", "accept_dad", "accept_ra", "accept_ra_defrtr", "autoconf", "disable_ipv6",
+		"optimistic_dad", "use_optimistic", "ndisc_notify", "proxy_ndp", "addr_gen_mode", "keep_addr_on_down",
+		"dad_transmits", "enhanced_dad", "accept_redirects"},
+}
+
+// sysctlKeyRe finds the sysctl keys a case names, in dotted or path form.
+var sysctlKeyRe = regexp.MustCompile(`\bnet[./][A-Za-z0-9_./-]*[A-Za-z0-9_]`)
+
+// namedSysctls are the /proc/sys paths of the sysctls the case's text
+// names, and ip_forward.
+func namedSysctls(c *Case) []string {
+	paths := []string{"/proc/sys/net/ipv4/ip_forward"}
+	if c == nil {
+		return paths
+	}
+	raw, _ := json.Marshal(c)
+	text := string(raw) + string(c.Conflist) + string(c.Config)
+	for _, k := range sysctlKeyRe.FindAllString(text, -1) {
+		if !strings.Contains(k, "/") {
+			k = strings.ReplaceAll(k, ".", "/")
+		}
+		paths = append(paths, "/proc/sys/"+k)
+	}
+	return paths
+}
+
+// sysctls reads the sysctls of the netns under sysctlRoots and the given
+// paths. /proc/sys/net shows the netns of the thread that opens it, so it
+// is read on a thread inside.
+func sysctls(n *testnet.NS, named []string) (sysctlBase, error) {
 	out := sysctlBase{}
+	read := func(path string) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return // absent, write-only (flush) or unreadable (stable_secret)
+		}
+		key := strings.ReplaceAll(strings.TrimPrefix(path, "/proc/sys/"), "/", ".")
+		if volatileSysctl.MatchString(key) {
+			return
+		}
+		out[key] = strings.Join(strings.Fields(string(data)), " ")
+	}
 	err := n.Do(func() error {
-		return filepath.WalkDir("/proc/sys/net", func(path string, d fs.DirEntry, err error) error {
+		for _, root := range sysctlRoots {
+			devs, err := os.ReadDir(root)
 			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					return nil
-				}
 				return err
 			}
-			if d.IsDir() {
-				return nil
+			for _, d := range devs {
+				for _, leaf := range sysctlLeaves[root] {
+					read(filepath.Join(root, d.Name(), leaf))
+				}
 			}
-			data, err := os.ReadFile(path)
-			if err != nil {
-				return nil // write-only (flush) or unreadable (stable_secret)
+		}
+		for _, p := range named {
+			if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+				read(p)
 			}
-			key := strings.ReplaceAll(strings.TrimPrefix(path, "/proc/sys/"), "/", ".")
-			if volatileSysctl.MatchString(key) {
-				return nil
-			}
-			out[key] = strings.Join(strings.Fields(string(data)), " ")
-			return nil
-		})
+		}
+		return nil
 	})
 	return out, err
 }

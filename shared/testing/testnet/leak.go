@@ -27,6 +27,9 @@ import (
 // its device and prefix; a file is its path, mode and content.
 type Snapshot struct {
 	Sections map[string][]string
+	// Raw holds, for a Batch snapshot, each command's output keyed by
+	// the command line ("ip -o -d link show", and Snapshotter.Extra's).
+	Raw map[string]string
 }
 
 // Snapshotter takes snapshots of one node. Ignore holds patterns of lines
@@ -45,6 +48,9 @@ type Snapshotter struct {
 	// (NS.RunBatch: one "ip netns exec", not one per command), for
 	// callers that take many snapshots.
 	Batch bool
+	// Extra are more commands a Batch snapshot runs in the same shell;
+	// their outputs are in Snapshot.Raw, not in Sections.
+	Extra [][]string
 }
 
 // DefaultIgnore are the lines every snapshot leaves out: host-local's lock,
@@ -81,6 +87,7 @@ func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 			{"ip", "-4", "-o", "route", "show", "table", "all"}, {"ip", "-6", "-o", "route", "show", "table", "all"},
 			{"ip", "rule", "show"}, {"ip", "-6", "rule", "show"}, {"tc", "qdisc", "show"},
 			{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}}
+		cmds = append(cmds, s.Extra...)
 		outs, err := s.Node.RunBatch(cmds)
 		if err != nil {
 			t.Fatalf("snapshot: %v", err)
@@ -89,6 +96,7 @@ func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 		for i, c := range cmds {
 			batched[strings.Join(c, " ")] = outs[i]
 		}
+		snap.Raw = batched
 	}
 	run := func(name string, args ...string) string {
 		if out, ok := batched[strings.Join(append([]string{name}, args...), " ")]; ok {
