@@ -175,8 +175,25 @@ func TestConformance(t *testing.T) {
 		applets[a] = true
 	}
 	switches := selectSwitches(cases, applets)
+	covered := map[string]bool{}
+	var lines []string
+	for c, as := range switches {
+		for _, a := range as {
+			covered[a] = true
+		}
+		lines = append(lines, strings.Join(as, ",")+": "+c)
+	}
+	sort.Strings(lines)
+	for a := range applets {
+		if !covered[a] {
+			t.Errorf("no case of the corpus can switch sides for applet %s (one that uses it, expects no failure and whose every plugin is a cnibox applet)", a)
+		}
+	}
 	rep := &report{status: map[string]string{}, skipped: map[string]string{}}
-	t.Cleanup(func() { rep.print(t) })
+	t.Cleanup(func() {
+		fmt.Printf("switch cases (ADD by one side, CHECK/GC/DEL by the other): %s\n", strings.Join(lines, "; "))
+		rep.print(t)
+	})
 
 	bySource := map[string][]*Case{}
 	var sources []string
