@@ -865,3 +865,28 @@ func TestSysctlsAsReference(t *testing.T) {
 	e.del(l, a)
 	e.assertClean("sysctls")
 }
+
+// TestOldVersionRoutes: at 0.1.0 an IPAM result carries no route of a
+// family it has no address of, so kubenet's "::/0" gives an IPv4-only
+// pod no IPv6 default route (the reference's host-local result, through
+// exec, drops it; the in-process one must too).
+func TestOldVersionRoutes(t *testing.T) {
+	e := newEnv(t)
+	ipam := fmt.Sprintf(`{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.85.0.0/24","gateway":"10.85.0.1"}]],"routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}`, e.dataDir)
+	conf := []byte(`{"cniVersion":"0.1.0","name":"kubenet","type":"bridge","bridge":"cni-kn","isGateway":true,"ipam":` + ipam + `}`)
+	pod := e.Pod(t)
+	env := []string{"CNI_CONTAINERID=c1", "CNI_IFNAME=eth0", "CNI_NETNS=" + pod.Path, "CNI_PATH=" + e.Path}
+	if out, _, code := e.Exec("bridge", append([]string{"CNI_COMMAND=ADD"}, env...), conf); code != 0 {
+		t.Fatalf("ADD: %s", out)
+	}
+	if out := pod.MustRun("ip", "-6", "route", "show", "default"); strings.TrimSpace(out) != "" {
+		t.Errorf("IPv4-only pod has an IPv6 default route: %s", out)
+	}
+	if out := pod.MustRun("ip", "-4", "route", "show", "default"); !strings.Contains(out, "via 10.85.0.1") {
+		t.Errorf("no IPv4 default route: %s", out)
+	}
+	if out, _, code := e.Exec("bridge", append([]string{"CNI_COMMAND=DEL"}, env...), conf); code != 0 {
+		t.Fatalf("DEL: %s", out)
+	}
+	e.assertClean("kubenet")
+}

@@ -144,7 +144,15 @@ func inProcess(req *cni.Request, cmd string, a *cni.Applet) (types.Result, error
 		if a.Add == nil {
 			return nil, fmt.Errorf("%s does not implement ADD", a.Name)
 		}
-		return a.Add(&sub)
+		res, err := a.Add(&sub)
+		if err != nil || res == nil {
+			return res, err
+		}
+		// At the request's version, as an exec'd plugin prints it: a
+		// 0.1.0/0.2.0 result drops the routes of a family it has no
+		// address of (kubenet's "::/0" for an IPv4-only pod), and the
+		// caller must not install them when the reference does not.
+		return res.GetAsVersion(sub.Version)
 	case cni.CmdDel:
 		f = a.Del
 	case cni.CmdCheck:
