@@ -348,8 +348,10 @@ func TestCnitool(t *testing.T) {
 	})
 }
 
-// TestReferenceInterop: the reference plugin CHECKs and DELs what cnibox
-// set up (same ifb name, same qdisc numbers), so a node can switch back.
+// TestReferenceInterop: cnibox installs what the reference installs for an
+// ordinary request (qdiscs and the ingress filter, action for action), and
+// the reference plugin CHECKs and DELs what cnibox set up (same ifb name,
+// same qdisc numbers), so a node can switch back.
 func TestReferenceInterop(t *testing.T) {
 	r := chainRuntime(t)
 	testnet.RequireReference(t, "bandwidth")
@@ -357,8 +359,36 @@ func TestReferenceInterop(t *testing.T) {
 	list := r.Conflist(bridgeList(v, name, limits))
 	pod := r.Pod(t)
 	a := r.Attach(pod, "eth0")
-	if _, err := r.Add(list, a); err != nil {
+	// tc's view of the attachment, with the host veth's name (random)
+	// and the ifb's (the same on both sides) replaced.
+	tcView := func(res types.Result) string {
+		host, ifb := hostVethOf(t, res), ifbName(name, a.ContainerID)
+		var b strings.Builder
+		for _, args := range [][]string{{"qdisc", "show", "dev", host}, {"filter", "show", "dev", host, "ingress"}, {"qdisc", "show", "dev", ifb}} {
+			out, err := r.Node.Run("tc", args...)
+			if err != nil {
+				t.Fatalf("tc %v: %v", args, err)
+			}
+			b.WriteString(out)
+		}
+		return strings.NewReplacer(host, "HOST", ifb, "IFB").Replace(b.String())
+	}
+	ours := r.BinDir + ":" + testnet.ReferenceDir()
+	r.SetPath(testnet.ReferenceDir() + ":" + r.BinDir)
+	res, err := r.Add(list, a)
+	if err != nil {
+		t.Fatalf("reference ADD: %v", err)
+	}
+	refView := tcView(res)
+	if err := r.Del(list, a); err != nil {
+		t.Fatalf("reference DEL: %v", err)
+	}
+	r.SetPath(ours)
+	if res, err = r.Add(list, a); err != nil {
 		t.Fatal(err)
+	}
+	if view := tcView(res); view != refView {
+		t.Errorf("cnibox's tc state:\n%s\nthe reference's for the same request:\n%s", view, refView)
 	}
 	r.SetPath(testnet.ReferenceDir())
 	if err := r.Check(list, a); err != nil {

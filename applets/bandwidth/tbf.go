@@ -202,7 +202,12 @@ func redirect(host netlink.Link, ifb netlink.Link, rb *rollback) error {
 			Protocol:  unix.ETH_P_ALL,
 		},
 		ClassId: netlink.MakeHandle(1, 1),
-		Actions: []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)},
+		// The reference's filter, action for action: its RedirIndex
+		// becomes a first mirred action (verdict stolen) and its
+		// explicit one a second (verdict pass, never reached), so that
+		// tc shows the same filter whichever side made it.
+		Actions: []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index),
+			&netlink.MirredAction{MirredAction: netlink.TCA_EGRESS_REDIR, Ifindex: ifb.Attrs().Index}},
 	}
 	if err := netlink.FilterAdd(filter); err != nil {
 		return fmt.Errorf("add redirect filter on %s to %s: %w", host.Attrs().Name, ifb.Attrs().Name, err)
