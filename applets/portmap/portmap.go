@@ -1,9 +1,10 @@
 // Package portmap is the portmap applet: it forwards host ports to a pod
 // (runtimeConfig.portMappings), chained after the plugin that gave the pod
-// its addresses. Two backends write the rules: iptables (the reference's
-// chains, rule for rule, so a node can switch between cnibox and the
-// reference plugins and either one's DEL removes the other's rules) and
-// nftables over netlink (no nft binary).
+// its addresses. Two backends write the rules, both in the reference's
+// layout, rule for rule, so a node can switch between cnibox and the
+// reference plugins and either one's CHECK and DEL find the other's rules:
+// iptables (its chains) and nftables over netlink, no nft binary (its
+// tables ip/ip6 cni_hostport; see nftables.go).
 //
 // Compared with the reference:
 //   - DNAT applies only to traffic addressed to the node in both backends
