@@ -98,7 +98,10 @@ func TestBackends(t *testing.T) {
 				}
 			} else {
 				for _, want := range []string{"ip saddr 10.1.0.2 ip daddr != 10.1.0.0/24 masquerade", "ip6 saddr fd00::2 ip6 daddr != fd00::/64 masquerade",
-					"ip daddr 224.0.0.0/4 return", "goto masq_checks"} {
+					"ip daddr 224.0.0.0/4 return", "goto masq_checks",
+					// The reference's comments on the table and masq_checks.
+					`comment "Masquerading for plugins from github.com/containernetworking/plugins"`,
+					`comment "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet"`} {
 					if !strings.Contains(d, want) {
 						t.Errorf("ruleset lacks %q:\n%s", want, d)
 					}
