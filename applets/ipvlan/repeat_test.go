@@ -1,166 +1,19 @@
 package ipvlan_test
 
 import (
-	"encoding/json"
-	"fmt"
-	"regexp"
-	"strings"
-	"sync"
 	"testing"
-
-	"github.com/containernetworking/cni/libcni"
 
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
-// attachmentState is what must not change in a working attachment when
-// another ADD fails: the node's and the pod's snapshots (links, addresses,
-// routes, the host-local reservation among the node's state files) and
-// the pod's eth0 itself (ifindex and MAC).
-type attachmentState struct {
-	node, pod *testnet.Snapshot
-	link      string
-}
-
-// nodeSnap is the node's snapshotter: the runtime's, which does not count
-// the host-local network directory (not a reservation) that the
-// concurrent rounds' network creates.
-var nodeSnap *testnet.Snapshotter
-
-func stateOf(t *testing.T, r *testnet.Runtime, pod *testnet.NS) attachmentState {
-	t.Helper()
-	return attachmentState{
-		node: nodeSnap.Take(t),
-		pod:  (&testnet.Snapshotter{Node: pod}).Take(t),
-		link: ifaceID(t, pod),
-	}
-}
-
-// ifaceID is the ifindex and MAC of eth0 in pod (from ip's JSON: its
-// text output may start with warnings about peer netns ids).
-func ifaceID(t *testing.T, pod *testnet.NS) string {
-	t.Helper()
-	out, err := pod.Command("ip", "-j", "link", "show", "eth0").Output()
-	if err != nil {
-		t.Fatalf("the pod's eth0 is gone (ip link show eth0: %v)", err)
-	}
-	var links []struct {
-		Index   int    `json:"ifindex"`
-		Address string `json:"address"`
-	}
-	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 {
-		t.Fatalf("ip -j link show eth0: %v: %s", err, out)
-	}
-	return fmt.Sprintf("%d %s", links[0].Index, links[0].Address)
-}
-
-func (s attachmentState) assertSame(t *testing.T, r *testnet.Runtime, pod *testnet.NS, l *libcni.NetworkConfigList, a *testnet.Attachment, what string) {
-	t.Helper()
-	now := stateOf(t, r, pod)
-	if d := s.node.Diff(now.node); d != "" {
-		t.Errorf("%s changed the node:\n%s", what, d)
-	}
-	if d := s.pod.Diff(now.pod); d != "" {
-		t.Errorf("%s changed the pod:\n%s", what, d)
-	}
-	if now.link != s.link {
-		t.Errorf("%s replaced the pod's eth0: %s, was %s", what, now.link, s.link)
-	}
-	if err := r.Check(l, a); err != nil {
-		t.Errorf("CHECK of the first attachment after %s: %v", what, err)
-	}
-}
-
-// repeatedAdd: with a working attachment of l in a pod, a second ADD
-// (the same container ID and ifname, as a runtime retries; another
-// container ID with the same ifname) fails naming CNI_IFNAME, and leaves the
-// first attachment as it was (links, addresses, routes, reservation;
-// CHECK passes). Then, in new pods, two ADDs of l2 at once (one
-// attachment twice, or two container IDs with one ifname): exactly one
-// succeeds and its attachment is complete.
-func repeatedAdd(t *testing.T, r *testnet.Runtime, l, l2 *libcni.NetworkConfigList, want ...string) {
-	nodeSnap = r.Snapshotter()
-	nodeSnap.Ignore = append(append([]*regexp.Regexp(nil), nodeSnap.Ignore...), regexp.MustCompile(`^files: networks/`+l2.Name+`/ `))
-	pod := r.Pod(t)
-	a := r.Attach(pod, "eth0")
-	if _, err := r.Add(l, a); err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	before := stateOf(t, r, pod)
-	for _, c := range []struct {
-		what string
-		att  *testnet.Attachment
-	}{
-		{"a repeated ADD", a},
-		{"an ADD of another container ID", r.Attach(pod, "eth0")},
-	} {
-		_, err := r.Add(l, c.att)
-		if err == nil {
-			t.Fatalf("%s succeeded", c.what)
-		}
-		for _, w := range want {
-			if !strings.Contains(err.Error(), w) {
-				t.Errorf("%s: %v, want an error naming %q", c.what, err, w)
-			}
-		}
-		before.assertSame(t, r, pod, l, a, c.what)
-		if c.att != a {
-			// The runtime DELs the container whose ADD was refused.
-			if err := r.Del(l, c.att); err != nil {
-				t.Errorf("DEL of the refused container ID: %v", err)
-			}
-			before.assertSame(t, r, pod, l, a, "the DEL of the refused container ID")
-		}
-	}
-	for round := 0; round < 3; round++ {
-		for _, same := range []bool{true, false} {
-			p := r.Pod(t)
-			atts := []*testnet.Attachment{r.Attach(p, "eth0"), r.Attach(p, "eth0")}
-			if same {
-				atts[1] = atts[0]
-			}
-			errs := make([]error, 2)
-			var wg sync.WaitGroup
-			for i := range atts {
-				wg.Add(1)
-				go func(i int) { defer wg.Done(); _, errs[i] = r.Add(l2, atts[i]) }(i)
-			}
-			wg.Wait()
-			if (errs[0] == nil) == (errs[1] == nil) {
-				t.Fatalf("round %d (same attachment %v): %v, want exactly one error", round, same, errs)
-			}
-			won := 0
-			if errs[0] != nil {
-				won = 1
-			}
-			if err := r.Check(l2, atts[won]); err != nil {
-				t.Errorf("round %d (same attachment %v): CHECK of the ADD that succeeded: %v (the other: %v)", round, same, err, errs[1-won])
-			}
-			if !same {
-				// The runtime DELs the container whose ADD failed: the
-				// winner's eth0 is not its to delete.
-				if err := r.Del(l2, atts[1-won]); err != nil {
-					t.Fatalf("DEL of the ADD that failed: %v", err)
-				}
-				if err := r.Check(l2, atts[won]); err != nil {
-					t.Errorf("round %d: CHECK of the winner after the loser's DEL: %v", round, err)
-				}
-			}
-			if err := r.Del(l2, atts[won]); err != nil {
-				t.Fatalf("DEL: %v", err)
-			}
-			if got := p.Links(t); len(got) != 1 {
-				t.Errorf("round %d: the pod has %v after DEl2, want lo", round, got)
-			}
-		}
-	}
-	before.assertSame(t, r, pod, l, a, "the concurrent rounds")
-}
-
-// TestRepeatedAdd: see repeatedAdd (ipvlan L2 on dum0, host-local).
+// TestRepeatedAdd: see testnet.RepeatedAdd (ipvlan L2 on dum0, host-local;
+// the concurrent rounds use a second network on dum0).
 func TestRepeatedAdd(t *testing.T) {
 	r := node(t)
-	l := list(t, r, "1.0.0", `"master":"dum0",`+hostLocal)
-	l2 := list(t, r, "1.0.0", `"master":"dum0",`+hostLocal)
-	repeatedAdd(t, r, l, l2, "CNI_IFNAME", "eth0")
+	testnet.RepeatedAdd{
+		List:       list(t, r, "1.0.0", `"master":"dum0",`+hostLocal),
+		Concurrent: list(t, r, "1.0.0", `"master":"dum0",`+hostLocal),
+		Want:       []string{"CNI_IFNAME", "eth0"},
+		Rounds:     3,
+	}.Run(t, r)
 }
