@@ -175,6 +175,7 @@ func TestConformance(t *testing.T) {
 		applets[a] = true
 	}
 	switches := selectSwitches(cases, applets)
+	vmRepresentative = representatives(cases)
 	covered := map[string]bool{}
 	var lines []string
 	for c, as := range switches {
@@ -225,6 +226,9 @@ func runCase(t *testing.T, c *Case, ref, box string, applets map[string]bool, sw
 			rep.skip(c.Name, skipReason(t))
 		}
 	}()
+	if testnet.InVM() && len(c.kernelFeatures()) > 0 && len(switchFor) == 0 && !vmRepresentative[c.Name] && os.Getenv("CNIBOX_CONFORMANCE_VM_ALL") == "" {
+		t.Skip("CNIBOX_IN_VM: the VM (TCG) plays the switch case and two representative cases of each applet and kernel feature; CNIBOX_CONFORMANCE_VM_ALL=1 plays all")
+	}
 	if feats := c.kernelFeatures(); len(feats) > 0 {
 		for i := range feats {
 			feats[i] = kernelFeature(feats[i])
@@ -317,6 +321,29 @@ func skipReason(t *testing.T) string {
 	// testing.T does not return its skip message; the runner's skips are
 	// all about the kernel or the reference.
 	return "kernel feature missing here (runs in the VM) or reference missing"
+}
+
+// vmRepresentative are the kernel cases the VM plays (representatives).
+var vmRepresentative map[string]bool
+
+// representatives picks, for each main plugin type and set of kernel
+// features, the first two cases by name: the VM is emulated (TCG) and a
+// run there takes seconds, so it plays a sample of the kernel cases.
+func representatives(cases []*Case) map[string]bool {
+	out := map[string]bool{}
+	n := map[string]int{}
+	for _, c := range cases {
+		feats := c.kernelFeatures()
+		if len(feats) == 0 {
+			continue
+		}
+		key := strings.Join(append(c.types()[:1], feats...), " ")
+		if n[key] < 2 {
+			n[key]++
+			out[c.Name] = true
+		}
+	}
+	return out
 }
 
 // switchVerbs is the sequence of a switch: ADD by one side, then CHECK

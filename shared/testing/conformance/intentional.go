@@ -117,7 +117,7 @@ var Intentionals = []Intentional{
 	{
 		Cases:      `.*`,
 		Plugins:    `bridge`,
-		Divergence: `(state|leak): \+node fdb: <mac> dev (\S+) master \S+ permanent \(the bridge's own address\)$`,
+		Divergence: `(state|leak): \+node fdb: <mac> dev \S+ (vlan \d+ )?master \S+ permanent \(the bridge's own address\)$`,
 		Summary:    "(with the fixed MAC) the bridge's permanent forwarding entry for its own address, which the kernel adds for an address set on the bridge",
 		Reason:     "A consequence of the fixed MAC above.",
 	},

@@ -29,6 +29,10 @@ var (
 	// the container ID and ifname (shared/veth.HostName) so that a
 	// crashed ADD's leftover can be found. Same shape, different digits.
 	vethRe = regexp.MustCompile(`\bveth[0-9a-f]{8}\b`)
+	// The veth that gives a bridge VLAN its gateway: the reference names
+	// it like any veth (random), cnibox "vgw"+8 hex digits of a hash so
+	// that DEL and GC find it again.
+	vgwRe = regexp.MustCompile(`\bvgw[0-9a-f]{8}\b`)
 	// MACs are random per veth, macvlan, ipvlan and bridge unless the
 	// case asks for one (capabilityArgs.mac, args MAC=, a config's mac),
 	// so only MACs the input does not name are rewritten.
@@ -74,6 +78,7 @@ func newNormalizer(c *Case) *normalizer {
 func (n *normalizer) str(s string) string {
 	s = nsNameRe.ReplaceAllString(s, "cnibox-$1-*")
 	s = vethRe.ReplaceAllString(s, "veth*")
+	s = vgwRe.ReplaceAllString(s, "veth*")
 	s = macRe.ReplaceAllStringFunc(s, func(m string) string {
 		if n.keep[strings.ToLower(m)] || strings.EqualFold(m, "ff:ff:ff:ff:ff:ff") || m == "00:00:00:00:00:00" {
 			return strings.ToLower(m)

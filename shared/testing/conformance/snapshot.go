@@ -111,7 +111,16 @@ func extraLines(t *testing.T, n *testnet.NS, raw map[string]string, base sysctlB
 		if strings.Contains(l, " master ") && (strings.Contains(l, " permanent") || strings.Contains(l, " static")) {
 			f := strings.Fields(l)
 			line := "fdb: " + strings.Join(f, " ")
-			if len(f) > 4 && f[1] == "dev" && f[3] == "master" && f[2] == f[4] {
+			var dev, master string
+			for i := 0; i+1 < len(f); i++ {
+				switch f[i] {
+				case "dev":
+					dev = f[i+1]
+				case "master":
+					master = f[i+1]
+				}
+			}
+			if dev != "" && dev == master {
 				line += " (the bridge's own address)"
 			}
 			out = append(out, line)
