@@ -6,15 +6,11 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"time"
 	"unicode"
 
 	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
@@ -235,8 +231,8 @@ func (b nftBackend) add(a *attachment) error {
 		if err != nil {
 			return err
 		}
-		if err := createCommentedTable(f.fam); err != nil {
-			return err
+		if err := nft.CreateCommented(f.fam, nftTable, nftTableComment, iptables.LockWait); err != nil {
+			return fmt.Errorf("nftables: create table %s %s: %w", famName(f.fam), nftTable, err)
 		}
 		// A repeated ADD replaces the pod's rules.
 		if err := b.queueDelete(c, f.fam, own); err != nil {
@@ -252,46 +248,6 @@ func (b nftBackend) add(a *attachment) error {
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("nftables: %s table %s: %w", famName(f.fam), nftTable, err)
 		}
-	}
-	return nil
-}
-
-// createCommentedTable creates the table with the reference's comment when
-// it does not exist (google/nftables cannot set a table's comment; an
-// existing table keeps its own).
-func createCommentedTable(fam nftables.TableFamily) error {
-	fail := func(err error) error {
-		return fmt.Errorf("nftables: create table %s %s: %w", famName(fam), nftTable, err)
-	}
-	const nftaTableUserdata = 6 // NFTA_TABLE_USERDATA
-	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_TABLE_NAME, Data: []byte(nftTable + "\x00")},
-		{Type: nftaTableUserdata, Data: userdata.AppendString(nil, 0 /* NFTNL_UDATA_TABLE_COMMENT */, nftTableComment)},
-	})
-	if err != nil {
-		return fail(err)
-	}
-	subsys := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
-	msgs := []netlink.Message{
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: subsys},
-		{Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWTABLE),
-			Flags: netlink.Request | netlink.Create | netlink.Acknowledge},
-			Data: append([]byte{byte(fam), unix.NFNETLINK_V0, 0, 0}, attrs...)},
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: subsys},
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return fail(err)
-	}
-	defer conn.Close()
-	if err := conn.SetReadDeadline(time.Now().Add(iptables.LockWait)); err != nil {
-		return fail(err)
-	}
-	if _, err := conn.SendMessages(msgs); err != nil {
-		return fail(err)
-	}
-	if _, err := conn.Receive(); err != nil {
-		return fail(err)
 	}
 	return nil
 }

@@ -10,8 +10,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
@@ -79,8 +77,9 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	if err := createCommented(); err != nil {
-		return err
+	if err := nft.CreateCommented(table.Family, nftTable, nftTableComment, 5*time.Second,
+		nft.Chain{Name: nftChain, Comment: nftChainComment}); err != nil {
+		return fmt.Errorf("ipMasq: nftables: create table %s: %w", nftTable, err)
 	}
 	c.AddTable(table)
 	checks := c.AddChain(&nftables.Chain{Name: nftChain, Table: table})
@@ -110,60 +109,6 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("ipMasq: nftables: %w", err)
-	}
-	return nil
-}
-
-// createCommented creates the table and masq_checks with the reference's
-// comments when they do not exist (google/nftables cannot set a table's or
-// a chain's comment; existing ones keep theirs), in one transaction.
-func createCommented() error {
-	fail := func(err error) error { return fmt.Errorf("ipMasq: nftables: create table %s: %w", nftTable, err) }
-	const (
-		nftaTableUserdata = 6  // NFTA_TABLE_USERDATA
-		nftaChainUserdata = 12 // NFTA_CHAIN_USERDATA
-	)
-	str := func(s string) []byte { return []byte(s + "\x00") }
-	msg := func(typ int, attrs []netlink.Attribute) (netlink.Message, error) {
-		b, err := netlink.MarshalAttributes(attrs)
-		return netlink.Message{
-			Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
-				Flags: netlink.Request | netlink.Create | netlink.Acknowledge},
-			Data: append([]byte{byte(table.Family), unix.NFNETLINK_V0, 0, 0}, b...),
-		}, err
-	}
-	newTable, err := msg(unix.NFT_MSG_NEWTABLE, []netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: str(nftTable)},
-		{Type: nftaTableUserdata, Data: userdata.AppendString(nil, 0 /* NFTNL_UDATA_TABLE_COMMENT */, nftTableComment)}})
-	if err != nil {
-		return fail(err)
-	}
-	newChain, err := msg(unix.NFT_MSG_NEWCHAIN, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: str(nftTable)},
-		{Type: unix.NFTA_CHAIN_NAME, Data: str(nftChain)},
-		{Type: nftaChainUserdata, Data: userdata.AppendString(nil, 0 /* NFTNL_UDATA_CHAIN_COMMENT */, nftChainComment)}})
-	if err != nil {
-		return fail(err)
-	}
-	subsys := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES}
-	msgs := []netlink.Message{{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request}, Data: subsys},
-		newTable, newChain,
-		{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: subsys}}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		return fail(err)
-	}
-	defer conn.Close()
-	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
-		return fail(err)
-	}
-	if _, err := conn.SendMessages(msgs); err != nil {
-		return fail(err)
-	}
-	for want := 2; want > 0; {
-		got, err := conn.Receive()
-		if err != nil {
-			return fail(err)
-		}
-		want -= len(got)
 	}
 	return nil
 }
