@@ -143,6 +143,56 @@ var Intentionals = []Intentional{
 		Summary:    "portmap and firewall keep each attachment's record under /var/lib/cni/cnibox-portmap/ and cnibox-firewall/ (the empty directories stay after the last DEL)",
 		Reason:     "DEL and GC then work without prevResult or runtimeConfig, as from a runtime that lost its cache (README, portmap and firewall).",
 	},
+	{
+		Cases:      `.*`,
+		Plugins:    `bandwidth`,
+		Divergence: `(state|leak): -node qdisc: qdisc tbf 1: dev \S+ root rate \S+ burst \d+b (lat [0-9.e+]+s|limit \d+b)$`,
+		Summary:    "A token bucket longer than the kernel can hold (containerd's MaxUint32 burst below ~16 Mbit/s, CRI-O's 4 GiB-less-one-bit burst at any rate): the reference's 32-bit arithmetic wraps its buffer and queue (10 Mbit/s: `burst 193273526b lat 275s`; CRI-O's: `limit 3123b`), tc then shows a latency in seconds or a bare limit",
+		Reason:     "A wrapped value is an accident of integer overflow, not the request; cnibox installs the nearest bucket the kernel can express and warns (the next row).",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `bandwidth`,
+		With:       `(state|leak): -node qdisc: qdisc tbf 1: dev \S+ root rate \S+ burst \d+b (lat [0-9.e+]+s|limit \d+b)$`,
+		Divergence: `(state|leak): \+node qdisc: qdisc tbf 1: dev \S+ root rate \S+ burst \d+b lat [0-9.]+ms$|verb: CHECK#\d+ reference ok, switch:cnibox->ref err:plugin \(reference: ""; switch:cnibox->ref: "Limit doesn't match"\)$`,
+		Summary:    "(with the wrap above) cnibox clamps such a bucket to the longest the kernel holds (274.9 s of traffic: 10 Mbit/s gives `burst 343597382b`), with a queue of 25 ms beyond it, and logs a warning naming the field and the value used; the reference's CHECK of that attachment says \"Limit doesn't match\"",
+		Reason:     "The pod starts with the rate it asked for (measured 0.95x of 1M/10M/100M through containerd, TestContainerdBandwidthAnnotations), never a seconds-long queue; cnibox's CHECK accepts both its own numbers and the reference's, so a node can switch under running pods.",
+	},
+	{
+		Cases:      `chained/bandwidth-after-sriov`,
+		Plugins:    `bandwidth`,
+		Divergence: `verb: ADD#1 reference err:plugin, \S+ ok |state: (-node qdisc: qdisc noqueue 0|\+node qdisc: qdisc tbf 1): dev veth0 root`,
+		Summary:    "bandwidth after a main plugin whose result lists only the pod's interface: cnibox finds the host end through the kernel (the pod interface's veth peer) and shapes it; the reference looks only in prevResult and refuses (\"no veth peer of container interface found in host ns\")",
+		Reason:     "The kernel knows the peer whether or not the main plugin listed it; a pod that is not on a veth is still refused with a clear error.",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `ptp`,
+		Divergence: `state: \+node sysctl: net\.ipv6\.conf\.veth\*\.accept_dad = 0$`,
+		Summary:    "ptp turns DAD off on the node's end of the veth (`accept_dad=0`); the reference leaves the kernel's default",
+		Reason:     "Until the host end's link-local address finishes DAD, a routed pod's IPv6 goes nowhere: the first ping6 between two ptp pods answered 13-173 ms after ADD against 2.05-2.19 s with the reference (applets/ptp TestAsReference). Nothing else on that link can collide: it is a point-to-point veth.",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `macvlan|ipvlan|vlan|host-device`,
+		Divergence: `state: \+pod sysctl: net\.ipv6\.conf\.\S+\.(optimistic_dad|use_optimistic) = 1$`,
+		Summary:    "macvlan, ipvlan, vlan and host-device turn on optimistic DAD on the pod's interface; the reference leaves it off and waits for DAD to finish (ip.SettleAddresses) before it answers",
+		Reason:     "The pod's IPv6 addresses are usable at once, so ADD does not wait a second or more for DAD (shared/iface apply.go); a duplicate is still detected and reported by the kernel.",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `dhcp`,
+		Divergence: `(state|leak): [-+]node files: dhcp\.sock -(rw-rw----|rwxr-xr-x) ""$`,
+		Summary:    "The dhcp daemon's socket is mode 0660; the reference's is 0755",
+		Reason:     "Whoever can connect can ask for and release leases for any interface; only root and the socket's group may (applets/dhcp TestRenewAndRestart).",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `bridge`,
+		Divergence: `(state|leak): \+node nft: table bridge nat / chain cni-br-iface-\S+ / (arp saddr ether != <mac> drop|arp saddr ip \S+ return|ip6? saddr \S+ return|meta protocol (8021ad|8021q|arp|ip|ip6) drop) comment "macspoofchk-`,
+		Summary:    "bridge's `macspoofchk` also drops IPv4/IPv6 from addresses IPAM did not give the pod and ARP whose sender MAC or address is not the pod's, and frames still VLAN-tagged (QinQ); the reference checks the source MAC only",
+		Reason:     "With a MAC check alone a pod can still send as a neighbour's address and poison neighbour tables (SECURITY.md, TestIPSpoofCheck*).",
+	},
 }
 
 var (
