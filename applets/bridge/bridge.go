@@ -641,7 +641,9 @@ func ensureVlanGateway(c *Config, br *netlink.Bridge) (netlink.Link, error) {
 	}
 	// "vgw" + hash: not "veth…", which are the pods' ports.
 	peer := "vgw" + veth.HostName(c.Bridge, name)[len("veth"):]
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: c.MTU}, PeerName: peer}
+	// Queue lengths as the reference's pair has them: its gateway end is
+	// made as a pod end (the kernel's 1000), the bridge port as a peer (0).
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: c.MTU, TxQLen: 1000}, PeerName: peer}
 	if c.MTU > 0 {
 		v.PeerMTU = uint32(c.MTU)
 	}

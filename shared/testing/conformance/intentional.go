@@ -193,6 +193,13 @@ var Intentionals = []Intentional{
 		Summary:    "bridge's `macspoofchk` also drops IPv4/IPv6 from addresses IPAM did not give the pod and ARP whose sender MAC or address is not the pod's, and frames still VLAN-tagged (QinQ); the reference checks the source MAC only",
 		Reason:     "With a MAC check alone a pod can still send as a neighbour's address and poison neighbour tables (SECURITY.md, TestIPSpoofCheck*).",
 	},
+	{
+		Cases:      `.*`,
+		Plugins:    `bridge`,
+		Divergence: `(state|leak): [-+]node sysctl: net\.ipv6\.conf\.\S+\.\d+\.accept_ra = [01]$`,
+		Summary:    "bridge's VLAN gateway (`<bridge>.<vlan>`, with `vlan` and `isGateway`) has `accept_ra=0`, as the bridge itself has with both; the reference leaves the gateway at the kernel's 1",
+		Reason:     "The gateway is a node interface on the pods' VLAN: with accept_ra=1 a pod could configure the node's IPv6 addresses and routes with router advertisements (CVE-2020-10749), which is why both turn it off on the bridge.",
+	},
 }
 
 var (
