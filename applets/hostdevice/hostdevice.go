@@ -380,7 +380,7 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 	direct := false
 	// With the device home already, a link in the pod without an alias
 	// is not it (another plugin's eth0, the pod's own link of that name).
-	home := fallback != "" && hasLink(node, fallback)
+	home := fallback != "" && iface.HasLink(node, fallback)
 	err := pod.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
@@ -477,17 +477,6 @@ func moveOut(node, pod ns.NetNS, ifName, fallback string) error {
 		clearAlias(node, orig)
 		return nil
 	})
-}
-
-// hasLink reports whether netns has a link called name.
-func hasLink(netns ns.NetNS, name string) bool {
-	found := false
-	_ = netns.Do(func(ns.NetNS) error {
-		_, err := netlinksafe.LinkByName(name)
-		found = err == nil
-		return nil
-	})
-	return found
 }
 
 // clearAlias clears the alias of the device that is home as name.

@@ -55,7 +55,7 @@ func Create(req *cni.Request, applet string, netns ns.NetNS, link netlink.Link, 
 			if errors.Is(err, unix.EEXIST) && try == 0 && removeLink(netns, tmp) {
 				continue // left by a killed plugin of the same attachment
 			}
-			if errors.Is(err, unix.EEXIST) && hasLink(netns, ifName) {
+			if errors.Is(err, unix.EEXIST) && HasLink(netns, ifName) {
 				// A VLAN ID or MAC that the pod's own ifName holds: a
 				// repeated ADD.
 				return ifNameTaken(ifName)
@@ -132,8 +132,8 @@ func ifNameTaken(ifName string) error {
 	return cni.Errorf(cni.ErrInvalidEnv, "CNI_IFNAME: %q already exists in the pod", ifName)
 }
 
-// hasLink reports whether netns has a link called name.
-func hasLink(netns ns.NetNS, name string) bool {
+// HasLink reports whether netns has a link called name.
+func HasLink(netns ns.NetNS, name string) bool {
 	found := false
 	_ = netns.Do(func(ns.NetNS) error {
 		_, err := netlinksafe.LinkByName(name)

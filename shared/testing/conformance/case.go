@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -94,7 +95,7 @@ func LoadCase(file string) (*Case, error) {
 		f, isKernel := strings.CutPrefix(n, "kernel:")
 		_, known := fixtures[n]
 		if isKernel {
-			known = f == "8021q" || contains(testnet.KernelFeatures, f)
+			known = f == "8021q" || slices.Contains(testnet.KernelFeatures, f)
 		}
 		if !known {
 			return nil, fmt.Errorf("case %s: unknown node fixture %q (known: %s)", file, n, strings.Join(fixtureNames(), ", "))

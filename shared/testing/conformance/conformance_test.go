@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -376,7 +377,7 @@ func selectSwitches(cases []*Case, applets map[string]bool) map[string][]string 
 	for _, a := range names {
 		var best *Case
 		for _, c := range cases {
-			if !switchable(c, applets) || !contains(append(c.types(), c.ipamTypes()...), a) {
+			if !switchable(c, applets) || !slices.Contains(append(c.types(), c.ipamTypes()...), a) {
 				continue
 			}
 			if best == nil || better(c, best) {
@@ -417,15 +418,6 @@ func switchable(c *Case, applets map[string]bool) bool {
 		}
 	}
 	return true
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // mixDir makes a plugin directory where the chain's main plugin (the
