@@ -200,6 +200,20 @@ var Intentionals = []Intentional{
 		Summary:    "bridge's VLAN gateway (`<bridge>.<vlan>`, with `vlan` and `isGateway`) has `accept_ra=0`, as the bridge itself has with both; the reference leaves the gateway at the kernel's 1",
 		Reason:     "The gateway is a node interface on the pods' VLAN: with accept_ra=1 a pod could configure the node's IPv6 addresses and routes with router advertisements (CVE-2020-10749), which is why both turn it off on the bridge.",
 	},
+	{
+		Cases:      `reference/ipvlan-(no-master|chained)`,
+		Plugins:    `ipvlan`,
+		Divergence: `verb: CHECK#\d+ reference err:plugin, \S+ ok `,
+		Summary:    "ipvlan CHECK of an attachment its own ADD made without `master` (the default-route interface) or chained after a result with the addresses: cnibox's CHECK passes; the reference's looks up master \"\" (\"Link not found\") or compares the prevResult's node interface with the pod's netns, and fails",
+		Reason:     "CHECK must pass on the attachment ADD made; cnibox checks against the master ADD used and the pod's own interface.",
+	},
+	{
+		Cases:      `reference/ipvlan-chained`,
+		Plugins:    `ipvlan`,
+		Divergence: `result: ADD#1 [-+]\.(interfaces\[[01]\]\.(name|mac|sandbox)|ips\[0\]\.interface) = `,
+		Summary:    "ipvlan chained after a result that holds the addresses: cnibox keeps the previous result's interfaces and appends the ipvlan link, the addresses pointing at it; the reference replaces the list with the ipvlan link alone",
+		Reason:     "The spec has a chained plugin pass the previous result on with what it added; the addresses still name the pod's interface.",
+	},
 }
 
 var (
