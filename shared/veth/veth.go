@@ -286,7 +286,8 @@ func DeleteHost(network, containerID, ifName string) error {
 // the reference, say) is deleted, as the reference does.
 func Delete(network, containerID, ifName, path string) error {
 	if path != "" {
-		if err := deleteInPod(network, containerID, ifName, path); err != nil {
+		done, err := deleteInPod(network, containerID, ifName, path)
+		if done || err != nil {
 			return err
 		}
 	}
@@ -295,8 +296,10 @@ func Delete(network, containerID, ifName, path string) error {
 
 // deleteInPod deletes ifName in the netns at path (and with it the host
 // end) unless its host end belongs to another attachment. A missing
-// netns or link is nothing to do.
-func deleteInPod(network, containerID, ifName, path string) error {
+// netns or link is nothing to do. done reports that nothing is left for
+// DeleteHost to look for: the pair is deleted, or the pod's ifName is
+// another attachment's.
+func deleteInPod(network, containerID, ifName, path string) (done bool, err error) {
 	var index, peer int
 	var isVeth bool
 	look := func(ns.NetNS) error {
@@ -310,28 +313,28 @@ func deleteInPod(network, containerID, ifName, path string) error {
 		index, peer, isVeth = l.Attrs().Index, l.Attrs().ParentIndex, l.Type() == "veth"
 		return nil
 	}
-	err := ns.WithNetNSPath(path, look)
+	err = ns.WithNetNSPath(path, look)
 	var missing ns.NSPathNotExistErr
 	if errors.As(err, &missing) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("netns %s: %w", path, err)
+		return false, fmt.Errorf("netns %s: %w", path, err)
 	}
 	if index == 0 {
-		return nil
+		return false, nil
 	}
 	if isVeth && peer != 0 {
 		// Its peer, when it is in this netns (the node's).
 		if host, err := netlink.LinkByIndex(peer); err == nil && host.Type() == "veth" && host.Attrs().ParentIndex == index {
 			if _, _, _, ours := ParseAlias(host.Attrs().Alias); ours {
 				if host.Attrs().Alias != Alias(network, containerID, ifName) {
-					return nil // another attachment's
+					return true, nil // another attachment's
 				}
 				if err := netlink.LinkDel(host); err != nil && !isNotFound(err) {
-					return fmt.Errorf("delete veth %s: %w", host.Attrs().Name, err)
+					return false, fmt.Errorf("delete veth %s: %w", host.Attrs().Name, err)
 				}
-				return nil
+				return true, nil
 			}
 		}
 	}
@@ -349,12 +352,13 @@ func deleteInPod(network, containerID, ifName, path string) error {
 		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
 			return fmt.Errorf("delete %s: %w", ifName, err)
 		}
+		done = true // and its peer with it
 		return nil
 	})
 	if err != nil && !errors.As(err, &missing) {
-		return fmt.Errorf("netns %s: %w", path, err)
+		return false, fmt.Errorf("netns %s: %w", path, err)
 	}
-	return nil
+	return done, nil
 }
 
 // DeleteStale deletes the host ends of the network's attachments that
