@@ -213,7 +213,7 @@ func warn(req *cni.Request, dir string, t *tbf, mtu int) {
 // this attachment's tells.
 func otherAttachment(req *cni.Request, host netlink.Link) string {
 	a := host.Attrs()
-	if _, cid, ifName, ok := veth.ParseAlias(a.Alias); ok && (cid != req.ContainerID || ifName != req.IfName) {
+	if _, cid, ifName, ok := veth.ParseAlias(a.Alias); ok && a.Alias != veth.Alias(req.Name, req.ContainerID, req.IfName) {
 		return fmt.Sprintf("%s, the host end of %s, belongs to container %s (%s), not %s (%s): leaving its shaping alone", a.Name, req.IfName, cid, ifName, req.ContainerID, req.IfName)
 	}
 	if target := redirectTarget(host); target != nil && target.Attrs().Name != ifbName(req.Name, req.ContainerID) {

@@ -17,7 +17,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -153,8 +152,8 @@ func load(req *cni.Request) (*Config, error) {
 	if len(c.Bridge) > 15 {
 		return nil, cni.ConfigError("bridge: name %q is longer than 15 characters", c.Bridge)
 	}
-	if e := utils.ValidateInterfaceName(c.Bridge); e != nil {
-		return nil, cni.ConfigError("bridge: name %q: %s", c.Bridge, e.Msg)
+	if err := cni.LinkName("bridge", c.Bridge); err != nil {
+		return nil, err
 	}
 	if c.IsDefaultGateway {
 		c.IsGateway = true

@@ -94,7 +94,7 @@ func (c *Config) selector(s sysfs) (selector, error) {
 		kind, err := s.classify(c.RuntimeConfig.DeviceID)
 		return selector{"runtimeConfig.deviceID", kind, c.RuntimeConfig.DeviceID}, err
 	case c.Device != "":
-		return selector{"device", "device", c.Device}, nil
+		return selector{"device", "device", c.Device}, cni.LinkName("device", c.Device)
 	case c.HWAddr != "":
 		mac, err := iface.ParseMAC("hwaddr", c.HWAddr)
 		if err != nil {

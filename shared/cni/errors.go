@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
 )
 
 // Error codes of the spec, re-exported so applets need not import libcni's
@@ -66,4 +69,19 @@ func DecodeError(what string, err error) *types.Error {
 	default:
 		return Errorf(types.ErrDecodingFailure, "%s: %v", what, err)
 	}
+}
+
+// LinkName checks a link name from a configuration (field names it in
+// the error): 1-15 bytes, not "." or "..", no '/', ':', whitespace, NUL or
+// other control byte. The kernel could never hold such a name, and a NUL
+// would otherwise reach netlink, where it cuts the name short or fails
+// with an error that is no configuration error.
+func LinkName(field, name string) error {
+	if e := utils.ValidateInterfaceName(name); e != nil {
+		return ConfigError("%s: name %q: %s", field, name, e.Msg)
+	}
+	if strings.ContainsFunc(name, unicode.IsControl) {
+		return ConfigError("%s: name %q: contains a NUL or control character", field, name)
+	}
+	return nil
 }

@@ -20,6 +20,9 @@ func Master(netns ns.NetNS, name string) (netlink.Link, error) {
 		if name == "" {
 			return DefaultRouteLink()
 		}
+		if err := cni.LinkName("master", name); err != nil {
+			return nil, err
+		}
 		l, err := netlinksafe.LinkByName(name)
 		if err != nil {
 			var notFound netlink.LinkNotFoundError

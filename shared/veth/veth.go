@@ -12,6 +12,7 @@ package veth
 
 import (
 	"crypto/sha256"
+	"encoding/base32"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -52,23 +53,87 @@ type Options struct {
 	NoHostDAD bool
 }
 
-// HostName is the host end's name for an attachment: "veth" and eight hex
-// digits of a hash of the container ID and interface name, the same shape
-// as the reference plugins' random names.
+// HostName is the host end's first-choice name for an attachment: "veth"
+// and eight hex digits of a hash of the container ID and interface name,
+// the same shape as the reference plugins' random names. HostNames lists
+// the fallbacks used when another attachment holds it.
 func HostName(containerID, ifName string) string {
 	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
 	return "veth" + hex.EncodeToString(sum[:4])
 }
 
-// Alias is the alias of the host end of an attachment.
+// hostNameTries is how many names HostNames offers an attachment.
+const hostNameTries = 4
+
+// HostNames are the names the host end of an attachment may have, in the
+// order Create tries them: HostName, then names of 11 base32 digits (55
+// bits) of a hash salted with the try's number. 32 bits are few enough
+// that two live attachments share a first choice somewhere in a fleet
+// (the IDs ...1654 and ...6325 with eth0 do): the second one takes a
+// fallback instead of failing. The names stay derived from the attachment
+// so that DEL and crash recovery find the host end without the pod's
+// netns, by trying each of these few names and comparing the alias.
+func HostNames(containerID, ifName string) []string {
+	names := []string{HostName(containerID, ifName)}
+	for i := 1; i < hostNameTries; i++ {
+		sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%s/%d", containerID, ifName, i)))
+		names = append(names, "veth"+strings.ToLower(b32.EncodeToString(sum[:7]))[:11])
+	}
+	return names
+}
+
+var b32 = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// maxAlias is the longest alias the kernel keeps (IFALIASZ less the NUL).
+const maxAlias = 255
+
+// Alias is the alias of the host end of an attachment:
+// "cnibox/<network>/<containerID>/<ifName>" when that fits the kernel's 255
+// bytes (always, for the usual names). Otherwise a network name longer
+// than 64 bytes, and then a container ID too long for what is left, are
+// replaced by "#" and 32 hex digits (128 bits) of their SHA-256: a form no
+// valid name can take ('#' is not allowed in either), bounded (at most
+// 121 bytes) and as unlikely to collide as the hash. Every reader
+// compares whole aliases computed here (or the network field with
+// NetworkField), so the long and the short form never need parsing back.
 func Alias(network, containerID, ifName string) string {
-	return aliasPrefix + network + "/" + containerID + "/" + ifName
+	full := aliasPrefix + network + "/" + containerID + "/" + ifName
+	if len(full) <= maxAlias {
+		return full
+	}
+	nw := NetworkField(network)
+	if len(aliasPrefix)+len(nw)+len(containerID)+len(ifName)+2 > maxAlias {
+		containerID = fieldHash(containerID)
+	}
+	return aliasPrefix + nw + "/" + containerID + "/" + ifName
+}
+
+// NetworkField is how an alias names network: the name itself, or its
+// hash when it is longer than 64 bytes and the alias did not fit. An
+// alias of network has, as its network field, network or NetworkField.
+func NetworkField(network string) string {
+	if len(network) > 64 {
+		return fieldHash(network)
+	}
+	return network
+}
+
+func fieldHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return "#" + hex.EncodeToString(sum[:16])
+}
+
+// OfNetwork reports whether alias is one of ours for network.
+func OfNetwork(alias, network string) bool {
+	nw, _, _, ok := ParseAlias(alias)
+	return ok && (nw == network || nw == NetworkField(network))
 }
 
 const aliasPrefix = "cnibox/"
 
-// ParseAlias returns the network, container ID and interface name an alias
-// names, or ok=false when the alias is not one of ours.
+// ParseAlias returns the network, container ID and interface name fields
+// of an alias (the network and container ID fields may be hashes, see
+// Alias), or ok=false when the alias is not one of ours.
 func ParseAlias(alias string) (network, containerID, ifName string, ok bool) {
 	rest, found := strings.CutPrefix(alias, aliasPrefix)
 	if !found {
@@ -86,17 +151,35 @@ func ParseAlias(alias string) (network, containerID, ifName string, ok bool) {
 // not be able to send router advertisements to the host) and is up; the
 // container end is left down for the caller to configure.
 //
-// Create never deletes a link it did not make. A host end that already
-// exists under the attachment's name is refused, whatever its alias: a
-// working attachment looks exactly like what a killed ADD left behind, and
-// only the runtime knows which it is. After a failed or interrupted ADD
-// runtimes DEL, which removes the leftover; a runtime's retry of an ADD
-// that succeeded must find its attachment intact. Likewise a pod that
-// already has ifName is refused (ErrExists), as the reference does.
+// The host end takes the first of HostNames that no link holds. A name
+// held by a link whose alias is another attachment's (or not ours at all)
+// is passed over; one held by this attachment's own host end is refused:
+// Create never deletes a link it did not make, and a working attachment
+// looks exactly like what a killed ADD left behind, and only the runtime
+// knows which it is. After a failed or interrupted ADD runtimes DEL,
+// which removes the leftover; a runtime's retry of an ADD that succeeded
+// must find its attachment intact. Likewise a pod that already has
+// ifName is refused (ErrExists), as the reference does.
 func Create(podNS ns.NetNS, o Options) (*Pair, error) {
-	hostName := HostName(o.ContainerID, o.IfName)
-	if old, err := netlinksafe.LinkByName(hostName); err == nil {
-		return nil, hostTaken(hostName, old, o)
+	alias := Alias(o.Network, o.ContainerID, o.IfName)
+	names := HostNames(o.ContainerID, o.IfName)
+	free := ""
+	var taken []string
+	for _, name := range names {
+		old, err := netlinksafe.LinkByName(name)
+		switch {
+		case err == nil && old.Attrs().Alias == alias:
+			return nil, fmt.Errorf("create veth %s: it %w: this attachment is up already, or an interrupted ADD left it, which DEL removes", name, ErrExists)
+		case err == nil:
+			taken = append(taken, fmt.Sprintf("%s (a %s, alias %q)", name, old.Type(), old.Attrs().Alias))
+		case !isNotFound(err):
+			return nil, fmt.Errorf("look for veth %s: %w", name, err)
+		case free == "":
+			free = name
+		}
+	}
+	if free == "" {
+		return nil, fmt.Errorf("create veth: every host name of the attachment is taken by another device: %s", strings.Join(taken, ", "))
 	}
 	// The queue lengths are the reference's. It makes the pair from the
 	// pod's side with netlink.NewLinkAttrs (no IFLA_TXQLEN: the kernel's
@@ -107,6 +190,7 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 	// IFF_NO_QUEUE (noqueue), so the length only matters to a qdisc added
 	// later that takes its limit from it (pfifo, pfifo_fast): a pod's own
 	// pfifo gets 1000 packets, as with the reference, not 1.
+	hostName := free
 	v := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:   hostName,
@@ -123,16 +207,17 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 	}
 	if err := netlink.LinkAdd(v); err != nil {
 		if errors.Is(err, syscall.EEXIST) {
-			// Not ours: the host end was free a moment ago, so it is
+			// The host end was free a moment ago (another attachment
+			// may have taken it since: its runtime retries), so it is
 			// most likely the pod's ifName.
 			if old, err := netlinksafe.LinkByName(hostName); err == nil {
-				return nil, hostTaken(hostName, old, o)
+				return nil, fmt.Errorf("create veth %s: the name was taken meanwhile by another device (a %s, alias %q)", hostName, old.Type(), old.Attrs().Alias)
 			}
 			return nil, existsError(o.IfName, hostName)
 		}
 		return nil, fmt.Errorf("create veth %s with peer %s in the pod: %w", hostName, o.IfName, err)
 	}
-	pair, err := finish(podNS, hostName, o.IfName, Alias(o.Network, o.ContainerID, o.IfName), o.NoHostDAD)
+	pair, err := finish(podNS, hostName, o.IfName, alias, o.NoHostDAD)
 	if err != nil {
 		// The pair is ours (LinkAdd made it, and the attachment's lock
 		// keeps anyone else of this attachment away): delete it.
@@ -153,14 +238,6 @@ var ErrExists = errors.New("already exists")
 // ifName, so that a runtime or an operator sees the same words.
 func existsError(ifName, hostName string) error {
 	return fmt.Errorf("container veth name (%q) peer provided (%q) %w", ifName, hostName, ErrExists)
-}
-
-func hostTaken(hostName string, old netlink.Link, o Options) error {
-	nw, cid, ifn, ok := ParseAlias(old.Attrs().Alias)
-	if ok && nw == o.Network && cid == o.ContainerID && ifn == o.IfName {
-		return fmt.Errorf("create veth %s: it %w: this attachment is up already, or an interrupted ADD left it, which DEL removes", hostName, ErrExists)
-	}
-	return fmt.Errorf("create veth %s: the name is taken by another device (a %s, alias %q)", hostName, old.Type(), old.Attrs().Alias)
 }
 
 // Absent fails with the reference's "already exists" error when the pod
@@ -254,24 +331,28 @@ func DisableRA(link string) error {
 
 // DeleteHost deletes the host end of an attachment from the current netns,
 // which deletes the pod's end too. It is how DEL cleans up when the pod's
-// netns is gone or unreachable. A missing link, or one that belongs to a
-// different attachment, is left alone.
+// netns is gone or unreachable. It looks under each of HostNames and
+// deletes the link there whose alias is the attachment's; a missing link,
+// or one that belongs to a different attachment, is left alone.
 func DeleteHost(network, containerID, ifName string) error {
-	name := HostName(containerID, ifName)
-	l, err := netlinksafe.LinkByName(name)
-	if err != nil {
-		if isNotFound(err) {
-			return nil
+	alias := Alias(network, containerID, ifName)
+	var errs []error
+	for _, name := range HostNames(containerID, ifName) {
+		l, err := netlinksafe.LinkByName(name)
+		if err != nil {
+			if !isNotFound(err) {
+				errs = append(errs, fmt.Errorf("find veth %s: %w", name, err))
+			}
+			continue
 		}
-		return fmt.Errorf("find veth %s: %w", name, err)
+		if l.Attrs().Alias != alias {
+			continue
+		}
+		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete veth %s: %w", name, err))
+		}
 	}
-	if l.Attrs().Alias != Alias(network, containerID, ifName) {
-		return nil
-	}
-	if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
-		return fmt.Errorf("delete veth %s: %w", name, err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Delete removes an attachment's pair: from the pod's side through the
@@ -368,12 +449,17 @@ func DeleteStale(network string, valid map[cni.Attachment]bool, logf func(string
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
+	keep := make(map[string]bool, len(valid))
+	for a := range valid {
+		keep[Alias(network, a.ContainerID, a.IfName)] = true
+	}
 	var errs []error
 	for _, l := range links {
-		nw, cid, ifn, ok := ParseAlias(l.Attrs().Alias)
-		if l.Type() != "veth" || !ok || nw != network || valid[cni.Attachment{ContainerID: cid, IfName: ifn}] {
+		alias := l.Attrs().Alias
+		if l.Type() != "veth" || !OfNetwork(alias, network) || keep[alias] {
 			continue
 		}
+		_, cid, ifn, _ := ParseAlias(alias)
 		logf("GC: deleting %s of %s/%s", l.Attrs().Name, cid, ifn)
 		if err := netlink.LinkDel(l); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete %s: %w", l.Attrs().Name, err))
