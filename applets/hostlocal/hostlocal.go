@@ -141,7 +141,7 @@ func Del(req *cni.Request) error {
 		return nil // nothing was ever allocated here
 	}
 	_ = conf
-	s, err := openStore(dataDir, req.Name, req.Log)
+	s, err := openStoreForDel(dataDir, req.Name, req.Log)
 	if err != nil {
 		return fmt.Errorf("host-local: %s: %w", filepath.Join(dataDir, req.Name), err)
 	}
@@ -154,12 +154,20 @@ func Del(req *cni.Request) error {
 		s.broken = true
 		return fmt.Errorf("host-local: release %v: %w", ips, err)
 	}
+	if s.tab == nil {
+		testHook("del-done")
+		return nil // scan mode: the index stays stale (openStoreForDel)
+	}
 	key := attachmentKey(req.ContainerID, req.IfName)
 	if legacy {
 		key = legacyKey(req.ContainerID)
 	}
 	if err := s.setRecord(key, nil); err != nil {
-		return fmt.Errorf("host-local: %w", err)
+		// The reservations are gone, which is what DEL is for; an
+		// index that could not be updated (a full disk on a
+		// copy-on-write filesystem) is only marked stale.
+		s.log.Warnf("host-local: update the index (the next ADD rebuilds it): %v", err)
+		s.broken = true
 	}
 	testHook("del-done")
 	return nil

@@ -33,7 +33,14 @@ func lockTimeout() time.Duration {
 // thread; on timeout we close the descriptor, so should that flock still
 // succeed later, the lock goes with the last reference to the file, at once.
 func lockFile(path string, timeout time.Duration) (*os.File, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	// Never through a symlink (one planted there could make us create a
+	// file anywhere): a symlink in its place is replaced by the file.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err == unix.ELOOP {
+		if rerr := os.Remove(path); rerr == nil {
+			fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		}
+	}
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/logging"
+	"github.com/cnibox/cnibox/shared/statefile"
 )
 
 // The reference's on-disk names.
@@ -44,6 +45,10 @@ type store struct {
 	dirty   bool // dir or index changed: commit writes a new stamp
 	broken  bool // the index may disagree with the files: drop the stamp
 	rebuilt bool // this open rebuilt the index (for tests and logs)
+	forDel  bool // openStoreForDel: never rebuild (it writes a file)
+	// released: this call removed reservations; when none is left, the
+	// index goes too (removeIndex).
+	released bool
 }
 
 func (s *store) tablePath() string { return filepath.Join(s.idxDir, "index") }
@@ -53,20 +58,11 @@ func (s *store) stampPath() string { return filepath.Join(s.idxDir, "stamp") }
 // (bounded), and makes sure the index agrees with the files, rebuilding it
 // from them when it does not.
 func openStore(dataDir, network string, log *logging.Logger) (*store, error) {
-	s := &store{
-		dir:    filepath.Join(dataDir, network),
-		idxDir: filepath.Join(dataDir, indexDirName, network),
-		log:    log,
-	}
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create data dir: %w", err)
-	}
-	lock, err := lockFile(filepath.Join(s.dir, lockName), lockTimeout())
+	s, err := lockStore(dataDir, network, log, true)
 	if err != nil {
 		return nil, err
 	}
-	s.lock = lock
-	if err := os.MkdirAll(s.idxDir, 0o700); err != nil {
+	if err := mkdirAll(s.idxDir, 0o700); err != nil {
 		s.unlock()
 		return nil, fmt.Errorf("create index dir: %w", err)
 	}
@@ -85,6 +81,66 @@ func openStore(dataDir, network string, log *logging.Logger) (*store, error) {
 	return s, nil
 }
 
+// openStoreForDel is openStore for DEL, which must work on a full disk:
+// it creates nothing (no directory, no index) and never rebuilds the
+// index. When the index is current it is used (a release rewrites slots
+// already on disk, in place); when it is not (a reservation the reference
+// made, a network cnibox never indexed) the store is in scan mode (tab is
+// nil): DEL finds the attachment's files by reading the directory, as the
+// reference does, unlinks them, and leaves the index marked stale for the
+// next ADD to rebuild.
+func openStoreForDel(dataDir, network string, log *logging.Logger) (*store, error) {
+	s, err := lockStore(dataDir, network, log, false)
+	if err != nil {
+		return nil, err
+	}
+	s.forDel = true
+	if s.stampValid() {
+		if s.tab, err = openTable(s.tablePath()); err != nil {
+			s.log.Debugf("host-local: %v; DEL reads the directory", err)
+			s.tab = nil
+		}
+	}
+	if s.tab == nil {
+		s.broken = true // whatever index there is, it is stale
+	}
+	return s, nil
+}
+
+// lockStore takes the network's lock, creating its directory first when
+// create is set.
+func lockStore(dataDir, network string, log *logging.Logger, create bool) (*store, error) {
+	s := &store{
+		dir:    filepath.Join(dataDir, network),
+		idxDir: filepath.Join(dataDir, indexDirName, network),
+		log:    log,
+	}
+	if create {
+		if err := os.MkdirAll(s.dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create data dir: %w", err)
+		}
+	}
+	lock, err := lockFile(filepath.Join(s.dir, lockName), lockTimeout())
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	return s, nil
+}
+
+// mkdirAll is os.MkdirAll that tries again when a parent it made was
+// removed before it could make the child (a DEL of another network's last
+// attachment removes an empty .cnibox).
+func mkdirAll(dir string, perm fs.FileMode) error {
+	var err error
+	for try := 0; try < 3; try++ {
+		if err = os.MkdirAll(dir, perm); !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return err
+}
+
 // close commits the index (a new stamp when something changed, none when
 // the index may be wrong) and releases the lock.
 func (s *store) close() {
@@ -97,6 +153,10 @@ func (s *store) close() {
 	switch {
 	case s.broken:
 		os.Remove(s.stampPath())
+	case s.released && s.tab != nil && s.tab.used == 0:
+		// The last attachment is gone: so is the index (the next ADD
+		// starts a new one from an empty directory, at no cost).
+		s.removeIndex()
 	case s.dirty:
 		if err := s.writeStamp(); err != nil {
 			s.log.Warnf("host-local: write index stamp (the next call rebuilds the index): %v", err)
@@ -105,6 +165,17 @@ func (s *store) close() {
 	}
 	s.tab.close()
 	s.unlock()
+}
+
+// removeIndex deletes the network's index, its directory, and .cnibox
+// when no other network has one: what a network with no attachment left
+// keeps is only the reference's own files. Unlinking needs no free space.
+func (s *store) removeIndex() {
+	os.Remove(s.stampPath()) // first: a stampless index is never trusted
+	os.Remove(s.tablePath())
+	os.Remove(s.tablePath() + ".new")
+	os.Remove(s.idxDir)
+	os.Remove(filepath.Dir(s.idxDir))
 }
 
 func (s *store) unlock() {
@@ -130,7 +201,7 @@ func (s *store) stamp() (string, []unix.Timespec, error) {
 }
 
 func (s *store) stampValid() bool {
-	want, err := os.ReadFile(s.stampPath())
+	want, err := statefile.Read(s.stampPath())
 	if err != nil {
 		return false
 	}
@@ -173,9 +244,45 @@ func (s *store) writeStamp() error {
 	if err != nil {
 		return err
 	}
-	// Written in place: no directory operation, and a stamp torn by a
-	// crash matches no state of the directories, so it only costs a rebuild.
-	return os.WriteFile(s.stampPath(), []byte(st), 0o600)
+	// Written in place: no directory operation, no truncation (which on
+	// some filesystems discards blocks, with the lock held, and on a full
+	// one frees the page the write then cannot get back), and a stamp torn
+	// by a crash matches no state of the directories, so it only costs a
+	// rebuild.
+	return writeInPlace(s.stampPath(), []byte(st))
+}
+
+// writeInPlace overwrites path's contents with data without truncating
+// it first: one pwrite over the blocks the file has, then a truncate only
+// when the old contents were longer. A symlink at path is replaced, never
+// written through. Readers of these files (the stamp, last_reserved_ip)
+// survive a torn write: a stamp that matches nothing costs a rebuild, an
+// address that does not parse a fresh start of the round-robin.
+func writeInPlace(path string, data []byte) error {
+	for try := 0; ; try++ {
+		fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err == unix.ELOOP && try == 0 {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+		f := os.NewFile(uintptr(fd), path)
+		_, err = f.WriteAt(data, 0)
+		if err == nil {
+			var st os.FileInfo
+			if st, err = f.Stat(); err == nil && st.Size() > int64(len(data)) {
+				err = f.Truncate(int64(len(data)))
+			}
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}
 }
 
 // entry is one reservation file.
@@ -203,10 +310,10 @@ func (s *store) scan() ([]entry, error) {
 		if !ok {
 			continue
 		}
-		data, err := os.ReadFile(filepath.Join(s.dir, name))
+		data, err := statefile.Read(filepath.Join(s.dir, name))
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ELOOP) {
+				continue // gone, or a symlink: no reservation of anybody's
 			}
 			return nil, err
 		}
@@ -312,7 +419,7 @@ func (s *store) setRecord(k key, ips []netip.Addr) error {
 // matches): that is an error, and the caller rebuilds.
 func (s *store) holds(ips []netip.Addr, want string) ([]netip.Addr, error) {
 	for _, ip := range ips {
-		data, err := os.ReadFile(filepath.Join(s.dir, ip.String()))
+		data, err := statefile.Read(filepath.Join(s.dir, ip.String()))
 		if err != nil || strings.TrimSpace(string(data)) != want {
 			return nil, fmt.Errorf("index record of %q lists %s, which the files do not give it", want, ip)
 		}
@@ -324,7 +431,17 @@ func (s *store) holds(ips []netip.Addr, want string) ([]netip.Addr, error) {
 // held through legacy id-only files (used, as by the reference, only when
 // the attachment holds none of its own).
 func (s *store) owned(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
+	if s.tab == nil {
+		return s.scanLookup(id, ifname)
+	}
 	ips, legacy, err = s.lookup(id, ifname)
+	if err != nil && s.forDel {
+		// DEL does not rebuild: it reads the directory and leaves the
+		// index stale for the next ADD.
+		s.log.Warnf("host-local: %v; reading %s instead", err, s.dir)
+		s.broken = true
+		return s.scanLookup(id, ifname)
+	}
 	if err != nil {
 		// The index disagrees with the files even though the stamp
 		// matched. Rebuild it from the files and ask again.
@@ -336,6 +453,16 @@ func (s *store) owned(id, ifname string) (ips []netip.Addr, legacy bool, err err
 		return s.lookup(id, ifname)
 	}
 	return ips, legacy, nil
+}
+
+// scanLookup is lookup without the index (openStoreForDel's scan mode).
+func (s *store) scanLookup(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
+	ips, err = s.scanOwned(owner(id, ifname))
+	if err != nil || len(ips) > 0 {
+		return ips, false, err
+	}
+	ips, err = s.scanOwned(strings.TrimSpace(id))
+	return ips, true, err
 }
 
 func (s *store) lookup(id, ifname string) (ips []netip.Addr, legacy bool, err error) {
@@ -402,7 +529,7 @@ func (s *store) reserve(ip netip.Addr, id, ifname string) (bool, error) {
 func (s *store) unreserve(ips []netip.Addr) error {
 	var errs []error
 	for _, ip := range ips {
-		s.dirty = true
+		s.dirty, s.released = true, true
 		if err := os.Remove(filepath.Join(s.dir, ip.String())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}
@@ -412,9 +539,9 @@ func (s *store) unreserve(ips []netip.Addr) error {
 
 // lastReserved reads last_reserved_ip.<idx>; invalid or missing is zero.
 func (s *store) lastReserved(idx int) netip.Addr {
-	data, err := os.ReadFile(filepath.Join(s.dir, lastReservedName+strconv.Itoa(idx)))
+	data, err := statefile.Read(filepath.Join(s.dir, lastReservedName+strconv.Itoa(idx)))
 	if err != nil {
-		return netip.Addr{}
+		return netip.Addr{} // missing, or a symlink (not followed)
 	}
 	ip, err := netip.ParseAddr(strings.TrimSpace(string(data)))
 	if err != nil {
@@ -428,5 +555,6 @@ func (s *store) setLastReserved(idx int, ip netip.Addr) error {
 	if _, err := os.Lstat(path); err != nil {
 		s.dirty = true // creating it changes the directory
 	}
-	return os.WriteFile(path, []byte(ip.String()), 0o600)
+	// In place, not truncated: this runs on every ADD with the lock held.
+	return writeInPlace(path, []byte(ip.String()))
 }

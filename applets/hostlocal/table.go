@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // table is the index: an on-disk open-addressing hash table in one file,
@@ -82,7 +84,7 @@ func keyOf(content string) (key, bool) {
 
 // openTable opens an existing table file and checks its header.
 func openTable(path string) (*table, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, err
 	}
