@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"unicode"
@@ -34,6 +33,7 @@ import (
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
+	"github.com/cnibox/cnibox/shared/statefile"
 )
 
 // Applet is firewall's entry in cnibox's applet table.
@@ -130,7 +130,7 @@ func Add(req *cni.Request) (types.Result, error) {
 	// Recorded first, so that DEL finds what a killed ADD half made. A
 	// record of an earlier ADD of the attachment is put back if this one
 	// fails: its DEL must still find that ADD's backend and addresses.
-	earlier, _ := os.ReadFile(recordPath(a.Net, a.ID, a.IfName))
+	earlier, _ := statefile.Read(recordPath(a.Net, a.ID, a.IfName))
 	if err := save(a); err != nil {
 		return nil, fmt.Errorf("firewall: %w", err)
 	}
@@ -151,7 +151,7 @@ func Add(req *cni.Request) (types.Result, error) {
 // and this ADD's stays for DEL).
 func putBack(a *attachment, earlier []byte) {
 	if earlier != nil {
-		_ = os.WriteFile(recordPath(a.Net, a.ID, a.IfName), earlier, 0o600)
+		_ = statefile.Write(recordPath(a.Net, a.ID, a.IfName), earlier, 0o600)
 	}
 }
 
@@ -374,24 +374,23 @@ func checkIsolation(a *attachment) error {
 
 const stateDir = "/var/lib/cni/cnibox-firewall"
 
+// recordPath is <stateDir>/<network>/<containerID>.<ifname>; a name too
+// long for one file name is hashed (statefile.Name): the record itself
+// says whose it is.
 func recordPath(net, id, ifname string) string {
-	return filepath.Join(stateDir, net, id+"."+ifname)
+	return filepath.Join(stateDir, statefile.Name(net, 255), statefile.Name(id+"."+ifname, 255))
 }
 
 func save(a *attachment) error {
-	p := recordPath(a.Net, a.ID, a.IfName)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("record attachment: %w", err)
-	}
 	b, _ := json.Marshal(a)
-	if err := os.WriteFile(p, b, 0o600); err != nil {
+	if err := statefile.Write(recordPath(a.Net, a.ID, a.IfName), b, 0o600); err != nil {
 		return fmt.Errorf("record attachment: %w", err)
 	}
 	return nil
 }
 
 func recall(net, id, ifname string) *attachment {
-	b, err := os.ReadFile(recordPath(net, id, ifname))
+	b, err := statefile.Read(recordPath(net, id, ifname))
 	if err != nil {
 		return nil
 	}
@@ -403,16 +402,15 @@ func recall(net, id, ifname string) *attachment {
 }
 
 func forget(a *attachment) {
-	p := recordPath(a.Net, a.ID, a.IfName)
-	os.Remove(p)
-	os.Remove(filepath.Dir(p)) // only when empty
+	// The network's directory and stateDir go with the last record.
+	statefile.Remove(recordPath(a.Net, a.ID, a.IfName), 2)
 }
 
 func recorded(net string) []*attachment {
 	var out []*attachment
-	files, _ := filepath.Glob(filepath.Join(stateDir, net, "*"))
+	files, _ := filepath.Glob(filepath.Join(stateDir, statefile.Name(net, 255), "*"))
 	for _, f := range files {
-		b, err := os.ReadFile(f)
+		b, err := statefile.Read(f)
 		if err != nil {
 			continue
 		}
@@ -429,7 +427,7 @@ func recorded(net string) []*attachment {
 func bridgeInUse(bridge string) bool {
 	files, _ := filepath.Glob(filepath.Join(stateDir, "*", "*"))
 	for _, f := range files {
-		b, err := os.ReadFile(f)
+		b, err := statefile.Read(f)
 		if err != nil {
 			continue
 		}

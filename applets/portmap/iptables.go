@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
 )
 
@@ -54,7 +55,10 @@ func dnChain(net, id string) string { return chainName("CNI-DN-", net, id) }
 func entryComment(net, id string) string {
 	c := fmt.Sprintf(`dnat name: "%s" id: "%s"`, net, id)
 	if len(c) > 255 {
-		c = c[:253] + "..."
+		// The kernel keeps 255 bytes of a comment: the reference's
+		// cut-short comment names nobody. Long names are hashed, as
+		// in ipmasq.Comment, so that CHECK, DEL and GC still match.
+		c = fmt.Sprintf(`dnat name: "%s" id: "%s"`, commentNetwork(net), cni.HashField(id))
 	}
 	return `"` + strings.ReplaceAll(c, `"`, `\"`) + `"`
 }
@@ -431,11 +435,15 @@ func (b iptBackend) del(net, id string, _ []netip.Addr) error {
 // gc removes the chains of the network's containers that are not kept,
 // found through the entry rules' comments.
 func (b iptBackend) gc(net string, keep map[string]bool) error {
+	keepHashed := map[string]bool{}
+	for id := range keep {
+		keepHashed[cni.HashField(id)] = true
+	}
 	return b.remove(nil, func(nt *iptables.Table) []string {
 		var out []string
 		for _, r := range nt.Rules(dnatChain) {
 			m := entryCommentRE().FindStringSubmatch(r)
-			if m == nil || m[1] != net || keep[m[2]] {
+			if m == nil || (m[1] != net && m[1] != commentNetwork(net)) || keep[m[2]] || keepHashed[m[2]] {
 				continue
 			}
 			fields := strings.Fields(r)
@@ -543,4 +551,11 @@ func planRemove(nt *iptables.Table, chains []string) *iptables.Batch {
 		}
 	}
 	return b
+}
+
+func commentNetwork(net string) string {
+	if len(net) > 64 {
+		return cni.HashField(net)
+	}
+	return net
 }

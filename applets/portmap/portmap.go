@@ -40,6 +40,7 @@ import (
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/iptables"
 	"github.com/cnibox/cnibox/shared/nft"
+	"github.com/cnibox/cnibox/shared/statefile"
 )
 
 // Applet is portmap's entry in cnibox's applet table.
@@ -235,6 +236,7 @@ func GC(req *cni.Request) error {
 	keep := map[string]bool{}
 	for att := range valid {
 		keep[att.ContainerID] = true
+		keep[statefile.Name(att.ContainerID, 255)] = true // a record's name
 	}
 	var errs []error
 	for _, name := range []string{backendIPTables, backendNFTables} {
@@ -522,19 +524,17 @@ func enableRouteLocalnet(pod net.IP) error {
 // then one address a line.
 
 func stateFile(net, id string) string {
-	return filepath.Join("/var/lib/cni/cnibox-portmap", net, id)
+	return filepath.Join(stateRoot, statefile.Name(net, 255), statefile.Name(id, 255))
 }
 
+const stateRoot = "/var/lib/cni/cnibox-portmap"
+
 func remember(net, id, backend string, pods []netip.Addr) error {
-	f := stateFile(net, id)
-	if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
-		return fmt.Errorf("record backend: %w", err)
-	}
 	rec := backend + "\n"
 	for _, p := range pods {
 		rec += p.String() + "\n"
 	}
-	if err := os.WriteFile(f, []byte(rec), 0o600); err != nil {
+	if err := statefile.Write(stateFile(net, id), []byte(rec), 0o600); err != nil {
 		return fmt.Errorf("record backend: %w", err)
 	}
 	return nil
@@ -543,7 +543,7 @@ func remember(net, id, backend string, pods []netip.Addr) error {
 // recalledState returns the recorded backend ("" without a record) and
 // pod addresses.
 func recalledState(net, id string) (string, []netip.Addr) {
-	b, err := os.ReadFile(stateFile(net, id))
+	b, err := statefile.Read(stateFile(net, id))
 	if err != nil {
 		return "", nil
 	}
@@ -560,7 +560,9 @@ func recalledState(net, id string) (string, []netip.Addr) {
 	return lines[0], pods
 }
 
-// recordedIDs returns the container IDs the network has records of.
+// recordedIDs returns the names of the network's records: container IDs,
+// or their hashes for IDs too long for a file name (stateFile takes
+// either).
 func recordedIDs(net string) []string {
 	entries, _ := os.ReadDir(filepath.Dir(stateFile(net, "x")))
 	var out []string
@@ -570,9 +572,10 @@ func recordedIDs(net string) []string {
 	return out
 }
 
+// forget removes the record, and the network's directory and the state
+// root with the last one.
 func forget(net, id string) {
-	os.Remove(stateFile(net, id))
-	os.Remove(filepath.Dir(stateFile(net, id))) // only when empty
+	statefile.Remove(stateFile(net, id), 2)
 }
 
 func forgetAllBut(net string, keep map[string]bool) {
@@ -584,4 +587,5 @@ func forgetAllBut(net string, keep map[string]bool) {
 		}
 	}
 	os.Remove(dir)
+	os.Remove(stateRoot)
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/cnibox/cnibox/shared/statefile"
 )
 
 // DefaultDataDir is where backups live unless the config says dataDir.
@@ -41,13 +43,20 @@ func (b *backup) empty() bool {
 	return b.Mac == "" && b.Promisc == nil && b.Mtu == 0 && b.Allmulti == nil && b.TxQLen == nil && len(b.Sysctls) == 0
 }
 
+// backupPath is the reference's <dataDir>/<containerID>_<ifname>.json; a
+// name too long for a file name (with room for saveBackup's temporary
+// name) is hashed: the reference could not write it at all.
 func backupPath(dir, containerID, ifName string) string {
-	return filepath.Join(dir, containerID+"_"+ifName+".json")
+	return filepath.Join(dir, backupName(containerID, ifName))
+}
+
+func backupName(containerID, ifName string) string {
+	return statefile.Name(containerID+"_"+ifName, 200) + ".json"
 }
 
 // loadBackup reads a backup; a missing file is (nil, nil).
 func loadBackup(path string) (*backup, error) {
-	data, err := os.ReadFile(path)
+	data, err := statefile.Read(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -62,36 +71,14 @@ func loadBackup(path string) (*backup, error) {
 }
 
 // saveBackup writes b atomically (0600) so a crash never leaves a torn
-// file that DEL could not read.
+// file that DEL could not read (statefile.WriteAtomic: never through a
+// symlink, the directory made when missing).
 func saveBackup(path string, b *backup) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create dataDir: %w", err)
-	}
 	data, err := json.MarshalIndent(b, "", " ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, data)
-}
-
-// writeFileAtomic writes data to path (0600) through a temporary file and
-// a rename.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write backup: %w", err)
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
+	if err := statefile.WriteAtomic(path, data); err != nil {
 		return fmt.Errorf("write backup %s: %w", path, err)
 	}
 	return nil
@@ -104,10 +91,8 @@ func removeBackup(path string) error {
 	for _, f := range stray {
 		_ = os.Remove(f)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return nil
+	// The dataDir goes with its last backup (it is made again on ADD).
+	return statefile.Remove(path, 1)
 }
 
 // keepOlder makes a backup taken by a repeated ADD keep what the first ADD

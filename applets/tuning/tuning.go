@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/statefile"
 )
 
 // Applet is tuning's entry in cnibox's applet table.
@@ -188,7 +189,7 @@ func apply(req *cni.Request, s *settings, file string) error {
 			req.Log.Warnf("undo after failed ADD: %v", rerr)
 		}
 		if oldData != nil {
-			if rerr := writeFileAtomic(file, oldData); rerr != nil {
+			if rerr := statefile.WriteAtomic(file, oldData); rerr != nil {
 				req.Log.Warnf("put back the earlier ADD's backup: %v", rerr)
 			}
 		} else if rerr := removeBackup(file); rerr != nil {
@@ -421,7 +422,7 @@ func GC(req *cni.Request) error {
 	dir := dataDir(conf)
 	keep := map[string]bool{}
 	for a := range valid {
-		keep[fmt.Sprintf("%s_%s.json", a.ContainerID, a.IfName)] = true
+		keep[backupName(a.ContainerID, a.IfName)] = true
 	}
 	entries, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -1,6 +1,8 @@
 package cni
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,4 +86,13 @@ func LinkName(field, name string) error {
 		return ConfigError("%s: name %q: contains a NUL or control character", field, name)
 	}
 	return nil
+}
+
+// HashField is how a name too long for where it goes (a link alias, a rule
+// comment, a file name) is written instead: "#" and 32 hex digits (128
+// bits) of its SHA-256. No valid network name or container ID starts with
+// '#', so the short form can never be mistaken for a name.
+func HashField(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return "#" + hex.EncodeToString(sum[:16])
 }

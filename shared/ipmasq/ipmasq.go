@@ -286,9 +286,28 @@ func ChainName(network, containerID string) string {
 	return "CNI-" + hashHex(network+containerID, 24)
 }
 
-// Comment is the comment of every iptables rule of an attachment.
+// Comment is the comment of every iptables rule of an attachment, the
+// reference's "name: <network> id: <containerID>". A comment holds at most
+// 255 bytes (the kernel's XT_MAX_COMMENT_LEN less the NUL); when the names
+// are longer, the network name (when over 64 bytes) and the container ID
+// are written as cni.HashField, so that DEL and GC still match the rules
+// exactly (a comment cut short would name nobody).
 func Comment(network, containerID string) string {
-	return fmt.Sprintf("name: %q id: %q", network, containerID)
+	c := fmt.Sprintf("name: %q id: %q", network, containerID)
+	if len(c) <= maxIPTComment {
+		return c
+	}
+	return fmt.Sprintf("name: %q id: %q", commentNetwork(network), cni.HashField(containerID))
+}
+
+// maxIPTComment is the longest comment an iptables rule keeps.
+const maxIPTComment = 255
+
+func commentNetwork(network string) string {
+	if len(network) > 64 {
+		return cni.HashField(network)
+	}
+	return network
 }
 
 func multicast(ip net.IP) string {

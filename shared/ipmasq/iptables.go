@@ -480,6 +480,7 @@ func gcIPT(network string, valid map[cni.Attachment]bool) error {
 	validCID := map[string]bool{}
 	for a := range valid {
 		validCID[a.ContainerID] = true
+		validCID[cni.HashField(a.ContainerID)] = true
 	}
 	var errs []error
 	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
@@ -490,10 +491,18 @@ func gcIPT(network string, valid map[cni.Attachment]bool) error {
 			stale := map[string]bool{}
 			for _, l := range rules {
 				m := commentRE().FindStringSubmatch(l)
-				if m == nil || m[1] != network || validCID[m[2]] {
+				if m == nil || (m[1] != network && m[1] != commentNetwork(network)) || validCID[m[2]] {
 					continue
 				}
-				chain := ChainName(m[1], m[2])
+				if strings.HasPrefix(m[2], "#") {
+					// A long container ID, hashed (Comment): the chain
+					// is the one the rule is in or jumps to.
+					if chain := hashedChain(l); chain != "" {
+						stale[chain] = true
+					}
+					continue
+				}
+				chain := ChainName(network, m[2])
 				if strings.HasPrefix(l, "-A "+chain+" ") || jumpsTo(l, chain) {
 					stale[chain] = true
 				}
@@ -506,4 +515,16 @@ func gcIPT(network string, valid map[cni.Attachment]bool) error {
 		}))
 	}
 	return errors.Join(errs...)
+}
+
+// hashedChain is the attachment chain a rule with a hashed comment is in
+// or jumps to: "CNI-" and 24 hex digits, as ChainName makes them.
+func hashedChain(l string) string {
+	f := strings.Fields(l)
+	for i, w := range f {
+		if (w == "-A" || w == "-j") && i+1 < len(f) && len(f[i+1]) == 28 && strings.HasPrefix(f[i+1], "CNI-") {
+			return f[i+1]
+		}
+	}
+	return ""
 }

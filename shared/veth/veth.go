@@ -103,7 +103,7 @@ func Alias(network, containerID, ifName string) string {
 	}
 	nw := NetworkField(network)
 	if len(aliasPrefix)+len(nw)+len(containerID)+len(ifName)+2 > maxAlias {
-		containerID = fieldHash(containerID)
+		containerID = cni.HashField(containerID)
 	}
 	return aliasPrefix + nw + "/" + containerID + "/" + ifName
 }
@@ -113,14 +113,9 @@ func Alias(network, containerID, ifName string) string {
 // alias of network has, as its network field, network or NetworkField.
 func NetworkField(network string) string {
 	if len(network) > 64 {
-		return fieldHash(network)
+		return cni.HashField(network)
 	}
 	return network
-}
-
-func fieldHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return "#" + hex.EncodeToString(sum[:16])
 }
 
 // OfNetwork reports whether alias is one of ours for network.
