@@ -117,3 +117,24 @@ func MarshalResultJSON(res types.Result, cniVersion string) ([]byte, error) {
 	}
 	return json.Marshal(conv)
 }
+
+// PodMAC returns the MAC address the request's prevResult (the runtime's
+// record of this attachment) gives the pod's interface, IfName in a
+// sandbox; "" when there is no prevResult or it does not say. DEL uses it
+// to tie a pod interface to this attachment before deleting it.
+func (r *Request) PodMAC() string {
+	var conf NetConf
+	if json.Unmarshal(r.Config, &conf) != nil {
+		return ""
+	}
+	prev, err := PrevResult(&conf)
+	if err != nil || prev == nil {
+		return ""
+	}
+	for _, i := range prev.Interfaces {
+		if i != nil && i.Name == r.IfName && i.Sandbox != "" {
+			return i.Mac
+		}
+	}
+	return ""
+}

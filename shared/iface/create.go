@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -162,11 +163,14 @@ func removeLink(netns ns.NetNS, name string) bool {
 // more) is success: DEL must be idempotent, and a deleted netns takes its
 // virtual links with it.
 //
-// A CNI_IFNAME whose alias marks it as another attachment's (Mark) is
-// left alone: a runtime DELs the container whose ADD was refused because
-// the pod's ifname was taken, and that DEL must not take the other
-// container's interface. A link without our mark (made by the reference,
-// or by an older cnibox) is deleted, as the reference does.
+// CNI_IFNAME is deleted only when it is tied to this attachment: its
+// alias is the attachment's Mark, or, for a link without our mark (made by
+// the reference, or by an older cnibox), its MAC is the one prevResult
+// (the runtime's record of the attachment) gives it. A runtime DELs the
+// container whose ADD was refused because the pod's ifname was taken, and
+// a confused runtime may pass another pod's netns: neither DEL may take
+// that pod's interface. An untied link that is in fact this attachment's
+// dies with its netns.
 func DeleteLink(req *cni.Request, applet string) error {
 	nspath, ifName := req.Netns, req.IfName
 	if nspath == "" {
@@ -181,6 +185,7 @@ func DeleteLink(req *cni.Request, applet string) error {
 	}
 	defer netns.Close()
 	removeLink(netns, StagingName(applet, req))
+	podMAC := req.PodMAC()
 	return netns.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
@@ -191,8 +196,12 @@ func DeleteLink(req *cni.Request, applet string) error {
 			return fmt.Errorf("look up %q: %w", ifName, err)
 		}
 		alias := l.Attrs().Alias
-		if _, _, _, marked := veth.ParseAlias(alias); marked && alias != Mark(req) {
+		_, _, _, marked := veth.ParseAlias(alias)
+		if marked && alias != Mark(req) {
 			return nil // another attachment's
+		}
+		if !marked && (podMAC == "" || !strings.EqualFold(l.Attrs().HardwareAddr.String(), podMAC)) {
+			return nil // not tied to this attachment: left alone
 		}
 		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 			return fmt.Errorf("delete %q: %w", ifName, err)

@@ -270,8 +270,8 @@ func TestDeleteCreated(t *testing.T) {
 }
 
 // TestDeleteLinkOthers: DeleteLink deletes the pod's ifName when it is
-// this attachment's (Create marked it), or unmarked (the reference's),
-// and leaves it alone when its mark names another attachment: the DEL a
+// this attachment's (Create marked it, or unmarked, the reference's, with
+// the MAC prevResult gives it), and leaves it alone when its mark names another attachment: the DEL a
 // runtime sends for a container whose ADD was refused because the pod's
 // eth0 was taken.
 func TestDeleteLinkOthers(t *testing.T) {
@@ -312,11 +312,25 @@ func TestDeleteLinkOthers(t *testing.T) {
 	if n := linkCount(t, pod); n != 1 {
 		t.Fatalf("pod has %d links after its own DeleteLink, want lo", n)
 	}
+	// An unmarked eth0 (the reference's) is deleted only when
+	// prevResult ties it to the attachment by its MAC: otherwise it may
+	// be another pod's (a runtime that passed the wrong netns).
 	pod.MustRun("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "x0")
-	if err := iface.DeleteLink(other, "macvlan"); err != nil {
-		t.Fatalf("DeleteLink of an unmarked link: %v", err)
-	}
-	if n := linkCount(t, pod); n != 1 {
-		t.Fatalf("an unmarked eth0 survived DeleteLink: %d links", n)
+	mac := strings.TrimSpace(pod.MustRun("cat", "/sys/class/net/eth0/address"))
+	for _, m := range []string{"", "02:00:00:00:00:01", mac} {
+		other.Config = []byte(`{"cniVersion":"1.0.0","name":"net","type":"macvlan"}`)
+		if m != "" {
+			other.Config = []byte(`{"cniVersion":"1.0.0","name":"net","type":"macvlan","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","mac":"` + m + `","sandbox":"` + pod.Path + `"}]}}`)
+		}
+		if err := iface.DeleteLink(other, "macvlan"); err != nil {
+			t.Fatalf("DeleteLink of an unmarked link: %v", err)
+		}
+		n := linkCount(t, pod)
+		if m == mac && n != 1 {
+			t.Fatalf("an unmarked eth0 with prevResult's MAC survived DeleteLink: %d links", n)
+		}
+		if m != mac && n == 1 {
+			t.Fatalf("an unmarked eth0 that prevResult (MAC %q) does not tie was deleted", m)
+		}
 	}
 }

@@ -206,3 +206,28 @@ func TestLongNames(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteOnlyTied: a pod interface whose host peer carries no alias of
+// ours (the reference made the pair) is deleted only when its MAC is the
+// one prevResult gives the attachment; without that tie it stays (it may
+// be another pod's: a runtime can pass the wrong netns). Before, any
+// unmarked interface was deleted.
+func TestDeleteOnlyTied(t *testing.T) {
+	node, pod, _ := nodeAndPod(t)
+	node.MustRun("ip", "link", "add", "vethref", "type", "veth", "peer", "name", "eth0", "netns", pod.Path)
+	mac := strings.TrimSpace(pod.MustRun("cat", "/sys/class/net/eth0/address"))
+	for _, podMAC := range []string{"", "02:00:00:00:00:01"} {
+		if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, podMAC) }); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(links(t, pod), "eth0") {
+			t.Fatalf("DEL with prevResult MAC %q deleted an interface it cannot tie to the attachment", podMAC)
+		}
+	}
+	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, strings.ToUpper(mac)) }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(links(t, pod), "eth0") {
+		t.Fatalf("DEL with the right MAC left the pod's interface")
+	}
+}

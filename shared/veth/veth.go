@@ -351,18 +351,22 @@ func DeleteHost(network, containerID, ifName string) error {
 }
 
 // Delete removes an attachment's pair: from the pod's side through the
-// netns at path (CNI_NETNS; "" when the runtime has none), or by its host
-// end when that netns is gone or no longer has ifName. Nothing left to
-// delete is not an error: DEL must succeed then.
+// netns at path (CNI_NETNS; "" when the runtime has none), and by its host
+// end (DeleteHost) unless that settled it. Nothing left to delete is not
+// an error: DEL must succeed then.
 //
-// The pod's ifName is left alone when its host end is a cnibox veth of
-// another attachment: a runtime DELs the container whose ADD was refused
-// because the pod's eth0 was another container's, and that DEL must not
-// take the other's eth0. A pod interface that is not one of ours (made by
-// the reference, say) is deleted, as the reference does.
-func Delete(network, containerID, ifName, path string) error {
+// The pod's ifName is deleted only when it can be tied to this
+// attachment: its host peer carries the attachment's alias, or (a pair
+// the reference or an older cnibox made, without our alias) its MAC is
+// the one the runtime's record of the attachment, prevResult, gives it
+// (podMAC, "" when unknown). Anything else stays: a runtime DELs the
+// container whose ADD was refused because the pod's eth0 was another
+// container's, and a confused runtime may hand DEL another pod's netns;
+// neither DEL may take that pod's eth0. An untied interface that is in
+// fact this attachment's dies with its netns.
+func Delete(network, containerID, ifName, path, podMAC string) error {
 	if path != "" {
-		done, err := deleteInPod(network, containerID, ifName, path)
+		done, err := deleteInPod(network, containerID, ifName, path, podMAC)
 		if done || err != nil {
 			return err
 		}
@@ -371,13 +375,13 @@ func Delete(network, containerID, ifName, path string) error {
 }
 
 // deleteInPod deletes ifName in the netns at path (and with it the host
-// end) unless its host end belongs to another attachment. A missing
-// netns or link is nothing to do. done reports that nothing is left for
-// DeleteHost to look for: the pair is deleted, or the pod's ifName is
-// another attachment's.
-func deleteInPod(network, containerID, ifName, path string) (done bool, err error) {
+// end) when it is tied to the attachment (see Delete). A missing netns or
+// link is nothing to do. done reports that the pair is deleted, so there
+// is nothing left for DeleteHost to look for.
+func deleteInPod(network, containerID, ifName, path, podMAC string) (done bool, err error) {
 	var index, peer int
 	var isVeth bool
+	var mac string
 	look := func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
@@ -387,6 +391,7 @@ func deleteInPod(network, containerID, ifName, path string) (done bool, err erro
 			return fmt.Errorf("find %s: %w", ifName, err)
 		}
 		index, peer, isVeth = l.Attrs().Index, l.Attrs().ParentIndex, l.Type() == "veth"
+		mac = l.Attrs().HardwareAddr.String()
 		return nil
 	}
 	err = ns.WithNetNSPath(path, look)
@@ -405,7 +410,7 @@ func deleteInPod(network, containerID, ifName, path string) (done bool, err erro
 		if host, err := netlink.LinkByIndex(peer); err == nil && host.Type() == "veth" && host.Attrs().ParentIndex == index {
 			if _, _, _, ours := ParseAlias(host.Attrs().Alias); ours {
 				if host.Attrs().Alias != Alias(network, containerID, ifName) {
-					return true, nil // another attachment's
+					return false, nil // another attachment's
 				}
 				if err := netlink.LinkDel(host); err != nil && !isNotFound(err) {
 					return false, fmt.Errorf("delete veth %s: %w", host.Attrs().Name, err)
@@ -413,6 +418,9 @@ func deleteInPod(network, containerID, ifName, path string) (done bool, err erro
 				return true, nil
 			}
 		}
+	}
+	if podMAC == "" || !strings.EqualFold(mac, podMAC) {
+		return false, nil // not tied to this attachment: left alone
 	}
 	err = ns.WithNetNSPath(path, func(ns.NetNS) error {
 		l, err := netlink.LinkByIndex(index)
