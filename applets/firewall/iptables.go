@@ -192,16 +192,21 @@ func (iptBackend) del(a *attachment) error {
 	return apply(a, []string{forwardChain}, false, fast, func(t *iptables.Table, f iptables.Family, b *iptables.Batch) { planDel(t, a, f, b) })
 }
 
+// planDel deletes each of the pod's rules as many times as the chain has
+// it: one pass over the chain, then one look-up per rule (a pod with
+// thousands of addresses made the nested loop quadratic).
 func planDel(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Batch) {
+	have := map[string]int{}
+	for _, r := range t.Rules(forwardChain) {
+		have[r]++
+	}
 	for _, ip := range a.IPs {
 		if familyOf(ip) != f {
 			continue
 		}
 		for _, r := range podRules(ip) {
-			for _, have := range t.Rules(forwardChain) {
-				if have == r {
-					b.Rule("-D %s %s", forwardChain, r)
-				}
+			for ; have[r] > 0; have[r]-- {
+				b.Rule("-D %s %s", forwardChain, r)
 			}
 		}
 	}

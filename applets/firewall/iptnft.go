@@ -57,26 +57,27 @@ func delNFT(a *attachment, f iptables.Family) bool {
 	if err != nil {
 		return false
 	}
-	var refs []iptables.NFTRuleRef
-	seen := map[uint64]bool{}
+	var wants []string
 	for _, ip := range a.IPs {
-		if familyOf(ip) != f {
-			continue
+		if familyOf(ip) == f {
+			wants = append(wants, podRules(ip)...)
 		}
-		for _, r := range podRules(ip) {
-			handles, known := t.Chain(forwardChain).Find(r, func(r iptables.NFTRule) (string, bool) { return render(r, f) })
-			if !known {
-				return false
-			}
-			for _, h := range handles {
-				if seen[h] {
-					// The same address twice: the iptables path would
-					// delete the rule twice, and fail.
-					return false
-				}
-				seen[h] = true
-				refs = append(refs, iptables.NFTRuleRef{Chain: forwardChain, Handle: h})
-			}
+	}
+	found, known := t.Chain(forwardChain).FindAll(wants, func(r iptables.NFTRule) (string, bool) { return render(r, f) })
+	if !known {
+		return false
+	}
+	var refs []iptables.NFTRuleRef
+	used := map[string]bool{}
+	for _, w := range wants {
+		if used[w] {
+			// The same address twice: the iptables path would delete
+			// the rule twice, and fail.
+			return false
+		}
+		used[w] = true
+		for _, h := range found[w] {
+			refs = append(refs, iptables.NFTRuleRef{Chain: forwardChain, Handle: h})
 		}
 	}
 	if len(refs) == 0 {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,6 +126,7 @@ func checkIPT(a Attachment, ips []*net.IPNet) error {
 func checkIPTNFT(a Attachment, ips []*net.IPNet) bool {
 	chain := ChainName(a.Network, a.ContainerID)
 	tables := map[iptables.Family]*iptables.NFTTable{}
+	srcs := map[iptables.Family]map[string]bool{}
 	for _, ipn := range ips {
 		f := family(ipn.IP)
 		t := tables[f]
@@ -147,13 +149,19 @@ func checkIPTNFT(a Attachment, ips []*net.IPNet) bool {
 		if t.Chain(chain) == nil || post == nil {
 			return false
 		}
-		found := false
-		for _, r := range post.Rules {
-			if r.Target == chain && !r.Goto && hasSource(r, ipn.IP, f) {
-				found = true
+		if srcs[f] == nil {
+			// The jumps' sources, once per family: one look-up per
+			// address, not a scan of POSTROUTING per address.
+			srcs[f] = map[string]bool{}
+			for _, r := range post.Rules {
+				if r.Target == chain && !r.Goto {
+					for _, a := range sources(r, f) {
+						srcs[f][a] = true
+					}
+				}
 			}
 		}
-		if !found {
+		if !srcs[f][ipn.IP.String()] {
 			return false
 		}
 	}
@@ -163,23 +171,34 @@ func checkIPTNFT(a Attachment, ips []*net.IPNet) bool {
 // hasSource reports whether the rule matches source address ip (any
 // prefix length), as iptables-save would print " -s IP/LEN".
 func hasSource(r iptables.NFTRule, ip net.IP, f iptables.Family) bool {
+	return slices.Contains(sources(r, f), ip.String())
+}
+
+// sources returns the source addresses a rule matches ("-s A/len": A).
+func sources(r iptables.NFTRule, f iptables.Family) []string {
+	var out []string
 	for i := 0; i+1 < len(r.Exprs); i++ {
 		p, ok1 := r.Exprs[i].(*expr.Payload)
 		c, ok2 := r.Exprs[i+1].(*expr.Cmp)
 		if !ok1 || !ok2 {
 			continue
 		}
-		if m, ok := iptables.AddrMatch(p, c, f); ok && strings.HasPrefix(m, "-s "+ip.String()+"/") {
-			return true
+		if m, ok := iptables.AddrMatch(p, c, f); ok {
+			if rest, ok := strings.CutPrefix(m, "-s "); ok {
+				if a, _, ok := strings.Cut(rest, "/"); ok {
+					out = append(out, a)
+				}
+			}
 		}
 	}
-	return false
+	return out
 }
 
 // checkIPTSave is checkIPT from iptables-save's output.
 func checkIPTSave(a Attachment, ips []*net.IPNet) error {
 	chain := ChainName(a.Network, a.ContainerID)
 	saved := map[iptables.Family]natRules{}
+	srcs := map[iptables.Family]map[string]bool{}
 	for _, ipn := range ips {
 		f := family(ipn.IP)
 		if saved[f] == nil {
@@ -192,13 +211,16 @@ func checkIPTSave(a Attachment, ips []*net.IPNet) error {
 		if !saved[f].hasChain(chain) {
 			return fmt.Errorf("ipMasq: nat chain %s is missing", chain)
 		}
-		found := false
-		for _, l := range saved[f].jumps(chain) {
-			if strings.Contains(l, " -s "+ipn.IP.String()+"/") {
-				found = true
+		if srcs[f] == nil {
+			srcs[f] = map[string]bool{}
+			for _, l := range saved[f].jumps(chain) {
+				if fields := strings.Fields(l); len(fields) > 3 && fields[2] == "-s" {
+					a, _, _ := strings.Cut(fields[3], "/")
+					srcs[f][a] = true
+				}
 			}
 		}
-		if !found {
+		if !srcs[f][ipn.IP.String()] {
 			return fmt.Errorf("ipMasq: POSTROUTING has no rule for %s to %s", ipn.IP, chain)
 		}
 	}
@@ -229,7 +251,7 @@ func teardownIPT(a Attachment, sel jumps) error {
 		if !available(f) {
 			continue
 		}
-		fsel := jumps{ips: byFamily[f], keep: sel.keep}
+		fsel := jumps{ips: byFamily[f], keep: sel.keep}.indexed()
 		if iptables.NFT(f) && teardownIPTNFT(f, chain, fsel) {
 			continue
 		}
@@ -248,24 +270,53 @@ type jumps struct {
 	// keep are the addresses of the pod's other interfaces, whose jumps
 	// stay, and with them the chain.
 	keep []net.IP
+	// set holds ips (or, without ips, keep) as strings, made by indexed:
+	// a look-up per rule instead of a scan of thousands of addresses.
+	set map[string]bool
 }
 
-// mine reports whether a jump from source (an address) is the attachment's.
-func (s jumps) mine(source net.IP) bool {
+// indexed returns s with its look-up set made.
+func (s jumps) indexed() jumps {
+	s.set = map[string]bool{}
 	if len(s.ips) > 0 {
 		for _, ipn := range s.ips {
-			if ipn.IP.Equal(source) {
+			s.set[ipn.IP.String()] = true
+		}
+	} else {
+		for _, ip := range s.keep {
+			s.set[ip.String()] = true
+		}
+	}
+	return s
+}
+
+// listed reports whether source is among ips (or keep, without ips).
+func (s jumps) listed(source string) bool {
+	if s.set != nil {
+		return s.set[source]
+	}
+	if len(s.ips) > 0 {
+		for _, ipn := range s.ips {
+			if ipn.IP.String() == source {
 				return true
 			}
 		}
 		return false
 	}
 	for _, ip := range s.keep {
-		if ip.Equal(source) {
-			return false
+		if ip.String() == source {
+			return true
 		}
 	}
-	return true
+	return false
+}
+
+// mine reports whether a jump from source (an address) is the attachment's.
+func (s jumps) mine(source net.IP) bool {
+	if len(s.ips) > 0 {
+		return s.listed(source.String())
+	}
+	return !s.listed(source.String())
 }
 
 // all says that every jump is the attachment's: nothing to tell apart.
@@ -276,20 +327,12 @@ func (s jumps) mineNFT(r iptables.NFTRule, f iptables.Family) bool {
 	if s.all() {
 		return true
 	}
-	for _, ipn := range s.ips {
-		if hasSource(r, ipn.IP, f) {
-			return true
+	for _, src := range sources(r, f) {
+		if s.listed(src) {
+			return len(s.ips) > 0
 		}
 	}
-	if len(s.ips) > 0 {
-		return false
-	}
-	for _, ip := range s.keep {
-		if hasSource(r, ip, f) {
-			return false
-		}
-	}
-	return true
+	return len(s.ips) == 0
 }
 
 // mineSaved is mine for a line of iptables-save ("-A POSTROUTING -s
@@ -394,7 +437,7 @@ func undoIPT(a Attachment, ips []*net.IPNet) error {
 	var errs []error
 	for f, fips := range byFamily {
 		if available(f) {
-			errs = append(errs, removeJumps(f, chain, jumps{ips: fips}))
+			errs = append(errs, removeJumps(f, chain, jumps{ips: fips}.indexed()))
 		}
 	}
 	return errors.Join(errs...)

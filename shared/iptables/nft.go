@@ -710,6 +710,37 @@ func (c *NFTChain) Find(want string, render func(NFTRule) (string, bool)) (handl
 	return handles, true
 }
 
+// FindAll is Find for many rules in one pass over the chain: the handles
+// of the rules that print as each of wants. Calling Find once per rule
+// renders the whole chain each time, quadratic in a pod with thousands of
+// addresses; this renders each rule once.
+func (c *NFTChain) FindAll(wants []string, render func(NFTRule) (string, bool)) (handles map[string][]uint64, known bool) {
+	if c == nil {
+		return nil, true
+	}
+	if !c.Compatible {
+		return nil, false
+	}
+	targets, want := map[string]bool{}, map[string]bool{}
+	for _, w := range wants {
+		targets[targetOf(w)], want[w] = true, true
+	}
+	handles = map[string][]uint64{}
+	for _, r := range c.Rules {
+		if end, ok := r.end(); ok && !targets[end] {
+			continue
+		}
+		text, ok := render(r)
+		if !ok {
+			return nil, false
+		}
+		if want[text] {
+			handles[text] = append(handles[text], r.Handle)
+		}
+	}
+	return handles, true
+}
+
 // Has reports whether a rule of the chain prints as want (see Find).
 func (c *NFTChain) Has(want string, render func(NFTRule) (string, bool)) (has, known bool) {
 	h, known := c.Find(want, render)

@@ -15,17 +15,39 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // Open returns a connection to nftables in the calling thread's network
 // namespace.
 func Open() (*nftables.Conn, error) {
-	c, err := nftables.New()
+	c, err := nftables.New(nftables.WithSockOptions(bigBuffers))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
 	}
 	return c, nil
+}
+
+// batchBuffer bounds one transaction (and its acknowledgements). A
+// transaction is one sendmsg, which the kernel refuses (EMSGSIZE) when it
+// is larger than the socket's send buffer: with the default (about 200
+// KiB) a pod with a thousand addresses could not get its rules, nor lose
+// them. The buffer is a limit, not an allocation.
+const batchBuffer = 64 << 20
+
+// bigBuffers raises the socket's buffers past the sysctl limits
+// (SO_*BUFFORCE, as root); where that is refused the defaults stay.
+func bigBuffers(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, batchBuffer)
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchBuffer)
+	})
+	return nil
 }
 
 // Usable reports whether nftables answers here: the kernel has nf_tables
