@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/cnibox/cnibox/shared/statefile"
 )
 
 // record is what the daemon keeps of one lease on disk, enough to resume
@@ -52,7 +54,7 @@ func openStore(path string) (*store, error) {
 	for _, f := range stray {
 		_ = os.Remove(f)
 	}
-	data, err := os.ReadFile(path)
+	data, err := statefile.Read(path) // never through a symlink
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil
 	}

@@ -152,10 +152,14 @@ func stateOfTable(t *iptables.Table, a *attachment, f iptables.Family) addState 
 	}
 	s.forwardJump = slices.Contains(t.Rules("FORWARD"), forwardJump)
 	s.adminJump = slices.Contains(t.Rules(forwardChain), fmt.Sprintf(adminJumpFmt, a.Admin))
+	have := map[string]bool{}
+	for _, r := range t.Rules(forwardChain) {
+		have[r] = true
+	}
 	for _, ip := range a.IPs {
 		if familyOf(ip) == f {
 			for _, r := range podRules(ip) {
-				s.podRules[r] = slices.Contains(t.Rules(forwardChain), r)
+				s.podRules[r] = have[r]
 			}
 		}
 	}
@@ -229,8 +233,15 @@ func (iptBackend) check(a *attachment) error {
 		if !t.HasChain(a.Admin) {
 			return fmt.Errorf("%s: chain %s is missing", f.Name(), a.Admin)
 		}
+		have := map[string]map[string]bool{}
+		for _, c := range []string{"FORWARD", forwardChain} {
+			have[c] = map[string]bool{}
+			for _, r := range t.Rules(c) {
+				have[c][r] = true
+			}
+		}
 		for _, w := range want {
-			if !slices.Contains(t.Rules(w.chain), w.rule) {
+			if !have[w.chain][w.rule] {
 				return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), w.chain, w.rule)
 			}
 		}

@@ -30,6 +30,10 @@ func stateFromNFT(t *iptables.NFTTable, a *attachment, f iptables.Family) (s add
 		ok = ok && known
 		return v
 	}
+	know2 := func(v map[string][]uint64, known bool) map[string][]uint64 {
+		ok = ok && known
+		return v
+	}
 	has := func(chain, want string) bool {
 		return know(t.Chain(chain).Has(want, func(r iptables.NFTRule) (string, bool) { return render(r, f) }))
 	}
@@ -39,12 +43,15 @@ func stateFromNFT(t *iptables.NFTTable, a *attachment, f iptables.Family) (s add
 	}
 	s.forwardJump = has("FORWARD", forwardJump)
 	s.adminJump = has(forwardChain, fmt.Sprintf(adminJumpFmt, a.Admin))
+	var wants []string
 	for _, ip := range a.IPs {
 		if familyOf(ip) == f {
-			for _, r := range podRules(ip) {
-				s.podRules[r] = has(forwardChain, r)
-			}
+			wants = append(wants, podRules(ip)...)
 		}
+	}
+	found := know2(t.Chain(forwardChain).FindAll(wants, func(r iptables.NFTRule) (string, bool) { return render(r, f) }))
+	for _, w := range wants {
+		s.podRules[w] = len(found[w]) > 0
 	}
 	return s, ok
 }

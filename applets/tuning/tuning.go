@@ -169,7 +169,7 @@ func apply(req *cni.Request, s *settings, file string) error {
 	// the first one's settings, and its backup, as they were.
 	found := *b
 	found.Sysctls = slices.Clone(b.Sysctls)
-	oldData, _ := os.ReadFile(file)
+	oldData, _ := statefile.Read(file)
 	old, err := loadBackup(file)
 	if err != nil {
 		req.Log.Warnf("ignoring unreadable backup of an earlier ADD: %v", err)

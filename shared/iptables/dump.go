@@ -114,7 +114,7 @@ func Lock(name string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
-	file, err := os.OpenFile(dir+"/"+name+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	file, err := os.OpenFile(dir+"/"+name+".lock", os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
