@@ -283,12 +283,16 @@ func newRequest(cmd string, getenv Env, stdin io.Reader) (*Request, error) {
 		}
 	}
 
-	data, err := io.ReadAll(io.LimitReader(stdin, maxConfigSize+1))
+	limit := maxConfigSize
+	if cmd == CmdDel || cmd == CmdGC {
+		limit = maxTeardownConfigSize
+	}
+	data, err := io.ReadAll(io.LimitReader(stdin, int64(limit)+1))
 	if err != nil {
 		return req, Errorf(types.ErrIOFailure, "read network configuration from stdin: %v", err)
 	}
-	if len(data) > maxConfigSize {
-		return req, Errorf(types.ErrInvalidNetworkConfig, "network configuration on stdin is larger than %d bytes", maxConfigSize)
+	if len(data) > limit {
+		return req, Errorf(types.ErrInvalidNetworkConfig, "network configuration on stdin is larger than %d bytes", limit)
 	}
 	req.Config = data
 
@@ -316,6 +320,13 @@ func newRequest(cmd string, getenv Env, stdin io.Reader) (*Request, error) {
 // maxConfigSize bounds what we read from stdin: a runtime never sends more,
 // and a hostile or broken caller must not make us allocate without limit.
 const maxConfigSize = 16 << 20
+
+// maxTeardownConfigSize bounds DEL's and GC's stdin. A DEL must be
+// accepted for every attachment an ADD was: its configuration is the
+// ADD's (up to maxConfigSize) plus the chain's whole result as
+// prevResult, which may be as large again; GC's lists every valid
+// attachment of the node. Refusing a DEL leaks the attachment.
+const maxTeardownConfigSize = 4 * maxConfigSize
 
 // CheckVersion applies the spec's version rules to req for applet a: the
 // config version must be one a supports, and CHECK, GC and STATUS need the
