@@ -131,10 +131,14 @@ bench: build test-deps
 # The soak of the default chain (shared/testing/reliability TestSoak): 4 workers x 3
 # rounds x SOAK transient pods, lost DELs and GCs, leak-checked every round.
 SOAK ?= 100
+# ADD/DEL cycles of the dhcp daemon's soak (applets/dhcp TestDaemonSoak; make test runs 40).
+DHCP_SOAK ?= 2000
 soak: build test-deps
 	@[ "$$(id -u)" = 0 ] || { echo "make soak needs root"; exit 1; }
 	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_SOAK=$(SOAK) \
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestSoak$$' ./shared/testing/reliability
+	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_DHCP_SOAK=$(DHCP_SOAK) \
+	  $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run 'TestDaemonSoak$$' ./applets/dhcp
 
 # Fuzz targets (package:Target); their seed corpora are in the packages'
 # testdata/fuzz and run as plain tests in make test too. make test fuzzes a

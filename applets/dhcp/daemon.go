@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -31,6 +32,7 @@ type daemon struct {
 	resendTimeout time.Duration
 	store         *store
 	log           *log.Logger
+	pending       string // pendingDir of the socket: releases recorded while down
 
 	mu     sync.Mutex
 	leases map[string]*lease
@@ -128,6 +130,8 @@ func (d *daemon) run(socketPath, pidfile string) error {
 	defer cleanup()
 
 	d.resume()
+	d.pending = pendingDir(socketPath)
+	d.releasePending()
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -296,6 +300,7 @@ func (d *daemon) handlers() map[string]rpcHandler {
 		"DHCP.Check":    call(func(a *callArgs) (any, error) { return d.check(a) }),
 		"DHCP.GC":       call(func(a *callArgs) (any, error) { return struct{}{}, d.gc(a) }),
 		"DHCP.Status":   call(func(a *callArgs) (any, error) { return struct{}{}, nil }),
+		"DHCP.Stats":    call(func(a *callArgs) (any, error) { return d.stats(), nil }),
 	}
 }
 
@@ -400,6 +405,7 @@ func (d *daemon) gc(a *callArgs) error {
 	if err != nil {
 		return err
 	}
+	d.releasePending()
 	var stale []string
 	d.mu.Lock()
 	for id, l := range d.leases {
@@ -413,4 +419,17 @@ func (d *daemon) gc(a *callArgs) error {
 		_ = d.releaseID(id)
 	}
 	return nil
+}
+
+// daemonStats is what DHCP.Stats answers: what a long-running daemon must
+// keep flat (the soak test watches it, with RSS and open files from /proc).
+type daemonStats struct {
+	Goroutines int
+	Leases     int
+}
+
+func (d *daemon) stats() daemonStats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return daemonStats{Goroutines: runtime.NumGoroutine(), Leases: len(d.leases)}
 }

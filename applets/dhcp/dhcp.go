@@ -63,7 +63,14 @@ func Del(req *cni.Request) error {
 	err = call(req, conf, "DHCP.Release", &struct{}{})
 	var down unreachable
 	if errors.As(err, &down) {
-		req.Log.Warnf("%v: no lease to release", err)
+		// DEL must succeed, and the lease must not be lost: the daemon
+		// releases it when it is back (pending.go).
+		path, rerr := recordRelease(socketPath(conf), callArgsOf(req), conf.Name)
+		if rerr != nil {
+			req.Log.Warnf("%v; recording the release for the daemon failed too (%v): the server will let the lease expire", err, rerr)
+			return nil
+		}
+		req.Log.Warnf("%v; the release is recorded in %s and carried out when the daemon starts", err, path)
 		return nil
 	}
 	return err
@@ -164,18 +171,7 @@ func call(req *cni.Request, conf *Config, method string, reply any) error {
 		return cni.TryAgain("dhcp: cannot talk to the dhcp daemon at %s: %v", path, err)
 	}
 	defer c.Close()
-	netns := req.Netns
-	if netns != "" {
-		// The daemon may run with another working directory.
-		if abs, err := filepath.Abs(netns); err == nil {
-			netns = abs
-		}
-	}
-	args := &callArgs{
-		ContainerID: req.ContainerID, Netns: netns, IfName: req.IfName,
-		Args: req.Args, Path: req.Path, StdinData: req.Config,
-	}
-	if err := c.Call(method, args, reply); err != nil {
+	if err := c.Call(method, callArgsOf(req), reply); err != nil {
 		var re rpcError
 		if errors.As(err, &re) {
 			return err
@@ -183,4 +179,19 @@ func call(req *cni.Request, conf *Config, method string, reply any) error {
 		return fmt.Errorf("dhcp: %s on the daemon at %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// callArgsOf is the invocation as the daemon's calls take it.
+func callArgsOf(req *cni.Request) *callArgs {
+	netns := req.Netns
+	if netns != "" {
+		// The daemon may run with another working directory.
+		if abs, err := filepath.Abs(netns); err == nil {
+			netns = abs
+		}
+	}
+	return &callArgs{
+		ContainerID: req.ContainerID, Netns: netns, IfName: req.IfName,
+		Args: req.Args, Path: req.Path, StdinData: req.Config,
+	}
 }
