@@ -97,6 +97,10 @@ func Del(req *cni.Request) error {
 	if req.Netns == "" {
 		return nil
 	}
+	if req.OtherNetns() {
+		req.Log.Warnf("CNI_NETNS %s is not the network namespace of prevResult: leaving its lo alone", req.Netns)
+		return nil
+	}
 	err := ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {

@@ -29,6 +29,9 @@ type backup struct {
 	// Network lets GC tell this network's backups from another's in a
 	// shared dataDir.
 	Network string `json:"network,omitempty"`
+	// Netns identifies the pod's netns (device:inode): DEL restores only
+	// there, never into another pod a runtime names by mistake.
+	Netns string `json:"netns,omitempty"`
 	// Sysctls are restored on DEL when they still hold the value ADD set.
 	Sysctls []sysctlBackup `json:"sysctl,omitempty"`
 }

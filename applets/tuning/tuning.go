@@ -117,8 +117,9 @@ func Add(req *cni.Request) (types.Result, error) {
 		return nil, err
 	}
 	file := backupPath(s.dataDir, req.ContainerID, req.IfName)
+	podNS := netnsID(req.Netns)
 	err = ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
-		return apply(req, s, file)
+		return apply(req, s, file, podNS)
 	})
 	if err != nil {
 		return nil, netnsError(req.Netns, err)
@@ -128,8 +129,8 @@ func Add(req *cni.Request) (types.Result, error) {
 }
 
 // apply runs in the pod's netns.
-func apply(req *cni.Request, s *settings, file string) error {
-	b := &backup{Network: req.Name}
+func apply(req *cni.Request, s *settings, file, podNS string) error {
+	b := &backup{Network: req.Name, Netns: podNS}
 	var link netlink.Link
 	if s.touchesLink() {
 		var err error
@@ -340,6 +341,12 @@ func Del(req *cni.Request) error {
 	b, err := loadBackup(file)
 	if err != nil {
 		req.Log.Warnf("unreadable backup, nothing restored: %v", err)
+	}
+	if b != nil && b.Netns != "" && req.Netns != "" && netnsID(req.Netns) != b.Netns {
+		// Not the netns ADD changed (a runtime that passed another
+		// pod's): its interface is left as it is.
+		req.Log.Warnf("CNI_NETNS %s is not the network namespace ADD tuned: nothing restored there", req.Netns)
+		b = nil
 	}
 	if b != nil && req.Netns != "" {
 		err := ns.WithNetNSPath(req.Netns, func(ns.NetNS) error {
@@ -614,4 +621,14 @@ func netnsError(path string, err error) error {
 		return cni.Errorf(cni.ErrUnknownContainer, "tuning: netns %q: %v", path, err)
 	}
 	return fmt.Errorf("tuning: %w", err)
+}
+
+// netnsID identifies the network namespace at path (device and inode;
+// "" when it cannot be read): what ties a backup to the pod ADD tuned.
+func netnsID(path string) string {
+	var st unix.Stat_t
+	if path == "" || unix.Stat(path, &st) != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }

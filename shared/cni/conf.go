@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -137,4 +138,43 @@ func (r *Request) PodMAC() string {
 		}
 	}
 	return ""
+}
+
+// OtherNetns reports that CNI_NETNS is not the network namespace the
+// runtime's record of this attachment (the sandbox of prevResult's
+// interfaces) names: both exist and are different namespaces. DEL then
+// changes nothing in CNI_NETNS, which is another pod's (a runtime that
+// passed the wrong netns). Without a prevResult, or when its sandbox is
+// gone, it cannot tell and reports false.
+func (r *Request) OtherNetns() bool {
+	if r.Netns == "" {
+		return false
+	}
+	var conf NetConf
+	if json.Unmarshal(r.Config, &conf) != nil {
+		return false
+	}
+	prev, err := PrevResult(&conf)
+	if err != nil || prev == nil {
+		return false
+	}
+	here, err := os.Stat(r.Netns)
+	if err != nil {
+		return false
+	}
+	other := false
+	for _, i := range prev.Interfaces {
+		if i == nil || i.Sandbox == "" {
+			continue
+		}
+		st, err := os.Stat(i.Sandbox)
+		if err != nil {
+			continue
+		}
+		if os.SameFile(st, here) {
+			return false
+		}
+		other = true
+	}
+	return other
 }

@@ -2,6 +2,8 @@ package reliability
 
 import (
 	"strings"
+
+	"github.com/containernetworking/cni/libcni"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/testing/testnet"
@@ -12,17 +14,27 @@ import (
 // nothing of pod B's — its eth0 (MAC, addresses), host veth, rules,
 // reservation — and still releases everything of A's: its reservation,
 // rules, and its host veth (found by its alias, without A's netns), for
-// bridge and ptp. Before, the DEL left A's veth behind (B's eth0 belonged
+// bridge and ptp, and the default chain (tuning puts back A's original
+// MAC only in A's netns). Before, the DEL left A's veth behind (B's eth0 belonged
 // to another attachment, so DEL looked no further).
 func TestDelWrongNetns(t *testing.T) {
 	t.Parallel()
-	for i, kind := range []string{"bridge", "ptp"} {
+	for i, kind := range []string{"bridge", "ptp", "default"} {
 		t.Run(kind, func(t *testing.T) {
 			r := testnet.NewRuntime(t)
-			list := r.Conflist(retryConf(kind, 10+i))
+			var list *libcni.NetworkConfigList
+			if kind == "default" {
+				list = defaultList(t, r)
+			} else {
+				list = r.Conflist(retryConf(kind, 10+i))
+			}
 			before := warm(t, r, list)
 			podA, podB := r.Pod(t), r.Pod(t)
 			a, b := r.Attach(podA, "eth0"), r.Attach(podB, "eth0")
+			if kind == "default" {
+				caps(a, 40) // a MAC (tuning), a port, a bandwidth limit
+				caps(b, 41)
+			}
 			resA, err := r.Add(list, a)
 			if err != nil {
 				t.Fatal(err)
