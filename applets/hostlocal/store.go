@@ -82,13 +82,15 @@ func openStore(dataDir, network string, log *logging.Logger) (*store, error) {
 }
 
 // openStoreForDel is openStore for DEL, which must work on a full disk:
-// it creates nothing (no directory, no index) and never rebuilds the
-// index. When the index is current it is used (a release rewrites slots
-// already on disk, in place); when it is not (a reservation the reference
-// made, a network cnibox never indexed) the store is in scan mode (tab is
-// nil): DEL finds the attachment's files by reading the directory, as the
-// reference does, unlinks them, and leaves the index marked stale for the
-// next ADD to rebuild.
+// it needs to create nothing (no network directory, no index). When the
+// index is current it is used (a release rewrites slots already on disk,
+// in place). When it is not (a reservation the reference made, a network
+// cnibox never indexed) DEL rebuilds it as other calls do, so that the
+// DELs that follow stay cheap; but when that cannot be written (a full
+// disk, a read-only or over-quota one) the store is in scan mode (tab is
+// nil): DEL finds the attachment's files by reading the directory, as
+// the reference does, unlinks them, and leaves the index marked stale
+// for a later call to rebuild.
 func openStoreForDel(dataDir, network string, log *logging.Logger) (*store, error) {
 	s, err := lockStore(dataDir, network, log, false)
 	if err != nil {
@@ -97,7 +99,15 @@ func openStoreForDel(dataDir, network string, log *logging.Logger) (*store, erro
 	s.forDel = true
 	if s.stampValid() {
 		if s.tab, err = openTable(s.tablePath()); err != nil {
-			s.log.Debugf("host-local: %v; DEL reads the directory", err)
+			s.tab = nil
+		}
+	}
+	if s.tab == nil {
+		if err := mkdirAll(s.idxDir, 0o700); err == nil {
+			err = s.rebuild(nil)
+		}
+		if err != nil {
+			s.log.Infof("host-local: cannot rebuild the index of %s (%v): DEL reads the directory", s.dir, err)
 			s.tab = nil
 		}
 	}
