@@ -512,8 +512,8 @@ func TestRepeatedAddMeta(t *testing.T) {
 
 // TestFailedAddKeepsSibling: a pod attached to one network twice (eth0,
 // then net1, the same container ID: Multus does this) whose second ADD
-// fails after IPAM and the masquerade rules were set up (its host veth
-// name is taken) loses nothing of eth0. The iptables masquerade chain is
+// fails after IPAM and the masquerade rules were set up (every name its
+// host veth may take is taken) loses nothing of eth0. The iptables masquerade chain is
 // one per network and container ID, as the reference names it: before the
 // fix the roll-back deleted it, with eth0's jump to it. The runtime's DEL
 // of net1 that follows (without prevResult) keeps them too, as does, on
@@ -527,15 +527,20 @@ func TestFailedAddKeepsSibling(t *testing.T) {
 			list := r.Conflist(retryConf(kind, 20+i))
 			baseline := warm(t, r, list)
 			f := addFirst(t, r, list)
-			blocker := veth.HostName(f.att.ContainerID, "net1")
-			r.Node.MustRun("ip", "link", "add", blocker, "type", "veth", "peer", "name", "blk"+blocker[4:])
+			// Every name the host end may take is held by another device.
+			blockers := veth.HostNames(f.att.ContainerID, "net1")
+			for _, blocker := range blockers {
+				r.Node.MustRun("ip", "link", "add", blocker, "type", "veth", "peer", "name", "blk"+blocker[4:])
+			}
 			f.node = r.Snapshot(t)
 			second := &testnet.Attachment{ContainerID: f.att.ContainerID, IfName: "net1", Pod: f.att.Pod}
 			if _, err := r.Add(list, second); err == nil || !strings.Contains(err.Error(), "taken by another device") {
 				t.Fatalf("ADD of net1 with its host veth name taken: %v", err)
 			}
 			f.intact(t, r, "a failed ADD of net1")
-			r.Node.MustRun("ip", "link", "del", blocker)
+			for _, blocker := range blockers {
+				r.Node.MustRun("ip", "link", "del", blocker)
+			}
 			f.node = r.Snapshot(t)
 			// The runtime DELs net1 (no prevResult: its ADD failed).
 			if err := r.Del(list, second); err != nil {
