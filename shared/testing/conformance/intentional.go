@@ -140,7 +140,7 @@ var Intentionals = []Intentional{
 		Cases:      `.*`,
 		Plugins:    `portmap|firewall`,
 		Divergence: `(state|leak): \+node files: cnibox-(portmap|firewall)/`,
-		Summary:    "portmap and firewall keep each attachment's record under /var/lib/cni/cnibox-portmap/ and cnibox-firewall/ (the empty directories stay after the last DEL)",
+		Summary:    "portmap and firewall keep each attachment's record under /var/lib/cni/cnibox-portmap/ and cnibox-firewall/ (the directories go with the last DEL)",
 		Reason:     "DEL and GC then work without prevResult or runtimeConfig, as from a runtime that lost its cache (README, portmap and firewall).",
 	},
 	{
