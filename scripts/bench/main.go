@@ -209,6 +209,11 @@ func scenarios() []scenario {
 		"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}},
 		"bandwidth":    map[string]any{"ingressRate": 10_000_000, "ingressBurst": 1_000_000, "egressRate": 10_000_000, "egressBurst": 1_000_000},
 	}
+	fullInner := bridge + `,
+				{"type":"portmap","capabilities":{"portMappings":true}},
+				{"type":"firewall","backend":"iptables"},
+				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
+				{"type":"bandwidth","capabilities":{"bandwidth":true}}`
 	masterVeth := func(node, _ string) error {
 		_, err := run("ip", "-n", node, "link", "add", "bmaster0", "type", "veth", "peer", "name", "bmaster1")
 		if err == nil {
@@ -249,6 +254,17 @@ func scenarios() []scenario {
 				{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`,
 			caps:  full,
 			floor: floorOps{link: "bridge", bandwidth: true, sysctl: true, rules: true},
+		},
+		{
+			// The same chain as one exec: {"type":"cnibox","plugins":[...]}
+			// (applets/chain) against the reference's ordinary chain; the
+			// floor is one no-op exec plus the same kernel work.
+			name: "full chain, one exec", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning", "bandwidth"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"cnibox",
+				"capabilities":{"portMappings":true,"bandwidth":true},"plugins":[` + fullInner + `]}]}`,
+			refConflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + fullInner + `]}`,
+			caps:        full,
+			floor:       floorOps{link: "bridge", bandwidth: true, sysctl: true, rules: true},
 		},
 		{
 			name: "podman chain (0.4.0)", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning"},
