@@ -39,6 +39,8 @@ package chain
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,9 +52,15 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
+	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/logging"
+	"github.com/cnibox/cnibox/shared/veth"
 )
 
 // Name is the plugin type of the one-exec chain: the binary's own name.
@@ -312,8 +320,90 @@ func eachWithCached(req *cni.Request, reverse bool) error {
 	return nil
 }
 
-// Del runs every inner DEL in reverse order.
-func Del(req *cni.Request) error { return eachWithCached(req, true) }
+// Del runs every inner DEL in reverse order. When the list holds
+// cnibox's bandwidth and bridge or ptp, run here, it first deletes the
+// attachment's veth and IFB in one request (deleteTogether); the inner
+// DELs then find them gone, which every DEL accepts, and do the rest.
+func Del(req *cni.Request) error {
+	_, list, err := load(req)
+	if err != nil {
+		return err
+	}
+	if inProcess(req, list, "bandwidth") && (inProcess(req, list, "bridge") || inProcess(req, list, "ptp")) {
+		if err := deleteTogether(req); err != nil {
+			// The inner DELs delete them one at a time.
+			req.Log.Infof("delete the veth and the IFB in one request: %v", err)
+		}
+	}
+	return eachWithCached(req, true)
+}
+
+// inProcess reports whether the list holds plugin and it runs here.
+func inProcess(req *cni.Request, list []inner, plugin string) bool {
+	for _, in := range list {
+		if in.typ == plugin {
+			a, _, err := resolve(req, plugin)
+			return err == nil && a != nil
+		}
+	}
+	return false
+}
+
+// attachmentGroup is the link group deleteTogether uses for an attachment.
+func attachmentGroup(req *cni.Request) uint32 {
+	sum := sha256.Sum256([]byte(req.Name + "/" + req.ContainerID + "/" + req.IfName))
+	return binary.BigEndian.Uint32(sum[:4])&(1<<30-1) | 1<<30
+}
+
+// deleteTogether deletes the attachment's host veth (its peer goes with
+// it) and its IFB in one RTM_DELLINK: the kernel unregisters both in one
+// batch, one RCU grace period instead of one per link, and a link
+// deletion's grace period is most of a DEL. The kernel deletes several
+// links at once only by group, so both get a group of their own (a hash
+// of the attachment in [2^30, 2^31): far from the small numbers people
+// use, and within what ip(8) accepts), and the request goes only when a listing shows no other
+// link in it. Each link must be cnibox's for this attachment (its alias
+// says so); otherwise nothing is done here.
+func deleteTogether(req *cni.Request) error {
+	host, err := netlinksafe.LinkByName(veth.HostName(req.ContainerID, req.IfName))
+	if err != nil {
+		return err
+	}
+	nw, cid, ifName, ok := veth.ParseAlias(host.Attrs().Alias)
+	if host.Type() != "veth" || !ok || nw != req.Name || cid != req.ContainerID || ifName != req.IfName {
+		return fmt.Errorf("%s is not this attachment's veth", host.Attrs().Name)
+	}
+	name, alias := bandwidth.IFB(req.Name, req.ContainerID)
+	ifb, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if ifb.Type() != "ifb" || ifb.Attrs().Alias != alias {
+		return fmt.Errorf("%s is not this attachment's IFB", name)
+	}
+	group := attachmentGroup(req)
+	for _, l := range []netlink.Link{host, ifb} {
+		if err := netlink.LinkSetGroup(l, int(group)); err != nil {
+			return fmt.Errorf("set group of %s: %w", l.Attrs().Name, err)
+		}
+	}
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if a := l.Attrs(); a.Group == group && a.Index != host.Attrs().Index && a.Index != ifb.Attrs().Index {
+			return fmt.Errorf("link %s is in group %d too", a.Name, group)
+		}
+	}
+	req2 := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req2.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req2.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(group)))
+	if _, err := req2.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("delete group %d: %w", group, err)
+	}
+	return nil
+}
 
 // Check runs every inner CHECK in order.
 func Check(req *cni.Request) error { return eachWithCached(req, false) }
