@@ -361,9 +361,9 @@ func attachmentGroup(req *cni.Request) uint32 {
 // deletion's grace period is most of a DEL. The kernel deletes several
 // links at once only by group, so both get a group of their own (a hash
 // of the attachment in [2^30, 2^31): far from the small numbers people
-// use, and within what ip(8) accepts), and the request goes only when a listing shows no other
-// link in it. Each link must be cnibox's for this attachment (its alias
-// says so); otherwise nothing is done here.
+// use, and within what ip(8) accepts), and the request goes only when a
+// listing shows no other link in it. Each link must be cnibox's for this
+// attachment (its alias says so); otherwise nothing is done here.
 func deleteTogether(req *cni.Request) error {
 	host, err := netlinksafe.LinkByName(veth.HostName(req.ContainerID, req.IfName))
 	if err != nil {
