@@ -14,12 +14,14 @@ package main
 // with the other sides.
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
@@ -150,6 +152,34 @@ func (e *env) floorKernel(verb string, i int, podPath string) error {
 	ifb := fmt.Sprintf("flb%d", i)
 	group := uint32(1000 + i)
 	reservation := filepath.Join(e.state, "floor-ipam", podIP(i).String())
+	// What does not depend on the links (the rules, the reservation) runs
+	// beside them, as a one-process implementation would: cnibox's bridge
+	// does its masquerade rules while the veth is made or deleted.
+	var side sync.WaitGroup
+	var rulesErr, fileErr error
+	if verb != "CHECK" {
+		side.Add(1)
+		go func() {
+			defer side.Done()
+			if f.rules {
+				rulesErr = e.floorRules(verb, i)
+			}
+			if verb == "ADD" {
+				fileErr = os.WriteFile(reservation, []byte(fmt.Sprintf("bench-%d\r\neth0", i)), 0o600)
+			} else {
+				fileErr = os.Remove(reservation)
+			}
+		}()
+	}
+	err = e.floorLinks(verb, i, podPath, podNS, pod, host, ifb, group)
+	side.Wait()
+	return errors.Join(err, rulesErr, fileErr)
+}
+
+// floorLinks is the link, address and route work of verb for pod i.
+func (e *env) floorLinks(verb string, i int, podPath string, podNS netns.NsHandle, pod *netlink.Handle, host, ifb string, group uint32) error {
+	f := e.sc.floor
+	reservation := filepath.Join(e.state, "floor-ipam", podIP(i).String())
 	switch verb {
 	case "CHECK":
 		if f.link != "" {
@@ -159,21 +189,6 @@ func (e *env) floorKernel(verb string, i int, podPath string) error {
 		_, err := os.Stat(reservation)
 		return err
 	case "DEL":
-		if f.rules {
-			c, err := nftables.New()
-			if err != nil {
-				return err
-			}
-			ch := &nftables.Chain{Name: fmt.Sprintf("pod%d", i), Table: &nftables.Table{Name: floorTable, Family: nftables.TableFamilyIPv4}}
-			c.FlushChain(ch)
-			c.DelChain(ch)
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("nft delete: %w", err)
-			}
-		}
-		if err := os.Remove(reservation); err != nil {
-			return err
-		}
 		switch f.link {
 		case "bridge", "ptp":
 			// Host veth (its peer goes with it) and IFB: one request.
@@ -189,12 +204,6 @@ func (e *env) floorKernel(verb string, i int, podPath string) error {
 	}
 
 	// ADD
-	fd, err := os.OpenFile(reservation, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	fd.WriteString(fmt.Sprintf("bench-%d\r\neth0", i))
-	fd.Close()
 	gw := net.IPv4(10, 77, 0, 1)
 	switch f.link {
 	case "":
@@ -270,26 +279,44 @@ func (e *env) floorKernel(verb string, i int, podPath string) error {
 			return err
 		}
 	}
-	if f.rules {
-		// One transaction: a chain and the three rules a chain of
-		// bridge ipMasq, portmap and firewall write for one pod.
-		c, err := nftables.New()
-		if err != nil {
-			return err
-		}
-		t := &nftables.Table{Name: floorTable, Family: nftables.TableFamilyIPv4}
-		ch := c.AddChain(&nftables.Chain{Name: fmt.Sprintf("pod%d", i), Table: t})
-		for k := 0; k < 3; k++ {
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: podIP(i).To4()},
-				&expr.Counter{},
-				&expr.Verdict{Kind: expr.VerdictAccept},
-			}})
-		}
+	return nil
+}
+
+// floorRules is the netfilter work of verb for pod i, in the node netns
+// (named by fd, so that it can run on any thread): ADD adds a chain and
+// the three rules bridge ipMasq, portmap and firewall write for one pod,
+// in one transaction; DEL deletes them in one.
+func (e *env) floorRules(verb string, i int) error {
+	node, err := netns.GetFromPath("/run/netns/" + e.node)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(node)))
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: floorTable, Family: nftables.TableFamilyIPv4}
+	if verb == "DEL" {
+		ch := &nftables.Chain{Name: fmt.Sprintf("pod%d", i), Table: t}
+		c.FlushChain(ch)
+		c.DelChain(ch)
 		if err := c.Flush(); err != nil {
-			return fmt.Errorf("nft add: %w", err)
+			return fmt.Errorf("nft delete: %w", err)
 		}
+		return nil
+	}
+	ch := c.AddChain(&nftables.Chain{Name: fmt.Sprintf("pod%d", i), Table: t})
+	for k := 0; k < 3; k++ {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: podIP(i).To4()},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		}})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nft add: %w", err)
 	}
 	return nil
 }
