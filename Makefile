@@ -123,10 +123,10 @@ clean:
 	rm -rf bin
 
 # Side-by-side benchmark against the reference plugins (REF_CNI_PATH, default
-# /usr/lib/cni from Debian's containernetworking-plugins). BENCH_FLAGS="-n 50 -run bridge".
+# the v1.9.1 build in REF_CACHE) and the floor. BENCH_FLAGS="-n 50 -run bridge".
 BENCH_FLAGS ?=
-bench: build test-deps
-	$(GO) run ./scripts/bench -bin bin/cnibox $(BENCH_FLAGS)
+bench: build test-deps ref-plugins
+	REF_CNI_PATH="$${REF_CNI_PATH:-$(REF_CACHE)}" $(GO) run ./scripts/bench -bin bin/cnibox $(BENCH_FLAGS)
 
 # The soak of the default chain (shared/testing/reliability TestSoak): 4 workers x 3
 # rounds x SOAK transient pods, lost DELs and GCs, leak-checked every round.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/applets/bridge"
+	"github.com/cnibox/cnibox/applets/chain"
 	"github.com/cnibox/cnibox/applets/dhcp"
 	"github.com/cnibox/cnibox/applets/firewall"
 	"github.com/cnibox/cnibox/applets/hostdevice"
@@ -72,6 +73,10 @@ func dispatch(args []string) int {
 		return unknownApplet(name, args[0])
 	}
 	if len(args) < 2 {
+		if os.Getenv("CNI_COMMAND") != "" {
+			// A runtime exec'ing "type": "cnibox": the one-exec chain.
+			return cni.Main(chain.Applet)
+		}
 		usage(os.Stderr)
 		return 2
 	}
@@ -144,6 +149,9 @@ Usage:
   cnibox version                version, commit and supported CNI spec versions
   cnibox --list                 applet names, one a line
   cnibox --help                 this text
+
+As a plugin of "type": "cnibox" with "plugins": [...], it runs that whole
+plugin list in one process, as libcni would run it as a conflist.
 
 Applets:
 `, cni.BuildVersion)

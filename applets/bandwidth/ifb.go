@@ -20,6 +20,13 @@ func ifbName(network, containerID string) string {
 	return ("bwp" + hex.EncodeToString(sum[:]))[:15]
 }
 
+// IFB returns the name and alias of the IFB bandwidth makes for an
+// attachment: the one-exec chain (applets/chain) deletes it together with
+// the pod's veth, in one request.
+func IFB(network, containerID string) (name, alias string) {
+	return ifbName(network, containerID), ifbAlias(network, containerID)
+}
+
 // aliasPrefix starts the alias of every IFB cnibox makes. The name is a
 // hash that cannot be turned back into its network, so the alias says
 // "cnibox-bandwidth <network> <containerID>": GC uses the network to find

@@ -427,9 +427,30 @@ func sameEntry(have, want string) bool {
 
 var dportsRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`--dports \S+`) })
 
-func (b iptBackend) del(net, id string, _ []netip.Addr) error {
+func (b iptBackend) del(net, id string, pods []netip.Addr) error {
 	chains := []string{dnChain(net, id), chainName("CNI-SN-", net, id)}
-	return b.remove(chains, nil)
+	return b.remove(chains, nil, delFamilies(pods))
+}
+
+// delFamilies are the families DEL looks in: those of the pod's addresses
+// (from the record or prevResult) when there are any, since ADD writes a
+// family's chains only for an address of it (so does the reference); both
+// when none is known. An IPv4-only pod's DEL then lists nothing of
+// ip6tables: one netlink dump (or iptables -S) less per DEL.
+func delFamilies(pods []netip.Addr) []iptables.Family {
+	if len(pods) == 0 {
+		return []iptables.Family{iptables.IPv4, iptables.IPv6}
+	}
+	var out []iptables.Family
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		for _, p := range pods {
+			if p.Unmap().Is4() == (f == iptables.IPv4) {
+				out = append(out, f)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // gc removes the chains of the network's containers that are not kept,
@@ -452,7 +473,7 @@ func (b iptBackend) gc(net string, keep map[string]bool) error {
 			}
 		}
 		return out
-	})
+	}, []iptables.Family{iptables.IPv4, iptables.IPv6})
 }
 
 // remove deletes chains (every rule that jumps to them, then the chains)
@@ -460,13 +481,12 @@ func (b iptBackend) gc(net string, keep map[string]bool) error {
 // the chains are known (DEL) they are listed with the entry chains in one
 // round of "iptables -S CHAIN"; otherwise pick finds them in the entry
 // chains first (GC). Then at most one iptables-restore runs per family.
-func (iptBackend) remove(known []string, pick func(*iptables.Table) []string) error {
+func (iptBackend) remove(known []string, pick func(*iptables.Table) []string, families []iptables.Family) error {
 	unlock, err := iptables.Lock("portmap")
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	families := []iptables.Family{iptables.IPv4, iptables.IPv6}
 	loadErrs := make([]error, len(families))
 	errs := make([]error, len(families))
 	var wg sync.WaitGroup

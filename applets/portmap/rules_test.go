@@ -2,6 +2,7 @@ package portmap
 
 import (
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -196,6 +197,37 @@ func TestRestoreArg(t *testing.T) {
 	for in, want := range map[string]string{"-s": "-s", "10.0.0.0/8": "10.0.0.0/8", "a b": `"a b"`, `say "hi"`: `"say \"hi\""`, "": `""`} {
 		if got := restoreArg(in); got != want {
 			t.Errorf("restoreArg(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestDelFamilies: DEL looks only in the families of the pod's known
+// addresses, and in both when none is known.
+func TestDelFamilies(t *testing.T) {
+	for _, c := range []struct {
+		pods []string
+		want string
+	}{
+		{nil, "4,6"},
+		{[]string{"10.0.0.2"}, "4"},
+		{[]string{"::ffff:10.0.0.2"}, "4"},
+		{[]string{"fd00::2"}, "6"},
+		{[]string{"fd00::2", "10.0.0.2"}, "4,6"},
+	} {
+		var pods []netip.Addr
+		for _, p := range c.pods {
+			pods = append(pods, netip.MustParseAddr(p))
+		}
+		var got []string
+		for _, f := range delFamilies(pods) {
+			if f == iptables.IPv4 {
+				got = append(got, "4")
+			} else {
+				got = append(got, "6")
+			}
+		}
+		if strings.Join(got, ",") != c.want {
+			t.Errorf("pods %v: families %v, want %s", c.pods, got, c.want)
 		}
 	}
 }

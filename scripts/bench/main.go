@@ -1,10 +1,13 @@
-// Command bench measures cnibox side by side with the reference plugins:
-// the same scenarios, in the same run, each in its own throwaway node
-// network namespace, driven through libcni as a runtime drives them. It
-// prints one table: per scenario and verb, the median and p95 of each side
-// and the ratio (reference / cnibox: how many times faster cnibox is).
+// Command bench measures cnibox side by side with the reference plugins
+// and with the floor (floor.go: no-op plugins plus the scenario's kernel
+// work done in this process): the same scenarios, in the same run, each
+// in its own throwaway node network namespace, driven through libcni as a
+// runtime drives them. It prints one table: per scenario and verb, the
+// median and p95 of each side, the floor's median, reference / cnibox
+// (how many times faster cnibox is) and cnibox / floor (how far above
+// what is physically needed it still sits).
 //
-//	make bench                       # cnibox vs /usr/lib/cni (Debian's containernetworking-plugins)
+//	make bench                       # cnibox vs the reference v1.9.1 (REF_CACHE) and the floor
 //	REF_CNI_PATH=/path/to/v1.9.1 make bench
 //	go run ./scripts/bench -n 50 -run 'bridge|ptp'
 //	go run ./scripts/bench -n 10 -run full -plugins  # and each plugin's median per verb
@@ -41,7 +44,7 @@ var (
 	runFilter  = flag.String("run", "", "only scenarios matching this regexp")
 	binary     = flag.String("bin", "bin/cnibox", "the cnibox binary")
 	perPlugin  = flag.Bool("plugins", false, "also print each plugin's median per verb (where a chain's time goes)")
-	refDir     = flag.String("ref", envOr("REF_CNI_PATH", "/usr/lib/cni"), "directory of the reference plugins")
+	refDir     = flag.String("ref", envOr("REF_CNI_PATH", "/usr/lib/cni"), "directory of the reference plugins (make bench: the v1.9.1 build)")
 )
 
 func envOr(k, def string) string {
@@ -82,6 +85,9 @@ type scenario struct {
 	parallel, pods int
 	// verbs to time; the default is ADD, CHECK, DEL.
 	verbs []string
+	// floor is what the kernel must do for one pod of this scenario, done
+	// by the floor side in the bench's own process (see floor.go).
+	floor floorOps
 }
 
 type sample struct {
@@ -113,7 +119,11 @@ func main() {
 		fatalf("install %s: %v: %s", *binary, err, out)
 	}
 	ref := &side{name: "reference", dir: *refDir}
-	for _, s := range []*side{cnibox, ref} {
+	floor, err := newFloorSide(tmp)
+	if err != nil {
+		fatalf("floor: %v", err)
+	}
+	for _, s := range []*side{cnibox, ref, floor} {
 		s.applets = map[string]bool{}
 		entries, err := os.ReadDir(s.dir)
 		if err != nil {
@@ -131,7 +141,7 @@ func main() {
 			continue
 		}
 		var sides []*side
-		for _, s := range []*side{cnibox, ref} {
+		for _, s := range []*side{cnibox, ref, floor} {
 			if s.has(sc.plugins...) {
 				sides = append(sides, s)
 			}
@@ -151,7 +161,7 @@ func main() {
 		rows = append(rows, tabulate(sc, results)...)
 	}
 	rows = append(rows, sizeRows(cnibox, ref)...)
-	rows = append(rows, versionRows(cnibox, ref)...)
+	rows = append(rows, versionRows(cnibox, ref, floor)...)
 	printTable(rows)
 }
 
@@ -199,6 +209,11 @@ func scenarios() []scenario {
 		"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}},
 		"bandwidth":    map[string]any{"ingressRate": 10_000_000, "ingressBurst": 1_000_000, "egressRate": 10_000_000, "egressBurst": 1_000_000},
 	}
+	fullInner := bridge + `,
+				{"type":"portmap","capabilities":{"portMappings":true}},
+				{"type":"firewall","backend":"iptables"},
+				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
+				{"type":"bandwidth","capabilities":{"bandwidth":true}}`
 	masterVeth := func(node, _ string) error {
 		_, err := run("ip", "-n", node, "link", "add", "bmaster0", "type", "veth", "peer", "name", "bmaster1")
 		if err == nil {
@@ -210,6 +225,7 @@ func scenarios() []scenario {
 		{
 			name: "bridge + host-local", plugins: []string{"bridge", "host-local"},
 			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `]}`,
+			floor:    floorOps{link: "bridge", rules: true},
 		},
 		{
 			name: "full chain (bridge…bandwidth)", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning", "bandwidth"},
@@ -218,7 +234,8 @@ func scenarios() []scenario {
 				{"type":"firewall","backend":"iptables"},
 				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
 				{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`,
-			caps: full,
+			caps:  full,
+			floor: floorOps{link: "bridge", bandwidth: true, sysctl: true, rules: true},
 		},
 		{
 			// The same chain with cnibox's nftables backends (netlink, in
@@ -235,7 +252,19 @@ func scenarios() []scenario {
 				{"type":"firewall","backend":"iptables"},
 				{"type":"tuning","dataDir":"@STATE@/tuning","sysctl":{"net.ipv4.conf.IFNAME.rp_filter":"0"}},
 				{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`,
-			caps: full,
+			caps:  full,
+			floor: floorOps{link: "bridge", bandwidth: true, sysctl: true, rules: true},
+		},
+		{
+			// The same chain as one exec: {"type":"cnibox","plugins":[...]}
+			// (applets/chain) against the reference's ordinary chain; the
+			// floor is one no-op exec plus the same kernel work.
+			name: "full chain, one exec", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning", "bandwidth"},
+			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"cnibox",
+				"capabilities":{"portMappings":true,"bandwidth":true},"plugins":[` + fullInner + `]}]}`,
+			refConflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + fullInner + `]}`,
+			caps:        full,
+			floor:       floorOps{link: "bridge", bandwidth: true, sysctl: true, rules: true},
 		},
 		{
 			name: "podman chain (0.4.0)", plugins: []string{"bridge", "host-local", "portmap", "firewall", "tuning"},
@@ -243,28 +272,33 @@ func scenarios() []scenario {
 				{"type":"portmap","capabilities":{"portMappings":true}},
 				{"type":"firewall","backend":""},
 				{"type":"tuning","dataDir":"@STATE@/tuning"}]}`,
-			caps: portMap,
+			caps:  portMap,
+			floor: floorOps{link: "bridge", rules: true},
 		},
 		{
 			name: "containerd chain (bridge, portmap)", plugins: []string{"bridge", "host-local", "portmap"},
 			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[
 				{"type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"promiscMode":true,` + hostLocal + `},
 				{"type":"portmap","capabilities":{"portMappings":true}}]}`,
-			caps: portMap,
+			caps:  portMap,
+			floor: floorOps{link: "bridge", rules: true},
 		},
 		{
 			name: "ptp + host-local", plugins: []string{"ptp", "host-local"},
 			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"ptp","ipMasq":true,` + hostLocal + `}]}`,
+			floor:    floorOps{link: "ptp", rules: true},
 		},
 		{
 			name: "macvlan + host-local", plugins: []string{"macvlan", "host-local"},
 			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[{"type":"macvlan","master":"bmaster0",` + hostLocal + `}]}`,
 			setup:    masterVeth,
+			floor:    floorOps{link: "macvlan"},
 		},
 		{
 			name: "100 pods, 8 parallel", plugins: []string{"bridge", "host-local"},
 			conflist: `{"cniVersion":"1.0.0","name":"@NET@","plugins":[` + bridge + `]}`,
 			parallel: 8, pods: 100,
+			floor: floorOps{link: "bridge", rules: true},
 		},
 		{
 			name: "host-local, 4k reservations", plugins: []string{"host-local"},
@@ -408,6 +442,12 @@ func newEnv(sc scenario, s *side, tmp string) (*env, error) {
 			return nil, fmt.Errorf("setup: %w", err)
 		}
 	}
+	if s.name == "floor" {
+		if err := floorSetup(e); err != nil {
+			e.close()
+			return nil, fmt.Errorf("floor setup: %w", err)
+		}
+	}
 	text := sc.conflist
 	if sc.refConflist != "" && s.name == "reference" {
 		text = sc.refConflist
@@ -452,15 +492,21 @@ func (e *env) verbs() []string {
 func (e *env) call(verb string, rt *libcni.RuntimeConf) error {
 	ctx := context.Background()
 	return e.inNode(func() error {
+		var err error
 		switch verb {
 		case "ADD":
-			_, err := e.cninet.AddNetworkList(ctx, e.list, rt)
-			return err
+			_, err = e.cninet.AddNetworkList(ctx, e.list, rt)
 		case "CHECK":
-			return e.cninet.CheckNetworkList(ctx, e.list, rt)
+			err = e.cninet.CheckNetworkList(ctx, e.list, rt)
 		default:
-			return e.cninet.DelNetworkList(ctx, e.list, rt)
+			err = e.cninet.DelNetworkList(ctx, e.list, rt)
 		}
+		if err != nil || e.side.name != "floor" {
+			return err
+		}
+		var i int
+		fmt.Sscanf(rt.ContainerID, "bench-%d", &i)
+		return e.floorKernel(verb, i, rt.NetNS)
 	})
 }
 
@@ -620,6 +666,8 @@ type row struct {
 	cnibox, ref    string
 	ratio          string
 	cniboxP, refP  string
+	floor          string // the floor side's median
+	aboveFloor     string // cnibox / floor
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
@@ -641,7 +689,7 @@ func ratio(ref, ours float64) string {
 }
 
 func tabulate(sc scenario, res map[string]*sample) []row {
-	c, r := res["cnibox"], res["reference"]
+	c, r, f := res["cnibox"], res["reference"], res["floor"]
 	na := func(s *sample, f func(*sample) string) string {
 		if s == nil {
 			return "n/a"
@@ -653,9 +701,11 @@ func tabulate(sc scenario, res map[string]*sample) []row {
 		for _, verb := range []string{"ADD", "DEL"} {
 			rows = append(rows, row{
 				scenario: sc.name, what: verb + " wall",
-				cnibox: na(c, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
-				ref:    na(r, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
-				ratio:  ratioOf(c, r, func(s *sample) float64 { return float64(s.wall[verb]) }),
+				cnibox:     na(c, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
+				ref:        na(r, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
+				ratio:      ratioOf(c, r, func(s *sample) float64 { return float64(s.wall[verb]) }),
+				floor:      na(f, func(s *sample) string { return fmt.Sprintf("%s, %d failed", ms(s.wall[verb]), s.failures) }),
+				aboveFloor: ratioOf(f, c, func(s *sample) float64 { return float64(s.wall[verb]) }),
 			})
 		}
 		return rows
@@ -691,7 +741,11 @@ func tabulate(sc scenario, res map[string]*sample) []row {
 			ref:     na(r, func(s *sample) string { return figure(s, 0.5) }),
 			refP:    na(r, func(s *sample) string { return figure(s, 0.95) }),
 			ratio:   rt,
+			floor:   na(f, func(s *sample) string { return figure(s, 0.5) }),
 		})
+		if c != nil && f != nil && len(c.durations[verb]) > 0 && len(f.durations[verb]) > 0 {
+			rows[len(rows)-1].aboveFloor = ratioOf(f, c, med)
+		}
 	}
 	if sc.name == "bridge + host-local" {
 		rows = append(rows, row{
@@ -756,9 +810,9 @@ func sizeRows(cnibox, ref *side) []row {
 }
 
 // versionRows times VERSION, which podman runs for every plugin of every
-// network it loads.
-func versionRows(cnibox, ref *side) []row {
-	// The two sides take turns, so drift hits both alike.
+// network it loads, and the floor's no-op: the exec itself.
+func versionRows(sides ...*side) []row {
+	// The sides take turns, so drift hits them alike.
 	cmdOf := func(s *side) *exec.Cmd {
 		cmd := exec.Command(filepath.Join(s.dir, "bridge"))
 		if !s.applets["bridge"] {
@@ -767,26 +821,25 @@ func versionRows(cnibox, ref *side) []row {
 		cmd.Env = []string{"CNI_COMMAND=VERSION"}
 		return cmd
 	}
-	var c, r []time.Duration
+	times := make([][]time.Duration, len(sides))
 	for i := 0; i < 400; i++ {
-		for k, s := range []*side{cnibox, ref} {
+		for k, s := range sides {
 			cmd := cmdOf(s)
 			start := time.Now()
 			if err := cmd.Run(); err != nil {
 				continue
 			}
-			if k == 0 {
-				c = append(c, time.Since(start))
-			} else {
-				r = append(r, time.Since(start))
-			}
+			times[k] = append(times[k], time.Since(start))
 		}
 	}
+	c, r, f := times[0], times[1], times[2]
 	return []row{{
 		scenario: "VERSION (bridge)", what: "exec",
 		cnibox: ms(quantile(c, 0.5)), cniboxP: ms(quantile(c, 0.95)),
 		ref: ms(quantile(r, 0.5)), refP: ms(quantile(r, 0.95)),
-		ratio: ratio(float64(quantile(r, 0.5)), float64(quantile(c, 0.5))),
+		ratio:      ratio(float64(quantile(r, 0.5)), float64(quantile(c, 0.5))),
+		floor:      ms(quantile(f, 0.5)),
+		aboveFloor: ratio(float64(quantile(c, 0.5)), float64(quantile(f, 0.5))),
 	}}
 }
 
@@ -806,10 +859,13 @@ func printTable(rows []row) {
 	rel := utsString(uname.Release[:])
 	fmt.Printf("\ncnibox vs reference (%s), %d iterations, %s, %s, kernel %s, %d CPUs\n\n",
 		*refDir, *iterations, host, cpu, rel, numCPU())
-	fmt.Println("| scenario | verb | cnibox median | cnibox p95 | reference median | reference p95 | reference/cnibox |")
-	fmt.Println("|---|---|---|---|---|---|---|")
+	fmt.Println("| scenario | verb | cnibox median | cnibox p95 | reference median | reference p95 | floor median | reference/cnibox | cnibox/floor |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.what, r.cnibox, dash(r.cniboxP), r.ref, dash(r.refP), r.ratio)
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.scenario, r.what, r.cnibox, dash(r.cniboxP), r.ref, dash(r.refP), dash(r.floor), r.ratio, dash(r.aboveFloor))
+	}
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Printf("\nload average at the end of the run: %s\n", strings.Join(strings.Fields(string(load))[:3], " "))
 	}
 }
 

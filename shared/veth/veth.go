@@ -25,6 +25,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
 )
@@ -176,31 +178,8 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 	if free == "" {
 		return nil, fmt.Errorf("create veth: every host name of the attachment is taken by another device: %s", strings.Join(taken, ", "))
 	}
-	// The queue lengths are the reference's. It makes the pair from the
-	// pod's side with netlink.NewLinkAttrs (no IFLA_TXQLEN: the kernel's
-	// DEFAULT_TX_QUEUE_LEN, 1000) for the pod's end and a zero PeerTxQLen
-	// (IFLA_TXQLEN 0) for the host's. Here the host's end is the link and
-	// the pod's the peer; netlink sends the link's TxQLen for a peer whose
-	// PeerTxQLen is negative, so the pod's 1000 is spelled out. A veth is
-	// IFF_NO_QUEUE (noqueue), so the length only matters to a qdisc added
-	// later that takes its limit from it (pfifo, pfifo_fast): a pod's own
-	// pfifo gets 1000 packets, as with the reference, not 1.
 	hostName := free
-	v := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{
-			Name:   hostName,
-			TxQLen: 0,
-			MTU:    o.MTU,
-		},
-		PeerName:         o.IfName,
-		PeerTxQLen:       1000,
-		PeerHardwareAddr: o.MAC,
-		PeerNamespace:    netlink.NsFd(int(podNS.Fd())),
-	}
-	if o.MTU > 0 {
-		v.PeerMTU = uint32(o.MTU)
-	}
-	if err := netlink.LinkAdd(v); err != nil {
+	if err := addPair(hostName, o, int(podNS.Fd())); err != nil {
 		if errors.Is(err, syscall.EEXIST) {
 			// The host end was free a moment ago (another attachment
 			// may have taken it since: its runtime retries), so it is
@@ -222,6 +201,56 @@ func Create(podNS ns.NetNS, o Options) (*Pair, error) {
 		return nil, err
 	}
 	return pair, nil
+}
+
+// addPair sends the RTM_NEWLINK that makes the pair: the host end in the
+// current netns, the peer (the pod's end) in podFd's.
+//
+// The host end has one TX and one RX queue. Without IFLA_NUM_TX_QUEUES a
+// veth gets one queue per possible CPU and veth_newlink then cuts its
+// real TX queues to one (netif_set_real_num_tx_queues), which, the device
+// being registered, waits for an expedited RCU grace period while holding
+// RTNL: every other link change of the node waits too. Measured with 60
+// pairs each, interleaved, on the 2-vCPU VM under load 11-13: 0.71-0.92 ms
+// p50 per creation with the default, 0.50-0.52 ms with one queue on the
+// host end, and no further gain with one on the pod's end as well (its cut
+// happens before it is registered). The pod's end keeps the kernel's
+// default, so the pod sees exactly what the reference gives it (numtxqueues
+// = possible CPUs, one real queue each way); nothing reads the host end's
+// queue count (its qdiscs are noqueue or bandwidth's tbf, single-queue).
+//
+// The queue lengths are the reference's. It makes the pair from the pod's
+// side with netlink.NewLinkAttrs (no IFLA_TXQLEN: the kernel's
+// DEFAULT_TX_QUEUE_LEN, 1000) for the pod's end and IFLA_TXQLEN 0 for the
+// host's. A veth is IFF_NO_QUEUE (noqueue), so the length only matters to
+// a qdisc added later that takes its limit from it (pfifo, pfifo_fast): a
+// pod's own pfifo gets 1000 packets, as with the reference, not 1.
+func addPair(hostName string, o Options, podFd int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(hostName)))
+	if o.MTU > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(o.MTU))))
+	}
+	req.AddData(nl.NewRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(0)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_NUM_TX_QUEUES, nl.Uint32Attr(1)))
+	req.AddData(nl.NewRtAttr(unix.IFLA_NUM_RX_QUEUES, nl.Uint32Attr(1)))
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("veth"))
+	peer := info.AddRtAttr(nl.IFLA_INFO_DATA, nil).AddRtAttr(nl.VETH_INFO_PEER, nil)
+	nl.NewIfInfomsgChild(peer, unix.AF_UNSPEC)
+	peer.AddRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(o.IfName))
+	peer.AddRtAttr(unix.IFLA_TXQLEN, nl.Uint32Attr(1000))
+	if o.MTU > 0 {
+		peer.AddRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(o.MTU)))
+	}
+	if o.MAC != nil {
+		peer.AddRtAttr(unix.IFLA_ADDRESS, []byte(o.MAC))
+	}
+	peer.AddRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(podFd)))
+	req.AddData(info)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }
 
 // ErrExists is what Create and Absent return, wrapped, when the pod

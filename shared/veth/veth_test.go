@@ -193,3 +193,48 @@ func TestCreateHostDAD(t *testing.T) {
 		}
 	}
 }
+
+// TestQueues: the host end has one queue each way (no grace period under
+// RTNL to cut them), the pod's end exactly what a veth made without
+// asking gets (what the reference's pod sees), its queue length 1000 and
+// the host end's 0, MTU and MAC as asked.
+func TestQueues(t *testing.T) {
+	node, pod, podNS := nodeAndPod(t)
+	o := veth.Options{Network: "net", ContainerID: "c1", IfName: "eth0", MTU: 1400, MAC: []byte{0x02, 0, 0, 0, 0, 7}}
+	if err := node.Do(func() error { _, err := veth.Create(podNS, o); return err }); err != nil {
+		t.Fatal(err)
+	}
+	pod.MustRun("ip", "link", "add", "name", "plain0", "type", "veth", "peer", "name", "plain1")
+	field := func(n *testnet.NS, dev, key string) string {
+		f := strings.Fields(n.MustRun("ip", "-d", "link", "show", "dev", dev))
+		for i := range f[:len(f)-1] {
+			if f[i] == key {
+				return f[i+1]
+			}
+		}
+		t.Fatalf("ip -d link show %s has no %s", dev, key)
+		return ""
+	}
+	host := veth.HostName("c1", "eth0")
+	for _, k := range []string{"numtxqueues", "numrxqueues"} {
+		if got := field(node, host, k); got != "1" {
+			t.Errorf("host end %s %s, want 1", host, k)
+		}
+		if got, want := field(pod, "eth0", k), field(pod, "plain1", k); got != want {
+			t.Errorf("pod end %s %s, want the kernel's default %s", k, got, want)
+		}
+	}
+	for _, c := range []struct {
+		n        *testnet.NS
+		dev, key string
+		want     string
+	}{{node, host, "qlen", "0"}, {pod, "eth0", "qlen", "1000"}, {node, host, "mtu", "1400"}, {pod, "eth0", "mtu", "1400"}, {pod, "eth0", "link/ether", "02:00:00:00:00:07"}} {
+		got := "0"
+		if c.key != "qlen" || strings.Contains(c.n.MustRun("ip", "link", "show", "dev", c.dev), "qlen") {
+			got = field(c.n, c.dev, c.key)
+		}
+		if got != c.want {
+			t.Errorf("%s %s %s, want %s", c.dev, c.key, got, c.want)
+		}
+	}
+}

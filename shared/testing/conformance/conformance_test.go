@@ -264,6 +264,13 @@ func runCase(t *testing.T, c *Case, ref, box string, applets map[string]bool, sw
 			mk("cnibox-main+ref-meta", mixDir(t, c, box, ref), c.verbs()),
 			mk("ref-main+cnibox-meta", mixDir(t, c, ref, box), c.verbs()))
 	}
+	if len(c.Conflist) > 0 && !vm && switchable(c, applets) {
+		// The one-exec chain must leave the kernel and the result exactly
+		// as cnibox's ordinary chain does: no divergence is intentional.
+		p := mk("cnibox-one-exec", box, c.verbs())
+		p.oneExec = true
+		plans = append(plans, p)
+	}
 	if len(switchFor) > 0 {
 		// Switches: one side ADDs, the other CHECKs, GCs and DELs.
 		verbs := switchVerbs(c)
@@ -300,7 +307,7 @@ func runCase(t *testing.T, c *Case, ref, box string, applets map[string]bool, sw
 		for _, p := range plans {
 			base := "reference"
 			switch {
-			case p.name == "reference" || p.name == "switch:reference":
+			case p.name == "reference" || p.name == "switch:reference" || p.oneExec:
 				continue
 			case strings.HasPrefix(p.name, "switch:"):
 				base = "switch:reference"
@@ -313,6 +320,17 @@ func runCase(t *testing.T, c *Case, ref, box string, applets map[string]bool, sw
 			divs[i].Reason = in.Summary
 		} else {
 			t.Errorf("unexplained: %s", divs[i])
+		}
+	}
+	if outs["cnibox"] != nil && outs["cnibox-one-exec"] != nil {
+		for _, p := range plans {
+			if p.oneExec {
+				one := compare(c, p, outs["cnibox"], outs[p.name], p.name)
+				for _, d := range one {
+					t.Errorf("one exec differs from cnibox's ordinary chain: %s", d)
+				}
+				divs = append(divs, one...)
+			}
 		}
 	}
 	rep.add(c.Name, divs)

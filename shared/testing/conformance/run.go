@@ -28,6 +28,36 @@ type step struct {
 type plan struct {
 	name  string
 	steps []step
+	// oneExec plays the conflist as cnibox's one-exec chain (applets/chain):
+	// one plugin of type "cnibox" holding the list.
+	oneExec bool
+}
+
+// oneExecList wraps a conflist's plugins into one plugin of type "cnibox"
+// that declares the union of their capabilities.
+func oneExecList(conf []byte) ([]byte, error) {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(conf, &top); err != nil {
+		return nil, err
+	}
+	var plugins []struct {
+		Capabilities map[string]bool `json:"capabilities"`
+	}
+	if err := json.Unmarshal(top["plugins"], &plugins); err != nil {
+		return nil, err
+	}
+	caps := map[string]bool{}
+	for _, p := range plugins {
+		for k, on := range p.Capabilities {
+			caps[k] = caps[k] || on
+		}
+	}
+	outer, err := json.Marshal(map[string]any{"type": "cnibox", "capabilities": caps, "plugins": top["plugins"]})
+	if err != nil {
+		return nil, err
+	}
+	top["plugins"] = json.RawMessage("[" + string(outer) + "]")
+	return json.Marshal(top)
 }
 
 // stepOutcome is what one verb did.
@@ -117,6 +147,11 @@ func play(t *testing.T, c *Case, p plan, containerID string) *outcome {
 	var list *libcni.NetworkConfigList
 	if len(c.Conflist) > 0 {
 		var err error
+		if p.oneExec {
+			if conf, err = oneExecList(conf); err != nil {
+				t.Fatalf("case %s: wrap the list for one exec: %v", c.Name, err)
+			}
+		}
 		if list, err = libcni.ConfListFromBytes(conf); err != nil {
 			t.Fatalf("case %s: libcni cannot parse the conflist: %v", c.Name, err)
 		}

@@ -162,23 +162,35 @@ func snapshot(t *testing.T, node *testnet.NS, c *runtimetest.Containerd) string 
 // /etc/cni/net.d and /opt/cni/bin, which are the test's directories in
 // containerd's private mount namespace.
 func TestCtrRunCNI(t *testing.T) {
+	ctrRunCNI(t, "containerd.conflist", "10.88.0.")
+}
+
+// TestCtrRunCNIOneExec is the same with the one-exec chain of the
+// default network (applets/chain): containerd execs "cnibox" alone.
+func TestCtrRunCNIOneExec(t *testing.T) {
+	ctrRunCNI(t, "default-one-exec.conflist", "10.23.0.")
+}
+
+// ctrRunCNI runs a container with "ctr run --cni" on the shipped file,
+// whose subnet starts with prefix and whose gateway is prefix+"1".
+func ctrRunCNI(t *testing.T, file, prefix string) {
 	runtimetest.RequireContainerd(t)
 	node := testnet.NewNS(t, "node")
 	plugins := runtimetest.InstallPlugins(t)
 	t.Logf("who runs what: %s", plugins.Describe("loopback", "bridge", "host-local", "portmap"))
 	c := runtimetest.StartContainerd(t, node, plugins.Dir)
-	if err := os.WriteFile(filepath.Join(c.ConfDir, "10-containerd-net.conflist"), shipped(t, "containerd.conflist"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(c.ConfDir, "10-"+file), shipped(t, file), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	rootfs := runtimetest.Rootfs(t, c.Dir)
 	out, err := c.Ctr("run", "--rm", "--cni", "--rootfs", rootfs, "ctr-cni-test",
-		"/bin/sh", "-c", "ip -o addr show eth0; ip -o link show lo; ping -c 1 -W 2 10.88.0.1")
+		"/bin/sh", "-c", "ip -o addr show eth0; ip -o link show lo; ping -c 1 -W 2 "+prefix+"1")
 	t.Logf("ctr run --cni:\n%s", out)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "inet 10.88.0.") {
-		t.Errorf("container eth0 has no address from 10.88.0.0/16")
+	if !strings.Contains(out, "inet "+prefix) {
+		t.Errorf("container eth0 has no address from %s0/16", prefix)
 	}
 	if !strings.Contains(out, "LOOPBACK,UP") {
 		t.Errorf("container lo is not up")
@@ -189,7 +201,7 @@ func TestCtrRunCNI(t *testing.T) {
 	// ctr's DEL comes after the task exited: the netns is gone, and the
 	// plugins must clean up from prevResult alone.
 	after := snapshot(t, node, c)
-	for _, leak := range []string{"veth", "10.88.0.2", "ctr-cni-test"} {
+	for _, leak := range []string{"veth", prefix + "2", "ctr-cni-test"} {
 		if !strings.Contains(after, leak) {
 			continue
 		}
