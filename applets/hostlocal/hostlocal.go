@@ -97,6 +97,7 @@ func Add(req *cni.Request) (types.Result, error) {
 		return fail(storeError(p, err))
 	}
 	testHook("add-recorded")
+	req.Log.Note("host-local reserved %v in %s", taken, s.dir)
 	return res, nil
 }
 
@@ -160,6 +161,9 @@ func Del(req *cni.Request) error {
 	}
 	if err := s.setRecord(key, nil); err != nil {
 		return fmt.Errorf("host-local: %w", err)
+	}
+	if len(ips) > 0 {
+		req.Log.Note("host-local released %v in %s", ips, s.dir)
 	}
 	testHook("del-done")
 	return nil
@@ -271,7 +275,7 @@ func GC(req *cni.Request) error {
 		}
 	}
 	if len(gone) > 0 {
-		s.log.Infof("host-local: gc releases %d reservations of %s", len(gone), s.dir)
+		s.log.Note("host-local released %d stale reservations in %s", len(gone), s.dir)
 	}
 	if err := s.unreserve(gone); err != nil {
 		s.broken = true
