@@ -14,11 +14,15 @@ SHELL := /bin/bash
 
 GO          ?= go
 CNI_BIN_DIR ?= /opt/cni/bin
-VERSION     := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-COMMIT      := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-LDFLAGS     := -s -w -buildid= \
-               -X github.com/cnibox/cnibox/shared/cni.BuildVersion=$(VERSION) \
-               -X github.com/cnibox/cnibox/shared/cni.BuildCommit=$(COMMIT)
+# The version is the VERSION file (semver; built into the binary, see
+# main.go); the commit comes from git, "-dirty" with uncommitted changes, or
+# in a source tarball (git archive, make dist) from the COMMIT file git
+# archive fills in.
+VERSION     := $(shell cat VERSION)
+COMMIT      := $(shell if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ]; then \
+                 c=$$(git rev-parse --short=12 HEAD); git diff --quiet HEAD -- 2>/dev/null || c=$$c-dirty; echo $$c; \
+               else c=$$(grep -v Format COMMIT 2>/dev/null | cut -c1-12); echo $${c:-unknown}; fi)
+LDFLAGS     := -s -w -buildid= -X github.com/cnibox/cnibox/shared/cni.BuildCommit=$(COMMIT)
 GOTEST_FLAGS ?=
 TEST_TIMEOUT ?= 60m
 
@@ -34,7 +38,7 @@ TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
+.PHONY: build install dist release image test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
 
 # The reference the conformance runner compares with: upstream's plugins at
 # REF_VERSION, built from source into REF_CACHE (never committed). Debian's
@@ -53,8 +57,18 @@ CONFORMANCE_BINARY ?= $(CURDIR)/bin/cnibox
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
 
-install: build
+# install uses an existing bin/cnibox (built by make build, or unpacked from
+# a release), so that "sudo make install" needs no Go; it builds only when
+# there is none.
+install:
+	@[ -x bin/cnibox ] || $(MAKE) --no-print-directory build
 	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+
+# A source tarball (no .git) that builds with the right version and commit.
+dist:
+	@mkdir -p bin
+	git archive --format=tar.gz --prefix=cnibox-$(VERSION)/ -o bin/cnibox-v$(VERSION)-src.tar.gz HEAD
+	@echo bin/cnibox-v$(VERSION)-src.tar.gz
 
 # install-missing installs the Debian packages of $(1) that are not installed.
 define install-missing

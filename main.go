@@ -5,6 +5,7 @@
 package main
 
 import (
+	_ "embed"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,6 +49,15 @@ var applets = []*cni.Applet{
 	tuning.Applet,
 	vlan.Applet,
 }
+
+// versionFile is the release version (semver), built in so that any build
+// of the tree, a source tarball's included, knows it; make build stamps
+// the commit (cni.BuildCommit) beside it.
+//
+//go:embed VERSION
+var versionFile string
+
+func init() { cni.BuildVersion = strings.TrimSpace(versionFile) }
 
 func lookup(name string) *cni.Applet {
 	name = strings.TrimSuffix(name, ".exe")
