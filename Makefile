@@ -81,9 +81,6 @@ define install-missing
 	fi
 endef
 
-# What make demo runs besides cnibox: ip, iptables, ping, iperf3 (the shaping part).
-DEMO_DEBS := iproute2 iptables nftables iputils-ping iperf3 util-linux
-
 test-deps:
 	$(call install-missing,$(TEST_DEBS))
 	@command -v cnitool >/dev/null 2>&1 || [ -x "$$($(GO) env GOPATH)/bin/cnitool" ] || \
@@ -128,8 +125,9 @@ conformance: build ref-plugins
 	  $$bin -test.count=1 -test.parallel $(CONFORMANCE_JOBS) -test.timeout 30m $(CONFORMANCE_FLAGS); \
 	rc=$$?; rm -rf "$$(dirname $$bin)"; exit $$rc
 
+# The demo installs nothing: it says which tools are missing (ip, iptables,
+# ping, unshare; iperf3 is optional) and leaves nothing in /run or /var/lib.
 demo: build
-	$(call install-missing,$(DEMO_DEBS))
 	bash scripts/demo
 	bash scripts/demo-shaping
 
