@@ -5,7 +5,9 @@ SHELL := /bin/bash
 #                 then the tests that need kernel features the host lacks, in a VM (make vmtest)
 #   make vmtest   only the VM part: scripts/vmtest (Debian's kernel under qemu TCG)
 #   make demo     install into a temp dir and run the default network on a throwaway pod
-#   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+#   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR) with an existing bin/cnibox (no Go needed)
+#   make release  bin/release: tarballs for every architecture, the node-installer image, checksums
+#   make dist     bin/cnibox-vX.Y.Z-src.tar.gz, a source tarball
 #   make bench    side-by-side benchmark against the reference plugins
 #   make fuzz     every fuzz target for FUZZTIME each (make test runs 3000 inputs of each)
 #   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
@@ -38,7 +40,7 @@ TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
-.PHONY: build install dist release image test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
+.PHONY: build install dist release test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
 
 # The reference the conformance runner compares with: upstream's plugins at
 # REF_VERSION, built from source into REF_CACHE (never committed). Debian's
@@ -63,6 +65,14 @@ build:
 install:
 	@[ -x bin/cnibox ] || $(MAKE) --no-print-directory build
 	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+
+# The release artefacts (scripts/release): cnibox-linux-ARCH-vX.Y.Z.tgz for
+# every architecture, the node-installer image (an OCI archive), SHA256SUMS
+# and SHA512SUMS, reproducible byte for byte. RELEASE_FLAGS="-arch amd64".
+RELEASE_DIR   ?= bin/release
+RELEASE_FLAGS ?=
+release:
+	$(GO) run ./scripts/release -out $(RELEASE_DIR) $(RELEASE_FLAGS)
 
 # A source tarball (no .git) that builds with the right version and commit.
 dist:
