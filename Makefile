@@ -61,10 +61,11 @@ build:
 
 # install uses an existing bin/cnibox (built by make build, or unpacked from
 # a release), so that "sudo make install" needs no Go; it builds only when
-# there is none.
+# there is none. With DESTDIR (a package's staging root) the entries name
+# the binary by its final path, CNI_BIN_DIR.
 install:
 	@[ -x bin/cnibox ] || $(MAKE) --no-print-directory build
-	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR) --host-dir $(CNI_BIN_DIR)
 
 # The release artefacts (scripts/release): cnibox-linux-ARCH-vX.Y.Z.tgz for
 # every architecture, the node-installer image (an OCI archive), SHA256SUMS

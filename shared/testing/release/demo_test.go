@@ -85,3 +85,28 @@ func TestDemoSaysWhatIsMissing(t *testing.T) {
 		t.Errorf("the demo tried to install packages:\n%s", out)
 	}
 }
+
+// TestMakeInstallWithoutGo: with bin/cnibox built, "make install" works on
+// a machine without Go (PATH without it, GO pointing nowhere), into a
+// DESTDIR whose entries name the final CNI_BIN_DIR.
+func TestMakeInstallWithoutGo(t *testing.T) {
+	root := testnet.RepoRoot()
+	if _, err := os.Stat(filepath.Join(root, "bin", "cnibox")); err != nil {
+		t.Skip("no bin/cnibox: make build")
+	}
+	dest := t.TempDir()
+	cmd := exec.Command("make", "--no-print-directory", "install", "DESTDIR="+dest, "CNI_BIN_DIR=/opt/cni/bin", "GO=/nonexistent/go")
+	cmd.Dir = root
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + t.TempDir()}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("make install without Go: %v\n%s", err, out)
+	}
+	entry, err := os.ReadFile(filepath.Join(dest, "opt/cni/bin/bridge"))
+	if err != nil || !strings.HasPrefix(string(entry), "#!/opt/cni/bin/cnibox\n") {
+		t.Errorf("DESTDIR's bridge: %v %q", err, entry)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "opt/cni/bin/cnibox")); err != nil {
+		t.Error(err)
+	}
+}
