@@ -155,7 +155,9 @@ func Run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 	if req != nil && logged[req.Command] && log.Enabled(logging.LevelInfo) {
-		summarize(log, result)
+		if a.Kind != "meta" { // a meta plugin's result is the one before it, already logged
+			summarize(log, result)
+		}
 		what := req.Command + " " + req.Name
 		if req.ContainerID != "" {
 			what += " " + req.IfName
