@@ -81,6 +81,10 @@ func Main(args []string, applets []string) int {
 		fmt.Fprintln(os.Stderr, "cnibox install: --symlink and --hardlink exclude each other")
 		return 2
 	}
+	sig := make(chan os.Signal, 1)
+	if *sleep { // before anything is printed: a SIGTERM right after must not kill us
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	}
 	if err := Install(opt, applets); err != nil {
 		fmt.Fprintf(os.Stderr, "cnibox install: %v\n", err)
 		return 1
@@ -90,8 +94,6 @@ func Main(args []string, applets []string) int {
 		fmt.Printf("installed %s into %s\n", filepath.Base(opt.Conflist), opt.ConfDir)
 	}
 	if *sleep {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 		<-sig
 	}
 	return 0

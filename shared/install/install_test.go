@@ -325,3 +325,29 @@ func TestPurge(t *testing.T) {
 		t.Errorf("nftables after purge:\n%s", nft)
 	}
 }
+
+// TestSleep: with --sleep (the DaemonSet's main container) install
+// installs, says so, keeps running, and exits 0 on SIGTERM.
+func TestSleep(t *testing.T) {
+	dir := t.TempDir()
+	cmd := exec.Command(testnet.Binary(t), "install", "--dir", dir, "--sleep")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 256)
+	n, _ := out.Read(line) // returns once install has printed its line
+	if !strings.Contains(string(line[:n]), "installed cnibox") || install.Inspect(dir, "bridge") != install.Script {
+		t.Fatalf("before sleeping: %q, bridge %v", line[:n], install.Inspect(dir, "bridge"))
+	}
+	if cmd.ProcessState != nil {
+		t.Fatal("exited instead of sleeping")
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("after SIGTERM: %v", err)
+	}
+}
