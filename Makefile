@@ -5,7 +5,9 @@ SHELL := /bin/bash
 #                 then the tests that need kernel features the host lacks, in a VM (make vmtest)
 #   make vmtest   only the VM part: scripts/vmtest (Debian's kernel under qemu TCG)
 #   make demo     install into a temp dir and run the default network on a throwaway pod
-#   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+#   make install  cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR) with an existing bin/cnibox (no Go needed)
+#   make release  bin/release: tarballs for every architecture, the node-installer image, checksums
+#   make dist     bin/cnibox-vX.Y.Z-src.tar.gz, a source tarball
 #   make bench    side-by-side benchmark against the reference plugins
 #   make fuzz     every fuzz target for FUZZTIME each (make test runs 3000 inputs of each)
 #   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
@@ -14,11 +16,15 @@ SHELL := /bin/bash
 
 GO          ?= go
 CNI_BIN_DIR ?= /opt/cni/bin
-VERSION     := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-COMMIT      := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-LDFLAGS     := -s -w -buildid= \
-               -X github.com/cnibox/cnibox/shared/cni.BuildVersion=$(VERSION) \
-               -X github.com/cnibox/cnibox/shared/cni.BuildCommit=$(COMMIT)
+# The version is the VERSION file (semver; built into the binary, see
+# main.go); the commit comes from git, "-dirty" with uncommitted changes, or
+# in a source tarball (git archive, make dist) from the COMMIT file git
+# archive fills in.
+VERSION     := $(shell cat VERSION)
+COMMIT      := $(shell if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ]; then \
+                 c=$$(git rev-parse --short=12 HEAD); git diff --quiet HEAD -- 2>/dev/null || c=$$c-dirty; echo $$c; \
+               else c=$$(grep -v Format COMMIT 2>/dev/null | cut -c1-12); echo $${c:-unknown}; fi)
+LDFLAGS     := -s -w -buildid= -X github.com/cnibox/cnibox/shared/cni.BuildCommit=$(COMMIT)
 GOTEST_FLAGS ?=
 TEST_TIMEOUT ?= 60m
 
@@ -34,7 +40,7 @@ TEST_DEBS += firewalld dbus-daemon
 
 export CGO_ENABLED := 0
 
-.PHONY: build install test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
+.PHONY: build install dist release test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
 
 # The reference the conformance runner compares with: upstream's plugins at
 # REF_VERSION, built from source into REF_CACHE (never committed). Debian's
@@ -53,8 +59,27 @@ CONFORMANCE_BINARY ?= $(CURDIR)/bin/cnibox
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/cnibox .
 
-install: build
-	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR)
+# install uses an existing bin/cnibox (built by make build, or unpacked from
+# a release), so that "sudo make install" needs no Go; it builds only when
+# there is none. With DESTDIR (a package's staging root) the entries name
+# the binary by its final path, CNI_BIN_DIR.
+install:
+	@[ -x bin/cnibox ] || $(MAKE) --no-print-directory build
+	bin/cnibox install --dir $(DESTDIR)$(CNI_BIN_DIR) --host-dir $(CNI_BIN_DIR)
+
+# The release artefacts (scripts/release): cnibox-linux-ARCH-vX.Y.Z.tgz for
+# every architecture, the node-installer image (an OCI archive), SHA256SUMS
+# and SHA512SUMS, reproducible byte for byte. RELEASE_FLAGS="-arch amd64".
+RELEASE_DIR   ?= bin/release
+RELEASE_FLAGS ?=
+release:
+	$(GO) run ./scripts/release -out $(RELEASE_DIR) $(RELEASE_FLAGS)
+
+# A source tarball (no .git) that builds with the right version and commit.
+dist:
+	@mkdir -p bin
+	git archive --format=tar.gz --prefix=cnibox-$(VERSION)/ -o bin/cnibox-v$(VERSION)-src.tar.gz HEAD
+	@echo bin/cnibox-v$(VERSION)-src.tar.gz
 
 # install-missing installs the Debian packages of $(1) that are not installed.
 define install-missing
@@ -66,9 +91,6 @@ define install-missing
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 endef
-
-# What make demo runs besides cnibox: ip, iptables, ping, iperf3 (the shaping part).
-DEMO_DEBS := iproute2 iptables nftables iputils-ping iperf3 util-linux
 
 test-deps:
 	$(call install-missing,$(TEST_DEBS))
@@ -114,8 +136,9 @@ conformance: build ref-plugins
 	  $$bin -test.count=1 -test.parallel $(CONFORMANCE_JOBS) -test.timeout 30m $(CONFORMANCE_FLAGS); \
 	rc=$$?; rm -rf "$$(dirname $$bin)"; exit $$rc
 
+# The demo installs nothing: it says which tools are missing (ip, iptables,
+# ping, unshare; iperf3 is optional) and leaves nothing in /run or /var/lib.
 demo: build
-	$(call install-missing,$(DEMO_DEBS))
 	bash scripts/demo
 	bash scripts/demo-shaping
 

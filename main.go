@@ -5,6 +5,7 @@
 package main
 
 import (
+	_ "embed"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,6 +50,15 @@ var applets = []*cni.Applet{
 	tuning.Applet,
 	vlan.Applet,
 }
+
+// versionFile is the release version (semver), built in so that any build
+// of the tree, a source tarball's included, knows it; make build stamps
+// the commit (cni.BuildCommit) beside it.
+//
+//go:embed VERSION
+var versionFile string
+
+func init() { cni.BuildVersion = strings.TrimSpace(versionFile) }
 
 func lookup(name string) *cni.Applet {
 	name = strings.TrimSuffix(name, ".exe")
@@ -95,13 +105,16 @@ func dispatch(args []string) int {
 		return 0
 	case "install":
 		return install.Main(args[2:], names())
+	case "uninstall":
+		return install.MainUninstall(args[2:])
 	case "cni":
 		return cnirun.Main(args[2:])
 	default:
-		if a := lookup(cmd); a != nil {
+		// An applet entry (shared/install) runs as "cnibox /path/to/APPLET".
+		if a := lookup(filepath.Base(cmd)); a != nil {
 			return runApplet(a, args[2:])
 		}
-		return unknownApplet(cmd, cmd)
+		return unknownApplet(filepath.Base(cmd), cmd)
 	}
 }
 
@@ -134,15 +147,20 @@ func names() []string {
 func usage(w *os.File) {
 	fmt.Fprintf(w, `cnibox %s: every standard CNI plugin in one binary.
 
-Installed once with a symlink per plugin name, it runs the applet named by
-the link it is invoked through, exactly as the reference plugin of that name
+Installed once with an entry per plugin name, it runs the applet named by
+the entry it is invoked through, exactly as the reference plugin of that name
 would run (CNI_COMMAND and friends in the environment, config on stdin).
 
 Usage:
   cnibox APPLET                 run APPLET as a CNI plugin (same as invoking the link)
-  cnibox install --dir DIR [--hardlink]
-                                install the binary and one link per applet into DIR
-                                (default /opt/cni/bin), atomically and idempotently
+  cnibox install --dir DIR [--symlink|--hardlink] [--conflist FILE]
+                                install the binary and one entry per applet into DIR
+                                (default /opt/cni/bin), atomically and idempotently;
+                                entries survive a cp of other plugins over DIR
+                                ('cnibox install --help' for flags)
+  cnibox uninstall --dir DIR [--purge]
+                                remove exactly cnibox's binary and entries from DIR;
+                                --purge also cnibox's node state
   cnibox cni add|check|del|gc|status NETWORK NETNS [flags]
                                 run a network from a config dir, like cnitool
                                 ('cnibox cni --help' for flags)

@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/install"
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
 
@@ -150,25 +151,28 @@ func inode(t *testing.T, path string) uint64 {
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
-func checkInstalled(t *testing.T, dir string, hard bool) {
+// checkInstalled checks dir holds the test binary as cnibox and every applet
+// name as the given kind of entry, each answering VERSION.
+func checkInstalled(t *testing.T, dir string, want install.Kind) {
 	t.Helper()
 	bin := filepath.Join(dir, "cnibox")
-	want, _ := os.ReadFile(testnet.Binary(t))
+	wantBin, _ := os.ReadFile(testnet.Binary(t))
 	got, err := os.ReadFile(bin)
-	if err != nil || !bytes.Equal(got, want) {
+	if err != nil || !bytes.Equal(got, wantBin) {
 		t.Fatalf("%s is not the cnibox binary (%v)", bin, err)
 	}
 	for _, name := range names() {
 		p := filepath.Join(dir, name)
-		if hard {
-			if inode(t, p) != inode(t, bin) {
-				t.Errorf("%s is not a hard link to cnibox", p)
-			}
-			continue
+		if k := install.Inspect(dir, name); k != want {
+			t.Errorf("%s is %v, want %v", p, k, want)
 		}
-		target, err := os.Readlink(p)
-		if err != nil || target != "cnibox" {
-			t.Errorf("%s -> %q (%v), want a relative link to cnibox", p, target, err)
+		if want == install.Hardlink && inode(t, p) != inode(t, bin) {
+			t.Errorf("%s is not a hard link to cnibox", p)
+		}
+		if want == install.Symlink {
+			if target, err := os.Readlink(p); err != nil || target != "cnibox" {
+				t.Errorf("%s -> %q (%v), want a relative link to cnibox", p, target, err)
+			}
 		}
 		out, _, code := run(t, "", []string{"CNI_COMMAND=VERSION"}, p)
 		if code != 0 || !strings.Contains(out, "supportedVersions") {
@@ -192,29 +196,30 @@ func runInstall(t *testing.T, dir string, extra ...string) {
 func TestInstall(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "opt", "cni", "bin")
 	runInstall(t, dir)
-	checkInstalled(t, dir, false)
+	checkInstalled(t, dir, install.Script)
 	runInstall(t, dir) // idempotent
-	checkInstalled(t, dir, false)
-	if fi, _ := os.Lstat(filepath.Join(dir, "loopback")); fi.Mode()&os.ModeSymlink == 0 {
-		t.Error("rerun replaced a link with something else")
-	}
+	checkInstalled(t, dir, install.Script)
+	runInstall(t, dir, "--symlink")
+	checkInstalled(t, dir, install.Symlink)
+	runInstall(t, dir) // back to entries
+	checkInstalled(t, dir, install.Script)
 
 	// The installed binary can reinstall itself (an upgrade in place).
 	out, stderr, code := run(t, "", nil, filepath.Join(dir, "cnibox"), "install", "--dir", dir)
 	if code != 0 {
 		t.Fatalf("reinstall from the installed binary: %s %s", out, stderr)
 	}
-	checkInstalled(t, dir, false)
+	checkInstalled(t, dir, install.Script)
 }
 
 func TestInstallHardlinks(t *testing.T) {
 	dir := t.TempDir()
 	runInstall(t, dir, "--hardlink")
-	checkInstalled(t, dir, true)
+	checkInstalled(t, dir, install.Hardlink)
 	runInstall(t, dir, "--hardlink")
-	checkInstalled(t, dir, true)
-	runInstall(t, dir) // switch to symlinks
-	checkInstalled(t, dir, false)
+	checkInstalled(t, dir, install.Hardlink)
+	runInstall(t, dir) // switch to entries
+	checkInstalled(t, dir, install.Script)
 }
 
 // TestInstallOverReferencePlugins: the reference's separate binaries, and
@@ -240,7 +245,7 @@ func TestInstallOverReferencePlugins(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "loopback"), data, 0o755)
 	}
 	runInstall(t, dir)
-	checkInstalled(t, dir, false)
+	checkInstalled(t, dir, install.Script)
 	if data, _ := os.ReadFile(victim); string(data) != "do not overwrite" {
 		t.Fatal("install wrote through an existing symlink")
 	}
@@ -262,5 +267,20 @@ func TestInstallRefusesADirectory(t *testing.T) {
 	_, stderr, code := run(t, "", nil, testnet.Binary(t), "install", "--dir", dir)
 	if code == 0 || !strings.Contains(stderr, "directory") {
 		t.Errorf("install over a directory: exit %d %q", code, stderr)
+	}
+}
+
+// TestHelpExitsZero: asking any command for help is a success, with the
+// usage on stdout and no terminal escapes.
+func TestHelpExitsZero(t *testing.T) {
+	bin := testnet.Binary(t)
+	for _, args := range [][]string{
+		{"--help"}, {"-h"}, {"help"}, {"cni", "--help"}, {"cni", "-h"}, {"install", "--help"},
+		{"uninstall", "--help"}, {"dhcp", "--help"}, {"dhcp", "daemon", "--help"}, {"version", "--help"},
+	} {
+		out, stderr, code := run(t, "", nil, bin, args...)
+		if code != 0 || strings.TrimSpace(out) == "" || strings.Contains(out+stderr, "\x1b") {
+			t.Errorf("cnibox %s: exit %d, stdout %q, stderr %q", strings.Join(args, " "), code, out, stderr)
+		}
 	}
 }

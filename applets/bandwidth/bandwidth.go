@@ -10,6 +10,7 @@ package bandwidth
 import (
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -18,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/logging"
 	"github.com/cnibox/cnibox/shared/veth"
 )
 
@@ -103,6 +105,15 @@ func Add(req *cni.Request) (types.Result, error) {
 	}
 	if ifb != nil {
 		prev.Interfaces = append(prev.Interfaces, &current.Interface{Name: ifb.Attrs().Name, Mac: ifb.Attrs().HardwareAddr.String()})
+	}
+	if req.Log.Enabled(logging.LevelInfo) {
+		rate := func(t *tbf) string {
+			if t == nil {
+				return "unlimited"
+			}
+			return strconv.FormatUint(t.Rate*8, 10) + " bit/s"
+		}
+		req.Log.Note("bandwidth on %s: into the pod %s, out of it %s", host.Attrs().Name, rate(p.ingress), rate(p.egress))
 	}
 	return prev, nil
 }

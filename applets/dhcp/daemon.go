@@ -49,6 +49,12 @@ type keyLock struct {
 
 // Main is the applet's argv mode: "dhcp daemon [flags]".
 func Main(args []string) int {
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		fmt.Println("usage: dhcp daemon [flags]: the DHCP client daemon the dhcp IPAM plugin talks to ('dhcp daemon --help' lists the flags);\n" +
+			"without arguments dhcp runs as a CNI IPAM plugin (CNI_COMMAND and friends in the environment, config on stdin)")
+		return 0
+	}
 	if args[0] != "daemon" {
 		fmt.Fprintf(os.Stderr, "dhcp: unknown mode %q; usage: dhcp daemon [flags] (dhcp daemon -h lists them)\n", args[0])
 		return 2
@@ -62,6 +68,11 @@ func Main(args []string) int {
 	resendMax := fs.Duration("resendmax", 62*time.Second, "longest wait between two attempts to get a lease")
 	resendTimeout := fs.Duration("resendtimeout", 208*time.Second, "give up getting a lease after this long")
 	leaseFile := fs.String("leasefile", "/var/lib/cni/dhcp/leases.json", "record leases here (0600) and resume them on start; empty keeps them in memory only")
+	for _, a := range args[1:] {
+		if a == "-h" || a == "-help" || a == "--help" {
+			fs.SetOutput(os.Stdout)
+		}
+	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

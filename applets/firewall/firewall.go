@@ -144,6 +144,7 @@ func Add(req *cni.Request) (types.Result, error) {
 			return nil, fmt.Errorf("firewall: ingressPolicy %s: %w", a.Policy, err)
 		}
 	}
+	req.Log.Note("firewall allowed %v (%s, ingressPolicy %s)", a.IPs, a.Backend, a.Policy)
 	return prev, nil
 }
 
@@ -171,6 +172,7 @@ func Del(req *cni.Request) error {
 	if err := undo(a); err != nil {
 		return err
 	}
+	req.Log.Note("firewall removed the rules of %v (%s)", a.IPs, a.Backend)
 	return nil
 }
 

@@ -97,6 +97,7 @@ func Add(req *cni.Request) (types.Result, error) {
 		return fail(storeError(p, err))
 	}
 	testHook("add-recorded")
+	req.Log.Note("host-local reserved %v in %s", taken, s.dir)
 	return res, nil
 }
 
@@ -168,6 +169,9 @@ func Del(req *cni.Request) error {
 		// copy-on-write filesystem) is only marked stale.
 		s.log.Warnf("host-local: update the index (the next ADD rebuilds it): %v", err)
 		s.broken = true
+	}
+	if len(ips) > 0 {
+		req.Log.Note("host-local released %v in %s", ips, s.dir)
 	}
 	testHook("del-done")
 	return nil
@@ -279,7 +283,7 @@ func GC(req *cni.Request) error {
 		}
 	}
 	if len(gone) > 0 {
-		s.log.Infof("host-local: gc releases %d reservations of %s", len(gone), s.dir)
+		s.log.Note("host-local released %d stale reservations in %s", len(gone), s.dir)
 	}
 	if err := s.unreserve(gone); err != nil {
 		s.broken = true

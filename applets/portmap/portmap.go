@@ -168,6 +168,7 @@ func Add(req *cni.Request) (types.Result, error) {
 			return nil, fmt.Errorf("portmap: %w", err)
 		}
 	}
+	req.Log.Note("portmap %d mappings to %v (%s)", len(a.maps), a.podAddrs(), *conf.Backend)
 	return prev, nil
 }
 
@@ -201,6 +202,7 @@ func Del(req *cni.Request) error {
 		}
 	}
 	forget(req.Name, req.ContainerID)
+	req.Log.Note("portmap removed the rules of %v (%s)", pods, strings.Join(names, ", "))
 	return nil
 }
 

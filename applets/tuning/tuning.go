@@ -125,6 +125,7 @@ func Add(req *cni.Request) (types.Result, error) {
 		return nil, netnsError(req.Netns, err)
 	}
 	updateResult(prev, req, s)
+	req.Log.Note("tuning set %d sysctls%s in the pod, backup %s", len(s.sysctls), map[bool]string{true: " and link attributes", false: ""}[s.touchesLink()], file)
 	return prev, nil
 }
 

@@ -47,7 +47,19 @@ func lockName(applet, network, containerID, ifName string) string {
 // another holder to release it; then it fails with code 11. A lock that
 // cannot be taken at all is a *LockUnavailableError.
 func LockAttachment(applet, network, containerID, ifName string, wait time.Duration) (*AttachmentLock, error) {
-	addr := &unix.SockaddrUnix{Name: lockName(applet, network, containerID, ifName)}
+	return lockAbstract(lockName(applet, network, containerID, ifName),
+		"attachment "+network+"/"+containerID+"/"+ifName, wait)
+}
+
+// LockNamed takes the lock called name in the calling thread's network
+// namespace (an abstract socket "@cnibox/NAME"), as LockAttachment does:
+// for state shared by a node's attachments, such as a table's chains.
+func LockNamed(name string, wait time.Duration) (*AttachmentLock, error) {
+	return lockAbstract("@cnibox/"+name, name, wait)
+}
+
+func lockAbstract(name, what string, wait time.Duration) (*AttachmentLock, error) {
+	addr := &unix.SockaddrUnix{Name: name}
 	deadline := time.Now().Add(wait)
 	var refusedSince time.Time
 	for {
@@ -66,8 +78,8 @@ func LockAttachment(applet, network, containerID, ifName string, wait time.Durat
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
-			return nil, Errorf(ErrTryAgain, "attachment %s/%s/%s: another invocation still holds its lock after %v (ss -xlp shows it: %s); try again",
-				network, containerID, ifName, wait, addr.Name)
+			return nil, Errorf(ErrTryAgain, "%s: another invocation still holds its lock after %v (ss -xlp shows it: %s); try again",
+				what, wait, addr.Name)
 		}
 		switch waitRelease(addr, left) {
 		case heldByStranger:

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/utils"
 	"golang.org/x/sys/unix"
 
@@ -153,8 +154,56 @@ func Run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
+	if req != nil && logged[req.Command] && log.Enabled(logging.LevelInfo) {
+		if a.Kind != "meta" { // a meta plugin's result is the one before it, already logged
+			summarize(log, result)
+		}
+		what := req.Command + " " + req.Name
+		if req.ContainerID != "" {
+			what += " " + req.IfName
+		}
+		log.Done(what, time.Since(start))
+	}
 	log.Close()
 	return 0
+}
+
+// logged are the verbs that write one info line when they succeed: what an
+// operator chasing a pod's network wants to find in the runtime's log.
+var logged = map[string]bool{CmdAdd: true, CmdDel: true, CmdGC: true}
+
+// summarize notes what an ADD's result says was made: the pod's interfaces
+// and addresses, the host-side interfaces (a veth, a bridge).
+func summarize(log *logging.Logger, result types.Result) {
+	if result == nil {
+		return
+	}
+	res, err := current.NewResultFromResult(result)
+	if err != nil {
+		return
+	}
+	for i, iface := range res.Interfaces {
+		var addrs []string
+		for _, ip := range res.IPs {
+			if ip.Interface != nil && *ip.Interface == i {
+				addrs = append(addrs, ip.Address.String())
+			}
+		}
+		where := "host"
+		if iface.Sandbox != "" {
+			where = "pod"
+		}
+		log.Note("%s %s %s%s", where, iface.Name, iface.Mac, strings.TrimRight(" "+strings.Join(addrs, " "), " "))
+	}
+	var loose []string // addresses no interface claims (an IPAM's result)
+	for _, ip := range res.IPs {
+		if ip.Interface == nil || *ip.Interface < 0 || *ip.Interface >= len(res.Interfaces) {
+			loose = append(loose, ip.Address.String())
+		}
+	}
+	if len(loose) > 0 {
+		log.Note("addresses %s", strings.Join(loose, " "))
+	}
 }
 
 func versionOf(req *Request) string {

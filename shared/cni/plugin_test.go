@@ -406,3 +406,61 @@ func TestPrevResultWithoutVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestInfoLine: at "info" a successful ADD, DEL and GC each log exactly one
+// line naming the verb, network, interface and what was done (the result's
+// interfaces and addresses, the applet's notes); at the default "warn"
+// nothing is logged.
+func TestInfoLine(t *testing.T) {
+	zero := 0
+	a := &Applet{
+		Name: "fake",
+		Add: func(r *Request) (types.Result, error) {
+			r.Log.Note("reserved 10.0.0.2")
+			return &current.Result{
+				CNIVersion: current.ImplementedSpecVersion,
+				Interfaces: []*current.Interface{{Name: "eth0", Mac: "aa:bb:cc:dd:ee:ff", Sandbox: "/run/netns/p"}, {Name: "veth1234", Mac: "02:00:00:00:00:01"}},
+				IPs:        []*current.IPConfig{{Interface: &zero, Address: net.IPNet{IP: net.IPv4(10, 0, 0, 2), Mask: net.CIDRMask(24, 32)}}},
+			}, nil
+		},
+		Del: func(r *Request) error { r.Log.Note("released 10.0.0.2"); return nil },
+		GC:  func(r *Request) error { return nil },
+	}
+	conf := `{"cniVersion":"1.1.0","name":"net1","type":"fake"}`
+	for _, tc := range []struct {
+		verb, level string
+		want        []string
+	}{
+		{"ADD", "info", []string{"info fake[", "c1: ADD net1 eth0 done in ", "pod eth0 aa:bb:cc:dd:ee:ff 10.0.0.2/24", "host veth1234 02:00:00:00:00:01", "reserved 10.0.0.2"}},
+		{"DEL", "info", []string{"DEL net1 eth0 done in ", ": released 10.0.0.2"}},
+		{"GC", "info", []string{"GC net1 done in ", ": nothing to do"}},
+		{"ADD", "", nil},
+		{"DEL", "warn", nil},
+	} {
+		env := addEnv("CNI_COMMAND", tc.verb, "CNIBOX_LOG_LEVEL", tc.level)
+		if tc.verb == "GC" {
+			delete(env, "CNI_CONTAINERID")
+			delete(env, "CNI_IFNAME")
+		}
+		t.Setenv("CNIBOX_LOG_LEVEL", tc.level)
+		_, stderr, code := invocation{env, conf}.run(a)
+		if code != 0 {
+			t.Fatalf("%s: exit %d %s", tc.verb, code, stderr)
+		}
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		if tc.want == nil {
+			if stderr != "" {
+				t.Errorf("%s at %q logged %q", tc.verb, tc.level, stderr)
+			}
+			continue
+		}
+		if len(lines) != 1 {
+			t.Errorf("%s at info logged %d lines: %q", tc.verb, len(lines), stderr)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("%s line %q lacks %q", tc.verb, stderr, w)
+			}
+		}
+	}
+}

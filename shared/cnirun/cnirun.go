@@ -10,10 +10,12 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -23,11 +25,16 @@ import (
 // Main runs "cnibox cni VERB NETWORK NETNS".
 func Main(args []string) int {
 	if err := run(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0 // asked for: the usage went to stdout
+		}
 		fmt.Fprintf(os.Stderr, "cnibox cni: %v\n", err)
 		return 1
 	}
 	return 0
 }
+
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
 
 func defaultPath() string {
 	if p := os.Getenv("CNI_PATH"); p != "" {
@@ -61,6 +68,9 @@ func run(args []string) error {
 		fmt.Fprintf(fs.Output(), "usage: cnibox cni add|check|del|gc|status NETWORK [NETNS] [flags]\n"+
 			"NETNS is a path or a name under /var/run/netns.\n")
 		fs.PrintDefaults()
+	}
+	if slices.ContainsFunc(args, isHelp) {
+		fs.SetOutput(os.Stdout)
 	}
 	// Accept flags before and after the positional arguments.
 	var pos []string

@@ -18,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/install"
 )
 
 // Add runs ADD of the delegated plugin and returns its result converted to
@@ -110,7 +111,7 @@ func run(req *cni.Request, cmd, plugin string) (types.Result, error) {
 }
 
 // selfApplet returns the applet that exec'ing path would run, when path is
-// this binary (through a symlink or a hard link).
+// this binary (through a symlink, a hard link or an applet entry).
 func selfApplet(path string) *cni.Applet {
 	if cni.Lookup == nil || os.Getenv("CNIBOX_NO_INPROCESS") != "" {
 		return nil
@@ -122,6 +123,13 @@ func selfApplet(path string) *cni.Applet {
 	target, err := os.Stat(path)
 	if err != nil {
 		return nil
+	}
+	if target.Size() < 1024 { // an applet entry: "#!/opt/cni/bin/cnibox"
+		if interp := install.EntryInterpreter(path); interp != "" {
+			if target, err = os.Stat(interp); err != nil {
+				return nil
+			}
+		}
 	}
 	self, err := os.Stat("/proc/self/exe")
 	if err != nil || !os.SameFile(target, self) {

@@ -11,6 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/install"
 )
 
 const script = `#!/bin/sh
@@ -41,6 +42,37 @@ func selfDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// entryDir holds an applet entry named fake-ipam (what "cnibox install"
+// makes by default) whose interpreter is this very test binary.
+func entryDir(t *testing.T) string {
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The binary's name is cnibox, as installed.
+	bin := filepath.Join(t.TempDir(), "cnibox")
+	if err := os.Symlink(exe, bin); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "fake-ipam"), install.Entry(bin, "fake-ipam"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestInProcessThroughAnAppletEntry(t *testing.T) {
+	var calls []string
+	withApplet(t, inProcessApplet(&calls))
+	res, err := Add(request(entryDir(t)), "fake-ipam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.IPs[0].Address.String() != "10.9.9.9/24" || len(calls) != 1 {
+		t.Fatalf("the entry's applet did not run in process: result %+v, calls %v", res, calls)
+	}
 }
 
 func request(path string) *cni.Request {

@@ -5,14 +5,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/cni"
 )
@@ -103,66 +99,24 @@ func Jumps(rule, target string) bool {
 // Lock serializes cnibox's own read-modify-write of the shared chains of
 // a table (read the dump, decide, apply): without it two concurrent ADDs
 // could both see a jump missing and both add it. The chains belong to one
-// network namespace, and so does the lock: it is a one-byte OFD lock at the
-// offset of the calling thread's netns inode in /run/cnibox/NAME.lock, so
-// ADDs in other network namespaces (other nodes on one kernel, tests) never
-// wait for each other, and the kernel drops it when the process dies. It
-// blocks (no polling) for at most LockWait and then fails with "try again".
+// network namespace, and so does the lock: an abstract unix socket
+// "@cnibox/iptables/NAME" (cni.LockNamed) bound in the calling thread's
+// netns, so ADDs in other network namespaces (other nodes on one kernel,
+// tests) never wait for each other, the kernel drops it when the process
+// dies, and no file is left in /run. It waits for at most LockWait and
+// then fails with "try again". A lock that cannot be taken at all (a
+// sandbox without unix sockets) is skipped, as the attachment lock is.
 // The returned func unlocks.
 func Lock(name string) (unlock func(), err error) {
-	dir := "/run/cnibox"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", name, err)
+	l, err := cni.LockNamed("iptables/"+name, LockWait)
+	var unavailable *cni.LockUnavailableError
+	switch {
+	case errors.As(err, &unavailable):
+		return func() {}, nil
+	case err != nil:
+		return nil, err
 	}
-	file, err := os.OpenFile(dir+"/"+name+".lock", os.O_CREATE|os.O_RDWR|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", name, err)
-	}
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart, Start: netnsID(), Len: 1}
-	lock := func(cmd int) error {
-		for {
-			if err := unix.FcntlFlock(file.Fd(), cmd, &lk); err != unix.EINTR {
-				return err
-			}
-		}
-	}
-	release := func() { file.Close() } // closing the description drops its OFD lock
-	err = lock(unix.F_OFD_SETLK)
-	if err == nil {
-		return release, nil
-	}
-	if err != unix.EAGAIN && err != unix.EACCES {
-		file.Close()
-		return nil, fmt.Errorf("lock %s: %w", name, err)
-	}
-	got := make(chan error, 1)
-	go func() { got <- lock(unix.F_OFD_SETLKW) }()
-	timer := time.NewTimer(LockWait)
-	defer timer.Stop()
-	select {
-	case err := <-got:
-		if err != nil {
-			file.Close()
-			return nil, fmt.Errorf("lock %s: %w", name, err)
-		}
-		return release, nil
-	case <-timer.C:
-		// The waiter cannot be interrupted: let it finish and let go.
-		go func() { <-got; file.Close() }()
-		return nil, cni.TryAgain("lock %s: still busy after %v", name, LockWait)
-	}
-}
-
-// netnsID is the inode of the calling thread's network namespace (0 when
-// it cannot be read, which makes one lock for all).
-func netnsID() int64 {
-	for _, p := range []string{"/proc/thread-self/ns/net", "/proc/self/ns/net"} {
-		var st unix.Stat_t
-		if unix.Stat(p, &st) == nil {
-			return int64(st.Ino & (1<<62 - 1))
-		}
-	}
-	return 0
+	return l.Release, nil
 }
 
 // LoadChains reads only the named chains of a table, one "iptables -S

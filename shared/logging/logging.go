@@ -59,6 +59,7 @@ type Logger struct {
 	level  Level
 	stderr io.Writer
 	file   *os.File
+	notes  []string
 }
 
 // New returns a logger for applet that writes to stderr, configured from
@@ -153,3 +154,36 @@ func (l *Logger) Infof(format string, a ...any) { l.logf(LevelInfo, format, a...
 
 // Debugf logs details for whoever is chasing a problem.
 func (l *Logger) Debugf(format string, a ...any) { l.logf(LevelDebug, format, a...) }
+
+// Enabled reports whether messages at level are written.
+func (l *Logger) Enabled(level Level) bool { return l != nil && level <= l.level }
+
+// Note records something the invocation did (an address reserved, a rule
+// added), for the one line Done writes. It costs nothing below "info".
+// An IPAM applet run in process by its main plugin notes into the same
+// logger, so one line tells the whole attachment.
+func (l *Logger) Note(format string, a ...any) {
+	if !l.Enabled(LevelInfo) {
+		return
+	}
+	msg := fmt.Sprintf(format, a...)
+	l.mu.Lock()
+	l.notes = append(l.notes, msg)
+	l.mu.Unlock()
+}
+
+// Done writes the invocation's one info line: what was done and how long
+// it took, then the notes, "; "-separated.
+func (l *Logger) Done(what string, took time.Duration) {
+	if !l.Enabled(LevelInfo) {
+		return
+	}
+	l.mu.Lock()
+	notes := strings.Join(l.notes, "; ")
+	l.notes = nil
+	l.mu.Unlock()
+	if notes == "" {
+		notes = "nothing to do"
+	}
+	l.Infof("%s done in %v: %s", what, took.Round(100*time.Microsecond), notes)
+}

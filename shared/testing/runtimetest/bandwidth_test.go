@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
+	"github.com/cnibox/cnibox/shared/install"
 	"github.com/cnibox/cnibox/shared/testing/runtimetest"
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
@@ -40,7 +41,9 @@ func wrapRequests(t *testing.T, plugins *runtimetest.Plugins, plugin string) str
 	path := filepath.Join(plugins.Dir, plugin)
 	target, err := os.Readlink(path)
 	if err != nil {
-		t.Fatalf("%s is not a link: %v", path, err)
+		if target = install.EntryInterpreter(path); target == "" {
+			t.Fatalf("%s is neither a link nor an applet entry: %v", path, err)
+		}
 	}
 	if !filepath.IsAbs(target) {
 		target = filepath.Join(plugins.Dir, target)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cnibox/cnibox/shared/install"
 	"github.com/cnibox/cnibox/shared/testing/runtimetest"
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
@@ -108,9 +109,8 @@ func TestContainerdCRI(t *testing.T) {
 // bin_dir, where only cnibox provides it: libcni cached that call's result.
 func checkLoopbackCache(t *testing.T, c *runtimetest.Containerd, podID string) {
 	t.Helper()
-	link, err := os.Readlink(filepath.Join(c.BinDir, "loopback"))
-	if err != nil || link != "cnibox" {
-		t.Fatalf("bin_dir loopback is %q (%v), not cnibox", link, err)
+	if k := install.Inspect(c.BinDir, "loopback"); !install.Ours(k) {
+		t.Fatalf("bin_dir loopback is %v, not cnibox", k)
 	}
 	b, err := os.ReadFile(filepath.Join(c.State, "results", "cni-loopback-"+podID+"-lo"))
 	if err != nil {

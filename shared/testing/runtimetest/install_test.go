@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cnibox/cnibox/shared/install"
 	"github.com/cnibox/cnibox/shared/testing/runtimetest"
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
@@ -148,15 +149,14 @@ func TestInstallOverReferenceWhileCalled(t *testing.T) {
 		t.Errorf("%d calls failed during install, first: %v", failures.Load(), firstErrs)
 	}
 
-	// After: every applet name is a link to cnibox, every other name is
-	// still the reference plugin, and all of them answer.
+	// After: every applet name is a cnibox applet entry, every other name
+	// is still the reference plugin, and all of them answer.
 	for _, n := range names {
-		link, err := os.Readlink(filepath.Join(dir, n))
-		switch {
-		case ours[n] && (err != nil || link != "cnibox"):
-			t.Errorf("%s is not a link to cnibox after install: %q %v", n, link, err)
-		case !ours[n] && err == nil:
-			t.Errorf("%s (not a cnibox applet) was replaced by a link to %s", n, link)
+		switch k := install.Inspect(dir, n); {
+		case ours[n] && k != install.Script:
+			t.Errorf("%s is not a cnibox applet entry after install: %v", n, k)
+		case !ours[n] && k != install.Foreign:
+			t.Errorf("%s (not a cnibox applet) was replaced by cnibox's %v", n, k)
 		}
 		if err := version(filepath.Join(dir, n)); err != nil {
 			t.Error(err)
@@ -216,7 +216,7 @@ func TestInstallWhileContainerdRunsPods(t *testing.T) {
 		}
 	}
 	t.Logf("%d pods started and removed while cnibox was installed over the reference plugins 10 times", pods)
-	if link, err := os.Readlink(filepath.Join(dir, "bridge")); err != nil || link != "cnibox" {
-		t.Errorf("bridge is %q %v after install", link, err)
+	if k := install.Inspect(dir, "bridge"); k != install.Script {
+		t.Errorf("bridge is %v after install", k)
 	}
 }
