@@ -23,6 +23,7 @@ import (
 	"github.com/cnibox/cnibox/applets/portmap"
 	"github.com/cnibox/cnibox/applets/ptp"
 	"github.com/cnibox/cnibox/applets/static"
+	"github.com/cnibox/cnibox/applets/tap"
 	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/applets/vlan"
 	"github.com/cnibox/cnibox/shared/cni"
@@ -45,6 +46,7 @@ var applets = []*cni.Applet{
 	portmap.Applet,
 	ptp.Applet,
 	static.Applet,
+	tap.Applet,
 	tuning.Applet,
 	vlan.Applet,
 }
