@@ -22,6 +22,7 @@ import (
 	"github.com/cnibox/cnibox/applets/macvlan"
 	"github.com/cnibox/cnibox/applets/portmap"
 	"github.com/cnibox/cnibox/applets/ptp"
+	"github.com/cnibox/cnibox/applets/sbr"
 	"github.com/cnibox/cnibox/applets/static"
 	"github.com/cnibox/cnibox/applets/tap"
 	"github.com/cnibox/cnibox/applets/tuning"
@@ -37,6 +38,7 @@ var applets = []*cni.Applet{
 	bandwidth.Applet,
 	bridge.Applet,
 	dhcp.Applet,
+	dummy.Applet,
 	firewall.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
@@ -45,10 +47,12 @@ var applets = []*cni.Applet{
 	macvlan.Applet,
 	portmap.Applet,
 	ptp.Applet,
+	sbr.Applet,
 	static.Applet,
 	tap.Applet,
 	tuning.Applet,
 	vlan.Applet,
+	vrf.Applet,
 }
 
 func lookup(name string) *cni.Applet {

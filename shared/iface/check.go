@@ -98,8 +98,9 @@ func CheckIPs(ifName string, idx int, res *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("list routes of %q: %w", ifName, err)
 	}
+	moved := RuleTables(l, addrs)
 	for _, want := range res.Routes {
-		if !hasRoute(routes, want.Dst, want.GW, want.Table) {
+		if !hasRoute(routes, want.Dst, want.GW, want.Table, moved) {
 			via := ""
 			if want.GW != nil {
 				via = " via " + want.GW.String()
@@ -110,13 +111,15 @@ func CheckIPs(ifName string, idx int, res *current.Result) error {
 	return nil
 }
 
-func hasRoute(routes []netlink.Route, dst net.IPNet, gw net.IP, table *int) bool {
+// hasRoute reports whether routes has dst (via gw, when set) in table, or
+// when table is nil in the main table or one of moved.
+func hasRoute(routes []netlink.Route, dst net.IPNet, gw net.IP, table *int, moved map[int]bool) bool {
 	wantOnes, wantBits := dst.Mask.Size()
 	for _, r := range routes {
 		if table != nil && r.Table != *table {
 			continue
 		}
-		if table == nil && r.Table != 254 {
+		if table == nil && r.Table != 254 && !moved[r.Table] {
 			continue
 		}
 		if r.Dst == nil {
@@ -144,4 +147,28 @@ func multipathHas(r netlink.Route, gw net.IP) bool {
 		}
 	}
 	return false
+}
+
+// RuleTables (inside the netns) returns the tables that policy rules
+// whose source is one of addrs (link's) look up: where sbr moves a pod
+// interface's routes, so that CHECK of a chain ending in sbr finds the
+// result's routes there (the reference's CHECK looks in the main table
+// only and fails on every such chain).
+func RuleTables(link netlink.Link, addrs []netlink.Addr) map[int]bool {
+	rules, err := netlinksafe.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return nil
+	}
+	out := map[int]bool{}
+	for _, r := range rules {
+		if r.Src == nil || r.Table == 0 {
+			continue
+		}
+		for _, a := range addrs {
+			if r.Src.IP.Equal(a.IP) {
+				out[r.Table] = true
+			}
+		}
+	}
+	return out
 }
