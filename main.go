@@ -14,6 +14,7 @@ import (
 	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/applets/bridge"
 	"github.com/cnibox/cnibox/applets/dhcp"
+	"github.com/cnibox/cnibox/applets/dummy"
 	"github.com/cnibox/cnibox/applets/firewall"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
@@ -52,7 +53,6 @@ var applets = []*cni.Applet{
 	tap.Applet,
 	tuning.Applet,
 	vlan.Applet,
-	vrf.Applet,
 }
 
 func lookup(name string) *cni.Applet {
