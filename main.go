@@ -28,6 +28,7 @@ import (
 	"github.com/cnibox/cnibox/applets/tap"
 	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/applets/vlan"
+	"github.com/cnibox/cnibox/applets/vrf"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/cnirun"
 	"github.com/cnibox/cnibox/shared/install"
@@ -53,6 +54,7 @@ var applets = []*cni.Applet{
 	tap.Applet,
 	tuning.Applet,
 	vlan.Applet,
+	vrf.Applet,
 }
 
 func lookup(name string) *cni.Applet {

@@ -284,7 +284,7 @@ func Verify(ifName string, res *current.Result) error {
 	if ipc := missingAddr(addrs, Addresses(ifName, res)); ipc != nil {
 		return fmt.Errorf("%s: address %s is missing", ifName, ipc.Address.String())
 	}
-	moved := RuleTables(link, addrs)
+	moved := MovedTables(link, addrs)
 	for _, r := range res.Routes {
 		if err := verifyRoute(r, moved); err != nil {
 			return err
@@ -312,7 +312,7 @@ func missingAddr(addrs []netlink.Addr, ips []*current.IPConfig) *current.IPConfi
 }
 
 // verifyRoute looks for r in its table; one without a table may also be
-// in one of moved (sbr's tables of the interface).
+// in one of moved (the tables vrf or sbr moved the interface's routes to).
 func verifyRoute(r *types.Route, moved map[int]bool) error {
 	family := netlink.FAMILY_V4
 	if r.Dst.IP.To4() == nil {

@@ -98,7 +98,7 @@ func CheckIPs(ifName string, idx int, res *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("list routes of %q: %w", ifName, err)
 	}
-	moved := RuleTables(l, addrs)
+	moved := MovedTables(l, addrs)
 	for _, want := range res.Routes {
 		if !hasRoute(routes, want.Dst, want.GW, want.Table, moved) {
 			via := ""
@@ -149,17 +149,25 @@ func multipathHas(r netlink.Route, gw net.IP) bool {
 	return false
 }
 
-// RuleTables (inside the netns) returns the tables that policy rules
-// whose source is one of addrs (link's) look up: where sbr moves a pod
-// interface's routes, so that CHECK of a chain ending in sbr finds the
-// result's routes there (the reference's CHECK looks in the main table
-// only and fails on every such chain).
-func RuleTables(link netlink.Link, addrs []netlink.Addr) map[int]bool {
+// MovedTables (inside the netns) returns the tables a chained plugin may
+// have moved link's routes to: the table of the VRF link is a port of
+// (vrf), and the tables that policy rules whose source is one of addrs
+// (link's) look up (sbr). CHECK of such a chain finds the result's routes
+// there; the reference's CHECK looks in the main table only and fails on
+// every such chain.
+func MovedTables(link netlink.Link, addrs []netlink.Addr) map[int]bool {
+	out := map[int]bool{}
+	if m := link.Attrs().MasterIndex; m != 0 {
+		if vrf, err := netlink.LinkByIndex(m); err == nil {
+			if v, ok := vrf.(*netlink.Vrf); ok {
+				out[int(v.Table)] = true
+			}
+		}
+	}
 	rules, err := netlinksafe.RuleList(netlink.FAMILY_ALL)
 	if err != nil {
-		return nil
+		return out
 	}
-	out := map[int]bool{}
 	for _, r := range rules {
 		if r.Src == nil || r.Table == 0 {
 			continue
