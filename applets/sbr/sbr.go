@@ -267,16 +267,17 @@ func usedTables() (map[int]bool, error) {
 // Del removes the rules whose source is an address of CNI_IFNAME (only
 // those of the configured table, when there is one), and the routes
 // through CNI_IFNAME in the tables sbr chose for them. A netns or link
-// that is gone is success: there is nothing left to remove.
+// that is gone is success: there is nothing left to remove. It reads the
+// config without judging it: a DEL after a refused ADD must succeed.
 func Del(req *cni.Request) error {
-	c, err := load(req)
-	if err != nil {
+	c := &Config{}
+	if err := req.Decode(c); err != nil {
 		return err
 	}
 	if req.Netns == "" {
 		return nil
 	}
-	err = withLockedNetns(req.Netns, func() error { return tidy(req.IfName, c.Table) })
+	err := withLockedNetns(req.Netns, func() error { return tidy(req.IfName, c.Table) })
 	if iface.NetnsGone(err) {
 		return nil
 	}
