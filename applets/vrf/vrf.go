@@ -229,7 +229,6 @@ func enslave(vrf *netlink.Vrf, ifName string) error {
 	}
 	for _, r := range routes {
 		r.Table = int(vrf.Table)
-		r.Flags = 0 // linkdown and the like are the kernel's to set
 		if err := netlink.RouteReplace(&r); err != nil {
 			return fail(fmt.Errorf("add route %s to VRF table %d: %w", r, vrf.Table, err))
 		}

@@ -242,3 +242,38 @@ func TestRestoresIPv6(t *testing.T) {
 		t.Error("eth0 still has a master")
 	}
 }
+
+// TestSbrAfterVRF: ipvlan + vrf + sbr, the interplay of the two meta
+// plugins. The VRF's table 100 holds routes without a rule pointing at
+// it, so sbr must take 101 for its own (the reference's sbr only looks at
+// rules and the main table and would share the VRF's). CHECK passes, DEL
+// removes the rule, sbr's table, the VRF and the link.
+func TestSbrAfterVRF(t *testing.T) {
+	testnet.RequireKernel(t, "vrf", "ipvlan")
+	r := node(t)
+	l := conflist(t, r, "1.1.0", ipvlan("10.66.0.0/24"), `{"type":"vrf","vrfname":"red","table":100}`, `{"type":"sbr"}`)
+	pod := r.Pod(t)
+	a := r.Attach(pod, "eth0")
+	if _, err := r.Add(l, a); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	rules := pod.MustRun("ip", "rule", "show")
+	if !strings.Contains(rules, "lookup 101") || strings.Contains(rules, "lookup 100") {
+		t.Errorf("sbr's rule should look up 101, not the VRF's 100:\n%s", rules)
+	}
+	if tbl := pod.MustRun("ip", "route", "show", "table", "101"); !strings.Contains(tbl, "default via 10.66.0.1 dev eth0") {
+		t.Errorf("table 101:\n%s", tbl)
+	}
+	if err := r.Check(l, a); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := r.Del(l, a); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if rules := pod.MustRun("ip", "rule", "show"); strings.Contains(rules, "lookup 101") {
+		t.Errorf("sbr's rule left:\n%s", rules)
+	}
+	if got := pod.Links(t); len(got) != 1 {
+		t.Errorf("links left: %v", got)
+	}
+}
