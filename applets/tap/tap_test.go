@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -460,5 +461,23 @@ func TestLabelledHelper(t *testing.T) {
 	}
 	if _, err := pod.Run(testnet.Binary(t), "tap", "--mktap", "tapx"); err == nil {
 		t.Error("helper with missing arguments succeeded")
+	}
+}
+
+// TestSelinuxContextWithoutSelinux: on a kernel without SELinux (this
+// host, the VM) a label cannot be set: ADD fails naming selinuxContext,
+// as the reference's does, and leaves nothing in the pod.
+func TestSelinuxContextWithoutSelinux(t *testing.T) {
+	if _, err := os.Stat("/sys/fs/selinux/enforce"); err == nil {
+		t.Skip("SELinux is enabled here")
+	}
+	r := node(t)
+	pod := r.Pod(t)
+	l := list(t, r, "1.0.0", `"selinuxContext":"system_u:system_r:container_t:s0"`)
+	if _, err := r.Add(l, r.Attach(pod, "tap0")); cniCode(err) != cni.ErrInvalidConfig || !strings.Contains(err.Error(), "selinuxContext") {
+		t.Errorf("ADD: %v, want code 7 naming selinuxContext", err)
+	}
+	if got := pod.Links(t); len(got) != 1 {
+		t.Errorf("links left: %v", got)
 	}
 }
