@@ -16,6 +16,7 @@ import (
 	"github.com/cnibox/cnibox/applets/bridge"
 	"github.com/cnibox/cnibox/applets/chain"
 	"github.com/cnibox/cnibox/applets/dhcp"
+	"github.com/cnibox/cnibox/applets/dummy"
 	"github.com/cnibox/cnibox/applets/firewall"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
@@ -24,9 +25,12 @@ import (
 	"github.com/cnibox/cnibox/applets/macvlan"
 	"github.com/cnibox/cnibox/applets/portmap"
 	"github.com/cnibox/cnibox/applets/ptp"
+	"github.com/cnibox/cnibox/applets/sbr"
 	"github.com/cnibox/cnibox/applets/static"
+	"github.com/cnibox/cnibox/applets/tap"
 	"github.com/cnibox/cnibox/applets/tuning"
 	"github.com/cnibox/cnibox/applets/vlan"
+	"github.com/cnibox/cnibox/applets/vrf"
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/cnirun"
 	"github.com/cnibox/cnibox/shared/install"
@@ -38,6 +42,7 @@ var applets = []*cni.Applet{
 	bandwidth.Applet,
 	bridge.Applet,
 	dhcp.Applet,
+	dummy.Applet,
 	firewall.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
@@ -46,9 +51,12 @@ var applets = []*cni.Applet{
 	macvlan.Applet,
 	portmap.Applet,
 	ptp.Applet,
+	sbr.Applet,
 	static.Applet,
+	tap.Applet,
 	tuning.Applet,
 	vlan.Applet,
+	vrf.Applet,
 }
 
 // versionFile is the release version (semver), built in so that any build

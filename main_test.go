@@ -39,6 +39,18 @@ func TestAppletTableIsSortedAndUnique(t *testing.T) {
 	}
 }
 
+// TestReferenceReleaseCovered: every plugin of the reference release
+// (containernetworking/plugins v1.9.1, Linux) is an applet, so "cnibox
+// install" over a reference install leaves none of its binaries in use.
+func TestReferenceReleaseCovered(t *testing.T) {
+	release := strings.Fields("bandwidth bridge dhcp dummy firewall host-device host-local ipvlan loopback macvlan portmap ptp sbr static tap tuning vlan vrf")
+	for _, name := range release {
+		if lookup(name) == nil {
+			t.Errorf("no applet %s", name)
+		}
+	}
+}
+
 func run(t *testing.T, stdin string, env []string, name string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(name, args...)

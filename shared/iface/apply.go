@@ -284,8 +284,9 @@ func Verify(ifName string, res *current.Result) error {
 	if ipc := missingAddr(addrs, Addresses(ifName, res)); ipc != nil {
 		return fmt.Errorf("%s: address %s is missing", ifName, ipc.Address.String())
 	}
+	moved := MovedTables(link, addrs)
 	for _, r := range res.Routes {
-		if err := verifyRoute(r); err != nil {
+		if err := verifyRoute(r, moved); err != nil {
 			return err
 		}
 	}
@@ -310,7 +311,9 @@ func missingAddr(addrs []netlink.Addr, ips []*current.IPConfig) *current.IPConfi
 	return nil
 }
 
-func verifyRoute(r *types.Route) error {
+// verifyRoute looks for r in its table; one without a table may also be
+// in one of moved (the tables vrf or sbr moved the interface's routes to).
+func verifyRoute(r *types.Route, moved map[int]bool) error {
 	family := netlink.FAMILY_V4
 	if r.Dst.IP.To4() == nil {
 		family = netlink.FAMILY_V6
@@ -318,10 +321,18 @@ func verifyRoute(r *types.Route) error {
 	filter := &netlink.Route{Table: syscall.RT_TABLE_MAIN}
 	if r.Table != nil {
 		filter.Table = *r.Table
+	} else if len(moved) > 0 {
+		filter.Table = syscall.RT_TABLE_UNSPEC // all tables; filtered below
 	}
-	routes, err := netlinksafe.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE)
+	all, err := netlinksafe.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("list routes: %w", err)
+	}
+	var routes []netlink.Route
+	for _, rt := range all {
+		if filter.Table != syscall.RT_TABLE_UNSPEC || rt.Table == syscall.RT_TABLE_MAIN || moved[rt.Table] {
+			routes = append(routes, rt)
+		}
 	}
 	want := r.Dst.String()
 	for _, rt := range routes {

@@ -98,8 +98,9 @@ func CheckIPs(ifName string, idx int, res *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("list routes of %q: %w", ifName, err)
 	}
+	moved := MovedTables(l, addrs)
 	for _, want := range res.Routes {
-		if !hasRoute(routes, want.Dst, want.GW, want.Table) {
+		if !hasRoute(routes, want.Dst, want.GW, want.Table, moved) {
 			via := ""
 			if want.GW != nil {
 				via = " via " + want.GW.String()
@@ -110,13 +111,15 @@ func CheckIPs(ifName string, idx int, res *current.Result) error {
 	return nil
 }
 
-func hasRoute(routes []netlink.Route, dst net.IPNet, gw net.IP, table *int) bool {
+// hasRoute reports whether routes has dst (via gw, when set) in table, or
+// when table is nil in the main table or one of moved.
+func hasRoute(routes []netlink.Route, dst net.IPNet, gw net.IP, table *int, moved map[int]bool) bool {
 	wantOnes, wantBits := dst.Mask.Size()
 	for _, r := range routes {
 		if table != nil && r.Table != *table {
 			continue
 		}
-		if table == nil && r.Table != 254 {
+		if table == nil && r.Table != 254 && !moved[r.Table] {
 			continue
 		}
 		if r.Dst == nil {
@@ -144,4 +147,36 @@ func multipathHas(r netlink.Route, gw net.IP) bool {
 		}
 	}
 	return false
+}
+
+// MovedTables (inside the netns) returns the tables a chained plugin may
+// have moved link's routes to: the table of the VRF link is a port of
+// (vrf), and the tables that policy rules whose source is one of addrs
+// (link's) look up (sbr). CHECK of such a chain finds the result's routes
+// there; the reference's CHECK looks in the main table only and fails on
+// every such chain.
+func MovedTables(link netlink.Link, addrs []netlink.Addr) map[int]bool {
+	out := map[int]bool{}
+	if m := link.Attrs().MasterIndex; m != 0 {
+		if vrf, err := netlink.LinkByIndex(m); err == nil {
+			if v, ok := vrf.(*netlink.Vrf); ok {
+				out[int(v.Table)] = true
+			}
+		}
+	}
+	rules, err := netlinksafe.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return out
+	}
+	for _, r := range rules {
+		if r.Src == nil || r.Table == 0 {
+			continue
+		}
+		for _, a := range addrs {
+			if r.Src.IP.Equal(a.IP) {
+				out[r.Table] = true
+			}
+		}
+	}
+	return out
 }

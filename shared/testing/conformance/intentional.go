@@ -214,6 +214,27 @@ var Intentionals = []Intentional{
 		Summary:    "ipvlan chained after a result that holds the addresses: cnibox keeps the previous result's interfaces and appends the ipvlan link, the addresses pointing at it; the reference replaces the list with the ipvlan link alone",
 		Reason:     "The spec has a chained plugin pass the previous result on with what it added; the addresses still name the pod's interface.",
 	},
+	{
+		Cases:      `.*`,
+		Plugins:    `sbr|vrf`,
+		Divergence: `verb: CHECK#\d+ reference err:plugin, \S+ ok `,
+		Summary:    "A chain that ends in sbr or vrf (macvlan + sbr, bridge + tuning + sbr, ipvlan + vrf) passes CHECK; the reference's main plugin looks for the result's routes in the main table, where sbr and vrf no longer keep them, and fails every such CHECK",
+		Reason:     "CHECK must pass on the attachment ADD made; cnibox's main applets also look in the VRF's table and in the tables that rules from the interface's addresses point to (README, sbr and vrf).",
+	},
+	{
+		Cases:      `.*`,
+		Plugins:    `vrf`,
+		Divergence: `state: [-+]pod route6: local fe80::<eui64> dev \S+ table \d+ proto kernel metric 0$`,
+		Summary:    "vrf: the local route of the interface's IPv6 link-local address is in the VRF's table on one side and not yet on the other",
+		Reason:     "Enslaving restarts the interface; the kernel adds that route when the link-local address has passed DAD, about a second later, before or after the snapshot on either side (neither side waits for it).",
+	},
+	{
+		Cases:      `matrix/tap-1\.1\.0-all-verbs`,
+		Plugins:    `tap`,
+		Divergence: `(result: ADD#\d+ [-+]\.interfaces\[0\]\.mac = |state: [-+]pod linkattr: eth0 |verb: CHECK#\d+ reference ok, switch:ref->cnibox err:plugin .*has MTU 1500, the config says 1400)`,
+		Summary:    "tap with both `owner` and `group`: the tap has the configured `mtu` and `mac`; the reference creates it through vishvananda/netlink's tuntap path, which drops both (random MAC, MTU 1500), so cnibox's CHECK of such a reference tap reports the MTU",
+		Reason:     "The configuration asks for that MTU and MAC, and without owner/group the reference applies them; a VM runtime sizes its guest's interface from them (README, tap).",
+	},
 }
 
 var (

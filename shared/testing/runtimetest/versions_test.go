@@ -44,6 +44,10 @@ var matrix = map[string]matrixCase{
 	"portmap":     {plugins: bridgeHL + `,{"type":"portmap","capabilities":{"portMappings":true}}`, chained: true},
 	"bandwidth":   {plugins: bridgeHL + `,{"type":"bandwidth","ingressRate":8000000,"ingressBurst":80000,"egressRate":8000000,"egressBurst":80000}`, chained: true},
 	"firewall":    {plugins: bridgeHL + `,{"type":"firewall","backend":"iptables"}`, chained: true},
+	"tap":         {plugins: `{"type":"tap","ipam":` + hostLocal + `}`},
+	"dummy":       {plugins: `{"type":"dummy","ipam":` + hostLocal + `}`},
+	"sbr":         {plugins: bridgeHL + `,{"type":"sbr"}`, chained: true},
+	"vrf":         {plugins: bridgeHL + `,{"type":"vrf","vrfname":"red"}`, chained: true},
 	"dhcp":        {skip: "dhcp needs a DHCP server and its daemon: TestShippedConflists/dhcp runs it against dnsmasq"},
 }
 
@@ -145,7 +149,7 @@ func addCheckDel(t *testing.T, r *testnet.Runtime, applet string, mc matrixCase,
 	a.Caps = map[string]any{"portMappings": []map[string]any{{"hostPort": 18095, "containerPort": 80, "protocol": "tcp"}}}
 	res, err := r.Add(list, a)
 	if err != nil {
-		if strings.Contains(err.Error(), "not supported") && (applet == "ipvlan" || applet == "vlan") {
+		if strings.Contains(err.Error(), "not supported") && (applet == "ipvlan" || applet == "vlan" || applet == "dummy" || applet == "vrf") {
 			t.Skipf("%s: this kernel lacks the link type (runs in the VM): %v", applet, err)
 		}
 		t.Fatalf("ADD: %v", err)
