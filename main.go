@@ -15,6 +15,7 @@ import (
 	"github.com/cnibox/cnibox/applets/bridge"
 	"github.com/cnibox/cnibox/applets/dhcp"
 	"github.com/cnibox/cnibox/applets/firewall"
+	"github.com/cnibox/cnibox/applets/flannel"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/ipvlan"
@@ -37,6 +38,7 @@ var applets = []*cni.Applet{
 	bridge.Applet,
 	dhcp.Applet,
 	firewall.Applet,
+	flannel.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
 	ipvlan.Applet,
