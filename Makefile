@@ -97,13 +97,13 @@ test: test-deps vet build ref-plugins flanneld
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v '/shared/testing/conformance$$') || rc=1; \
 	$(MAKE) --no-print-directory conformance || rc=1; \
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3000x || rc=1; \
-	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_FLANNELD="$(FLANNEL_CACHE)/flanneld" PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
 	  VMTEST_CONFORMANCE_REF="$(REF_CACHE)" scripts/vmtest || rc=1; \
 	exit $$rc
 
 # The tests that need kernel features this machine lacks, in a VM.
-vmtest: build ref-plugins
-	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
+vmtest: build ref-plugins flanneld
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_FLANNELD="$(FLANNEL_CACHE)/flanneld" PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
 	  VMTEST_CONFORMANCE_REF="$(REF_CACHE)" scripts/vmtest
 
 ref-plugins:

@@ -62,7 +62,7 @@ func TestClusterDemo(t *testing.T) {
 				say("  ADD %s: %s", p.Name, p.IP)
 			}
 		}
-		if err := l.WaitRoutes(20 * time.Second); err != nil {
+		if err := l.WaitRoutes(Patience(20 * time.Second)); err != nil {
 			t.Fatalf("flannel's state:\n%v", err)
 		}
 		for _, nd := range l.Nodes {

@@ -7,8 +7,10 @@
 // each node is a testnet.Runtime with its own state dirs, and flanneld
 // writes a subnet file of the node's own.
 //
-// TestCluster (make test) plays both backends, vxlan and host-gw;
-// scripts/cluster-demo shows the same to a person and measures it.
+// TestCluster (make test) plays the vxlan and host-gw backends,
+// TestClusterIPIP the ipip backend in make vmtest's VM (the host kernel
+// has no ipip); scripts/cluster-demo shows the lab to a person and
+// measures it.
 package cluster
 
 import (
@@ -63,6 +65,15 @@ func Flanneld(t testing.TB) string {
 	return bin
 }
 
+// Patience is d, or four times d in the VM (qemu TCG), where etcd and
+// flanneld start and learn leases that much slower.
+func Patience(d time.Duration) time.Duration {
+	if testnet.InVM() {
+		return 4 * d
+	}
+	return d
+}
+
 // Lab is one cluster: underlay, etcd and nodes.
 type Lab struct {
 	t        testing.TB
@@ -72,8 +83,6 @@ type Lab struct {
 	Nodes    []*Node
 	flanneld string
 	etcd     *process
-	// Log, when set, gets the lab's progress lines (the demo prints them).
-	Log func(format string, a ...any)
 }
 
 // Node is one node: a testnet.Runtime (its netns, CNI dirs, libcni) plus
@@ -173,7 +182,17 @@ func New(t testing.TB, backend string, n int) *Lab {
 			t.Skipf("%s not installed (Debian's etcd-server and etcd-client; make test-deps): %v", bin, err)
 		}
 	}
-	l := &Lab{t: t, Backend: backend, flanneld: Flanneld(t), Log: func(string, ...any) {}}
+	// flanneld refuses to start without br_netfilter (a check for kubeadm
+	// clusters). The host has it loaded; the VM loads it here.
+	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
+		if !testnet.InVM() {
+			t.Skipf("flanneld needs the br_netfilter module, which is not loaded: %v", err)
+		}
+		if out, err := exec.Command("modprobe", "br_netfilter").CombinedOutput(); err != nil {
+			t.Fatalf("modprobe br_netfilter: %v: %s", err, out)
+		}
+	}
+	l := &Lab{t: t, Backend: backend, flanneld: Flanneld(t)}
 	l.Underlay = testnet.NewNS(t, "underlay")
 	l.Underlay.MustRun("ip", "link", "add", "br0", "type", "bridge")
 	l.Underlay.MustRun("ip", "link", "set", "br0", "up")
@@ -193,7 +212,7 @@ func New(t testing.TB, backend string, n int) *Lab {
 	})
 	config := fmt.Sprintf(`{"Network":%q,"SubnetLen":24,"Backend":{"Type":%q}}`, ClusterCIDR, backend)
 	var err error
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(Patience(20 * time.Second)); ; time.Sleep(200 * time.Millisecond) {
 		_, err = l.Etcd.Run("env", "ETCDCTL_API=3", "etcdctl", "--endpoints", etcdURL, "--dial-timeout", "1s",
 			"put", "/coreos.com/network/config", config)
 		if err == nil || time.Now().After(deadline) || !l.etcd.running() {
@@ -203,7 +222,6 @@ func New(t testing.TB, backend string, n int) *Lab {
 	if err != nil {
 		t.Fatalf("etcd did not take flannel's network config: %v\n%s", err, tail(l.etcd.out.String(), 3000))
 	}
-	l.Log("etcd %s up at %s; /coreos.com/network/config = %s", etcdVersion(), etcdURL, config)
 
 	for i := 1; i <= n; i++ {
 		l.Nodes = append(l.Nodes, l.newNode(i, dir))
@@ -216,10 +234,9 @@ func New(t testing.TB, backend string, n int) *Lab {
 	}
 	wg.Wait()
 	for _, nd := range l.Nodes {
-		if err := nd.waitSubnetFile(30 * time.Second); err != nil {
+		if err := nd.waitSubnetFile(Patience(30 * time.Second)); err != nil {
 			t.Fatal(err)
 		}
-		l.Log("%s: flanneld (%s) leased %s", nd.Name, backend, nd.Subnet())
 	}
 	return l
 }
@@ -278,7 +295,7 @@ func (nd *Node) StopFlanneld() { nd.flanneld.stop() }
 func (nd *Node) RestartFlanneld() {
 	nd.lab.t.Helper()
 	nd.startFlanneld()
-	if err := nd.waitSubnetFile(30 * time.Second); err != nil {
+	if err := nd.waitSubnetFile(Patience(30 * time.Second)); err != nil {
 		nd.lab.t.Fatal(err)
 	}
 }
@@ -383,8 +400,8 @@ func (l *Lab) Pods() []*Pod {
 }
 
 // WaitRoutes waits until every node has the backend's route to every other
-// node's subnet (flanneld programs them as it learns the leases) and
-// returns the first node whose routes are still missing, or nil.
+// node's subnet (flanneld programs them as it learns the leases); after
+// timeout it returns what is still missing.
 func (l *Lab) WaitRoutes(timeout time.Duration) error {
 	var err error
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
@@ -397,7 +414,7 @@ func (l *Lab) WaitRoutes(timeout time.Duration) error {
 
 // CheckState checks each node's kernel state against what flannel's
 // backend must have made: host-gw a route "<subnet> via <node>" on the
-// underlay; vxlan flannel.1 (VNI 1, on eth0), "<subnet> via <subnet>.0
+// underlay; ipip the same through flannel.ipip (onlink); vxlan flannel.1 (VNI 1, on eth0), "<subnet> via <subnet>.0
 // dev flannel.1 onlink", a permanent neighbour for that gateway with the
 // peer's flannel.1 MAC and the FDB entry sending that MAC to the peer's
 // underlay address; udp the tun flannel0 with the cluster route.
@@ -446,6 +463,15 @@ func (l *Lab) CheckState() error {
 					continue
 				}
 				if want := peer.Subnet() + " via " + peer.IP + " dev eth0"; !strings.Contains(routes, want) {
+					errs = append(errs, fmt.Errorf("%s: no route %q for %s", nd.Name, want, peer.Name))
+				}
+			}
+		case "ipip":
+			for _, peer := range l.Nodes {
+				if peer == nd {
+					continue
+				}
+				if want := peer.Subnet() + " via " + peer.IP + " dev flannel.ipip onlink"; !strings.Contains(routes, want) {
 					errs = append(errs, fmt.Errorf("%s: no route %q for %s", nd.Name, want, peer.Name))
 				}
 			}
