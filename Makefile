@@ -13,6 +13,8 @@ SHELL := /bin/bash
 #   make soak     the default chain's soak at size SOAK (cycles per worker per round; make test runs 4)
 #   make conformance  the field corpus on the reference v1.9.1 and on cnibox, compared (make test runs it)
 #   make ref-plugins  build the reference plugins v1.9.1 into REF_CACHE (only the missing ones)
+#   make flanneld     build flanneld FLANNEL_VERSION into FLANNEL_CACHE (the cluster lab's; once)
+#   make cluster-demo three nodes with etcd, flanneld and cnibox: vxlan and host-gw, state and speed
 
 GO          ?= go
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -37,10 +39,18 @@ TEST_DEBS += containerd runc podman conmon busybox-static
 # netns on a private system bus (a dbus-daemon of its own); the package's
 # service is never started on the machine (no init/policy-rc.d here).
 TEST_DEBS += firewalld dbus-daemon
+# The cluster lab (shared/testing/cluster): etcd as flanneld's subnet
+# manager, run as a plain process in a netns of its own; iperf3 measures.
+TEST_DEBS += etcd-server etcd-client iperf3
 
 export CGO_ENABLED := 0
 
-.PHONY: build install dist release test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins
+.PHONY: build install dist release test test-deps vet vmtest demo clean bench soak fuzz conformance ref-plugins flanneld cluster-demo
+
+# flanneld for the cluster lab, built from source once into FLANNEL_CACHE
+# (never committed). Its udp backend needs cgo, so this build uses it.
+FLANNEL_VERSION := v0.26.7
+FLANNEL_CACHE   ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/cnibox/flannel-$(FLANNEL_VERSION)
 
 # The reference the conformance runner compares with: upstream's plugins at
 # REF_VERSION, built from source into REF_CACHE (never committed). Debian's
@@ -102,20 +112,20 @@ vet:
 
 # The conformance package runs once, through make conformance (its own
 # parallelism and report), not a second time in go test ./... .
-test: test-deps vet build ref-plugins
+test: test-deps vet build ref-plugins flanneld
 	@[ "$$(id -u)" = 0 ] || { echo "make test needs root: the integration tests create network namespaces"; exit 1; }
 	@rc=0; \
-	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" \
+	CGO_ENABLED=1 CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_FLANNELD="$(FLANNEL_CACHE)/flanneld" PATH="$$PATH:$$($(GO) env GOPATH)/bin" \
 	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) $$($(GO) list ./... | grep -v '/shared/testing/conformance$$') || rc=1; \
 	$(MAKE) --no-print-directory conformance || rc=1; \
 	$(MAKE) --no-print-directory fuzz FUZZTIME=3000x || rc=1; \
-	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_FLANNELD="$(FLANNEL_CACHE)/flanneld" PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
 	  VMTEST_CONFORMANCE_REF="$(REF_CACHE)" scripts/vmtest || rc=1; \
 	exit $$rc
 
 # The tests that need kernel features this machine lacks, in a VM.
-vmtest: build ref-plugins
-	CNIBOX_BINARY=$(CURDIR)/bin/cnibox PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
+vmtest: build ref-plugins flanneld
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_FLANNELD="$(FLANNEL_CACHE)/flanneld" PATH="$$PATH:$$($(GO) env GOPATH)/bin" GO=$(GO) \
 	  VMTEST_CONFORMANCE_REF="$(REF_CACHE)" scripts/vmtest
 
 ref-plugins:
@@ -124,6 +134,17 @@ ref-plugins:
 	  echo "building the reference $${p#*/} $(REF_VERSION) into $$dir"; \
 	  CGO_ENABLED=0 GOBIN="$$dir" $(GO) install github.com/containernetworking/plugins/plugins/$$p@$(REF_VERSION) || exit 1; \
 	done
+
+flanneld:
+	@dir="$(FLANNEL_CACHE)"; [ -x "$$dir/flanneld" ] && exit 0; \
+	echo "building flanneld $(FLANNEL_VERSION) into $$dir (a few minutes, once)"; \
+	CGO_ENABLED=1 GOBIN="$$dir" $(GO) install -ldflags '-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)' \
+	  github.com/flannel-io/flannel@$(FLANNEL_VERSION) && mv "$$dir/flannel" "$$dir/flanneld"
+
+# The cluster lab shown to a person: scripts/cluster-demo.
+cluster-demo: build flanneld
+	$(call install-missing,etcd-server etcd-client iperf3 iproute2 iptables iputils-ping)
+	CNIBOX_BINARY=$(CURDIR)/bin/cnibox CNIBOX_FLANNELD="$(FLANNEL_CACHE)/flanneld" GO=$(GO) bash scripts/cluster-demo
 
 # The differential runner (shared/testing/conformance) over testdata/field:
 # one line per divergence, then "N cases, M identical, K intentional, U

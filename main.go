@@ -18,6 +18,7 @@ import (
 	"github.com/cnibox/cnibox/applets/dhcp"
 	"github.com/cnibox/cnibox/applets/dummy"
 	"github.com/cnibox/cnibox/applets/firewall"
+	"github.com/cnibox/cnibox/applets/flannel"
 	"github.com/cnibox/cnibox/applets/hostdevice"
 	"github.com/cnibox/cnibox/applets/hostlocal"
 	"github.com/cnibox/cnibox/applets/ipvlan"
@@ -44,6 +45,7 @@ var applets = []*cni.Applet{
 	dhcp.Applet,
 	dummy.Applet,
 	firewall.Applet,
+	flannel.Applet,
 	hostdevice.Applet,
 	hostlocal.Applet,
 	ipvlan.Applet,

@@ -2,6 +2,7 @@ package conformance
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -187,13 +188,16 @@ func TestConformance(t *testing.T) {
 	}
 	sort.Strings(lines)
 	for a := range applets {
-		if !covered[a] {
+		if !covered[a] && CniboxOnly[a] == "" {
 			t.Errorf("no case of the corpus can switch sides for applet %s (one that uses it, expects no failure and whose every plugin is a cnibox applet)", a)
 		}
 	}
 	rep := &report{status: map[string]string{}, skipped: map[string]string{}}
 	t.Cleanup(func() {
 		fmt.Printf("switch cases (ADD by one side, CHECK/GC/DEL by the other): %s\n", strings.Join(lines, "; "))
+		for _, a := range slices.Sorted(maps.Keys(CniboxOnly)) {
+			fmt.Printf("no reference for %s: %s\n", a, CniboxOnly[a])
+		}
 		rep.print(t)
 	})
 

@@ -316,3 +316,11 @@ func ReadmeTable() string {
 	}
 	return b.String()
 }
+
+// CniboxOnly are the applets without a reference in the runner's reference
+// set, with why and where they are tested instead. They need no switch case.
+var CniboxOnly = map[string]string{
+	"flannel": "flannel-io/cni-plugin is not part of containernetworking/plugins v1.9.1, and the Go module proxy here refuses its module (403), so make ref-plugins cannot build it; " +
+		"applets/flannel checks its delegate config and saved file byte for byte against the reference's rendering (testdata/field/k3s/delegate-bridge-*) and a pod's switch to and from the reference bridge, " +
+		"and shared/testing/cluster runs it under real flanneld",
+}

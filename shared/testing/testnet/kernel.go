@@ -3,6 +3,7 @@ package testnet
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -19,7 +20,7 @@ func InVM() bool { return os.Getenv("CNIBOX_IN_VM") == "1" }
 
 // KernelFeatures are the features RequireKernel knows: link kinds it can
 // make in a throwaway namespace.
-var KernelFeatures = []string{"veth", "dummy", "bridge", "bridge-vlan", "ifb", "vrf", "vxlan", "macvlan", "ipvlan", "vlan", "vlan-802.1ad"}
+var KernelFeatures = []string{"veth", "dummy", "bridge", "bridge-vlan", "ifb", "vrf", "vxlan", "macvlan", "ipvlan", "vlan", "vlan-802.1ad", "ipip"}
 
 var errUnknownFeature = errors.New("testnet: unknown kernel feature")
 
@@ -129,6 +130,9 @@ func makeLink(feature string) error {
 		link = &netlink.Vrf{LinkAttrs: attrs("probe"), Table: 100}
 	case "vxlan":
 		link = &netlink.Vxlan{LinkAttrs: attrs("probe"), VxlanId: 1, Port: 4789}
+	case "ipip":
+		// Endpoints of its own: one without is the module's tunl0.
+		link = &netlink.Iptun{LinkAttrs: attrs("probe"), Local: net.IPv4(192, 0, 2, 1), Remote: net.IPv4(192, 0, 2, 2)}
 	case "macvlan", "ipvlan", "vlan", "vlan-802.1ad":
 		p, err := parent()
 		if err != nil {
