@@ -244,7 +244,7 @@ func TestInstallOverReferencePlugins(t *testing.T) {
 	}
 	// A reference-style directory: separate binaries, plus a plugin we do
 	// not implement, plus links through which a naive cp would write.
-	for _, name := range []string{"loopback", "sbr", "vrf"} {
+	for _, name := range []string{"loopback", "sbr", "vrf", "win-overlay"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\necho reference "+name+"\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -261,8 +261,13 @@ func TestInstallOverReferencePlugins(t *testing.T) {
 	if data, _ := os.ReadFile(victim); string(data) != "do not overwrite" {
 		t.Fatal("install wrote through an existing symlink")
 	}
-	if data, _ := os.ReadFile(filepath.Join(dir, "sbr")); !strings.Contains(string(data), "reference sbr") {
+	if data, _ := os.ReadFile(filepath.Join(dir, "win-overlay")); !strings.Contains(string(data), "reference win-overlay") {
 		t.Error("install touched a plugin cnibox does not implement")
+	}
+	for _, name := range []string{"sbr", "vrf"} {
+		if data, _ := os.ReadFile(filepath.Join(dir, name)); strings.Contains(string(data), "echo reference "+name) {
+			t.Errorf("install left the reference's %s", name)
+		}
 	}
 }
 

@@ -497,3 +497,37 @@ func TestSelinuxContextWithoutSelinux(t *testing.T) {
 		t.Errorf("links left: %v", got)
 	}
 }
+
+// TestMACPrecedence: runtimeConfig.mac (the mac capability) wins over
+// CNI_ARGS MAC=, which wins over the config's mac, as in the reference.
+func TestMACPrecedence(t *testing.T) {
+	r := node(t)
+	l := list(t, r, "1.0.0", `"mac":"02:aa:00:00:00:01","capabilities":{"mac":true}`)
+	for _, c := range []struct {
+		args [][2]string
+		caps map[string]any
+		want string
+	}{
+		{nil, nil, "02:aa:00:00:00:01"},
+		{[][2]string{{"IgnoreUnknown", "1"}, {"MAC", "02:aa:00:00:00:02"}}, nil, "02:aa:00:00:00:02"},
+		{[][2]string{{"IgnoreUnknown", "1"}, {"MAC", "02:aa:00:00:00:02"}}, map[string]any{"mac": "02:aa:00:00:00:03"}, "02:aa:00:00:00:03"},
+	} {
+		pod := r.Pod(t)
+		a := r.Attach(pod, "tap0")
+		a.Args, a.Caps = c.args, c.caps
+		res, err := r.Add(l, a)
+		if err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		cur, _ := current.NewResultFromResult(res)
+		if got := tapOf(t, pod, "tap0").Attrs().HardwareAddr.String(); got != c.want || cur.Interfaces[0].Mac != c.want {
+			t.Errorf("args %v caps %v: MAC %s, result %s, want %s", c.args, c.caps, got, cur.Interfaces[0].Mac, c.want)
+		}
+		if err := r.Check(l, a); err != nil {
+			t.Errorf("CHECK: %v", err)
+		}
+		if err := r.Del(l, a); err != nil {
+			t.Fatalf("DEL: %v", err)
+		}
+	}
+}

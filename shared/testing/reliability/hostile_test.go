@@ -18,7 +18,7 @@ func hostileBase(applet string) map[string]any {
 		"interfaces": []any{map[string]any{"name": "cni0"}, map[string]any{"name": "veth0"}, map[string]any{"name": "eth0", "sandbox": "/x"}},
 		"ips":        []any{map[string]any{"address": "10.77.0.2/24", "gateway": "10.77.0.1", "interface": 2}}}
 	switch applet {
-	case "bridge", "ptp":
+	case "bridge", "ptp", "dummy", "tap":
 		conf["ipam"] = ipam
 	case "macvlan", "ipvlan", "vlan":
 		conf["master"] = "eth9"
@@ -35,8 +35,11 @@ func hostileBase(applet string) map[string]any {
 	case "portmap":
 		conf["prevResult"] = prev
 		conf["runtimeConfig"] = map[string]any{"portMappings": []any{map[string]any{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}
-	case "tuning", "bandwidth", "firewall":
+	case "tuning", "bandwidth", "firewall", "sbr":
 		conf["prevResult"] = prev
+	case "vrf":
+		conf["prevResult"] = prev
+		conf["vrfname"] = "red"
 	}
 	return conf
 }
