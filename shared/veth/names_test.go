@@ -230,4 +230,21 @@ func TestDeleteOnlyTied(t *testing.T) {
 	if strings.Contains(links(t, pod), "eth0") {
 		t.Fatalf("DEL with the right MAC left the pod's interface")
 	}
+	// An ADD killed between making the pair and setting the alias: the
+	// host end has the attachment's derived name and no alias. DEL (with
+	// no prevResult: the ADD never returned) ties it by that name.
+	name := veth.HostName("c1", "eth0")
+	node.MustRun("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", pod.Path)
+	if err := node.Do(func() error { return veth.Delete("net", "c2", "eth0", pod.Path, "") }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(links(t, pod), "eth0") {
+		t.Fatalf("DEL of another attachment took an unfinished pair named after c1")
+	}
+	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, "") }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(links(t, pod), "eth0") {
+		t.Fatalf("DEL left the pair a killed ADD of its attachment made")
+	}
 }

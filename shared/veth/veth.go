@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -385,7 +386,9 @@ func DeleteHost(network, containerID, ifName string) error {
 // an error: DEL must succeed then.
 //
 // The pod's ifName is deleted only when it can be tied to this
-// attachment: its host peer carries the attachment's alias, or (a pair
+// attachment: its host peer carries the attachment's alias (or none yet,
+// under one of the attachment's HostNames: an ADD killed before it set
+// the alias), or (a pair
 // the reference or an older cnibox made, without our alias) its MAC is
 // the one the runtime's record of the attachment, prevResult, gives it
 // (podMAC, "" when unknown). Anything else stays: a runtime DELs the
@@ -437,10 +440,16 @@ func deleteInPod(network, containerID, ifName, path, podMAC string) (done bool, 
 	if isVeth && peer != 0 {
 		// Its peer, when it is in this netns (the node's).
 		if host, err := netlink.LinkByIndex(peer); err == nil && host.Type() == "veth" && host.Attrs().ParentIndex == index {
-			if _, _, _, ours := ParseAlias(host.Attrs().Alias); ours {
-				if host.Attrs().Alias != Alias(network, containerID, ifName) {
-					return false, nil // another attachment's
-				}
+			alias := host.Attrs().Alias
+			_, _, _, ours := ParseAlias(alias)
+			// An ADD killed between creating the pair and setting the
+			// alias leaves a host end without one, under a name derived
+			// from this attachment: that ties it too.
+			unfinished := alias == "" && slices.Contains(HostNames(containerID, ifName), host.Attrs().Name)
+			if ours && alias != Alias(network, containerID, ifName) {
+				return false, nil // another attachment's
+			}
+			if ours || unfinished {
 				if err := netlink.LinkDel(host); err != nil && !isNotFound(err) {
 					return false, fmt.Errorf("delete veth %s: %w", host.Attrs().Name, err)
 				}
