@@ -268,26 +268,8 @@ func Del(req *cni.Request) error {
 			host = nil // netns, pod interface or veth gone: so are the qdiscs
 		}
 	}
-	if host != nil && goesWithAttachment(req, host) {
-		// Its qdiscs go with it when bridge's or ptp's DEL, next in this
-		// DEL, deletes the pair: swapping its root qdisc first would
-		// deactivate the device and wait for an RCU grace period under
-		// RTNL, for nothing. The IFB is ours and goes either way.
-		host = nil
-	}
 	teardown(req, host)
 	return nil
-}
-
-// goesWithAttachment reports whether host is the host end cnibox's bridge
-// or ptp made for this very attachment (its alias names the network,
-// container and interface), which their DEL of the same attachment
-// deletes. A veth of any other origin (the reference's bridge, a
-// third-party plugin, a test's) keeps the reference's behaviour: its
-// qdiscs are deleted here.
-func goesWithAttachment(req *cni.Request, host netlink.Link) bool {
-	nw, cid, ifName, ok := veth.ParseAlias(host.Attrs().Alias)
-	return ok && nw == req.Name && cid == req.ContainerID && ifName == req.IfName
 }
 
 // Check verifies both directions' qdiscs and the redirect to the IFB.
