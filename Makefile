@@ -194,7 +194,7 @@ FUZZ_TARGETS := shared/cni:FuzzRun shared/cni:FuzzPrevResult shared/cni:FuzzLoad
                 applets/tuning:FuzzLoad applets/portmap:FuzzLoad applets/bridge:FuzzLoad applets/bandwidth:FuzzLoad \
                 applets/firewall:FuzzLoad applets/static:FuzzLoad applets/macvlan:FuzzLoad applets/ptp:FuzzLoad \
                 applets/hostdevice:FuzzLoad applets/vlan:FuzzLoad applets/ipvlan:FuzzLoad \
-                applets/dhcp:FuzzResultFromACK applets/dhcp:FuzzLeaseTimes applets/dhcp:FuzzConfig applets/dhcp:FuzzServeRPC \
+                applets/flannel:FuzzConfig applets/dhcp:FuzzResultFromACK applets/dhcp:FuzzLeaseTimes applets/dhcp:FuzzConfig applets/dhcp:FuzzServeRPC \
                 applets/tuning:FuzzAllowlist applets/portmap:FuzzRules applets/firewall:FuzzRules shared/ipmasq:FuzzRules
 fuzz:
 	@rc=0; for t in $(FUZZ_TARGETS); do \

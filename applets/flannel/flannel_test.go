@@ -261,3 +261,69 @@ func TestExecDelegate(t *testing.T) {
 		t.Errorf("DEL kept the saved config: %v", err)
 	}
 }
+
+// TestReferenceSwitch: a pod ADDed by flannel-io/cni-plugin's flannel is
+// DELeted by cnibox's and the other way round, and both save the same
+// file. The reference is not in make ref-plugins (the Go module proxy
+// refuses its module here): CNIBOX_REF_FLANNEL names a flannel binary
+// built from its source (v1.9.1-flannel1: go build in a checkout).
+func TestReferenceSwitch(t *testing.T) {
+	ref := os.Getenv("CNIBOX_REF_FLANNEL")
+	if ref == "" {
+		t.Skip("CNIBOX_REF_FLANNEL is not set (a flannel-io/cni-plugin flannel binary)")
+	}
+	r := testnet.NewRuntime(t)
+	// refDir: the reference flannel, and cnibox for everything else.
+	refDir := t.TempDir()
+	ents, err := os.ReadDir(r.BinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		target := filepath.Join(r.BinDir, e.Name())
+		if e.Name() == "flannel" {
+			target = ref
+		}
+		if err := os.Symlink(target, filepath.Join(refDir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subnetFile := filepath.Join(t.TempDir(), "subnet.env")
+	if err := os.WriteFile(subnetFile, []byte(vxlanEnv), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	list := r.Conflist(fmt.Sprintf(k3sConflist, subnetFile))
+	sides := map[string]string{"reference": refDir, "cnibox": r.BinDir}
+	saved := map[string]string{}
+	for _, sw := range [][2]string{{"reference", "cnibox"}, {"cnibox", "reference"}} {
+		a := r.Attach(r.Pod(t), "eth0")
+		r.SetPath(sides[sw[0]])
+		res, err := r.Add(list, a)
+		if err != nil {
+			t.Fatalf("ADD by %s: %v", sw[0], err)
+		}
+		out, _ := json.Marshal(res)
+		file := filepath.Join(r.StateDir, "flannel", a.ContainerID)
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatalf("%s saved no delegate config: %v", sw[0], err)
+		}
+		saved[sw[0]] = string(data)
+		r.SetPath(sides[sw[1]])
+		if err := r.Del(list, a); err != nil {
+			t.Fatalf("DEL by %s of %s's pod (%s): %v", sw[1], sw[0], out, err)
+		}
+		if _, err := os.Stat(file); !os.IsNotExist(err) {
+			t.Errorf("DEL by %s kept %s's saved config: %v", sw[1], sw[0], err)
+		}
+		if got := r.Reservations("cbr0"); len(got) != 0 {
+			t.Errorf("DEL by %s left %s's reservation %v", sw[1], sw[0], got)
+		}
+		if v := r.Veths(); len(v) != 0 {
+			t.Errorf("DEL by %s left %s's veths %v", sw[1], sw[0], v)
+		}
+	}
+	if saved["reference"] != saved["cnibox"] {
+		t.Errorf("saved delegate configs differ:\nreference %s\ncnibox    %s", saved["reference"], saved["cnibox"])
+	}
+}

@@ -183,14 +183,9 @@ func New(t testing.TB, backend string, n int) *Lab {
 		}
 	}
 	// flanneld refuses to start without br_netfilter (a check for kubeadm
-	// clusters). The host has it loaded; the VM loads it here.
+	// clusters). The host has it loaded, scripts/vmtest loads it at boot.
 	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err != nil {
-		if !testnet.InVM() {
-			t.Skipf("flanneld needs the br_netfilter module, which is not loaded: %v", err)
-		}
-		if out, err := exec.Command("modprobe", "br_netfilter").CombinedOutput(); err != nil {
-			t.Fatalf("modprobe br_netfilter: %v: %s", err, out)
-		}
+		t.Skipf("flanneld needs the br_netfilter module, which is not loaded: %v", err)
 	}
 	l := &Lab{t: t, Backend: backend, flanneld: Flanneld(t)}
 	l.Underlay = testnet.NewNS(t, "underlay")

@@ -321,6 +321,7 @@ func ReadmeTable() string {
 // set, with why and where they are tested instead. They need no switch case.
 var CniboxOnly = map[string]string{
 	"flannel": "flannel-io/cni-plugin is not part of containernetworking/plugins v1.9.1, and the Go module proxy here refuses its module (403), so make ref-plugins cannot build it; " +
-		"applets/flannel checks its delegate config and saved file byte for byte against the reference's rendering (testdata/field/k3s/delegate-bridge-*) and a pod's switch to and from the reference bridge, " +
+		"applets/flannel checks its delegate config and saved file byte for byte against the reference's rendering (testdata/field/k3s/delegate-bridge-*), " +
+		"TestReferenceSwitch (CNIBOX_REF_FLANNEL: the reference built from its source) switches a pod both ways and compares the saved files, " +
 		"and shared/testing/cluster runs it under real flanneld",
 }
