@@ -772,7 +772,7 @@ func Del(req *cni.Request) error {
 	} else {
 		ipamErr <- delegate.Del(req, c.IPAM.Type) // reports a plugin it cannot find
 	}
-	errs = append(errs, veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns, req.PodMAC()))
+	errs = append(errs, veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns, req.Recorded()))
 	errs = append(errs, <-ipamErr)
 	if c.MacSpoofChk {
 		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))

@@ -268,7 +268,7 @@ func Del(req *cni.Request) error {
 		masqDone = ipmasq.InBackground(func() error { return ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns) })
 	}
 	err = errors.Join(delegate.Del(req, c.IPAM.Type),
-		veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns, req.PodMAC()), masqDone())
+		veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns, req.Recorded()), masqDone())
 	if err != nil {
 		return fmt.Errorf("ptp: DEL: %w", err)
 	}

@@ -119,25 +119,46 @@ func MarshalResultJSON(res types.Result, cniVersion string) ([]byte, error) {
 	return json.Marshal(conv)
 }
 
-// PodMAC returns the MAC address the request's prevResult (the runtime's
-// record of this attachment) gives the pod's interface, IfName in a
-// sandbox; "" when there is no prevResult or it does not say. DEL uses it
-// to tie a pod interface to this attachment before deleting it.
-func (r *Request) PodMAC() string {
+// Recorded is what the runtime's record of an attachment, prevResult,
+// says of its interfaces. DEL uses it to tie an interface to the
+// attachment before deleting it, when no mark of cnibox's does (a pair the
+// reference or an older cnibox made).
+type Recorded struct {
+	// PodMAC is the MAC of the pod's interface, IfName in a sandbox; ""
+	// when the record does not say. A chained plugin (tuning's mac) may
+	// have changed it, and its DEL changed it back before this one runs.
+	PodMAC string
+	// Host maps the node-side interfaces (no sandbox) to their MACs: a
+	// veth's host end keeps its name and MAC whatever the chain did to
+	// the pod's end.
+	Host map[string]string
+}
+
+// Recorded reads the request's prevResult; the zero Recorded when there
+// is none.
+func (r *Request) Recorded() Recorded {
+	var rec Recorded
 	var conf NetConf
 	if json.Unmarshal(r.Config, &conf) != nil {
-		return ""
+		return rec
 	}
 	prev, err := PrevResult(&conf)
 	if err != nil || prev == nil {
-		return ""
+		return rec
 	}
 	for _, i := range prev.Interfaces {
-		if i != nil && i.Name == r.IfName && i.Sandbox != "" {
-			return i.Mac
+		switch {
+		case i == nil:
+		case i.Sandbox == "":
+			if rec.Host == nil {
+				rec.Host = make(map[string]string)
+			}
+			rec.Host[i.Name] = i.Mac
+		case i.Name == r.IfName:
+			rec.PodMAC = i.Mac
 		}
 	}
-	return ""
+	return rec
 }
 
 // OtherNetns reports that CNI_NETNS is not the network namespace the

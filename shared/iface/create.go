@@ -185,7 +185,7 @@ func DeleteLink(req *cni.Request, applet string) error {
 	}
 	defer netns.Close()
 	removeLink(netns, StagingName(applet, req))
-	podMAC := req.PodMAC()
+	podMAC := req.Recorded().PodMAC
 	return netns.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifName)
 		if err != nil {

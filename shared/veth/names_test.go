@@ -217,14 +217,16 @@ func TestDeleteOnlyTied(t *testing.T) {
 	node.MustRun("ip", "link", "add", "vethref", "type", "veth", "peer", "name", "eth0", "netns", pod.Path)
 	mac := strings.TrimSpace(pod.MustRun("cat", "/sys/class/net/eth0/address"))
 	for _, podMAC := range []string{"", "02:00:00:00:00:01"} {
-		if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, podMAC) }); err != nil {
+		if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, cni.Recorded{PodMAC: podMAC}) }); err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(links(t, pod), "eth0") {
 			t.Fatalf("DEL with prevResult MAC %q deleted an interface it cannot tie to the attachment", podMAC)
 		}
 	}
-	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, strings.ToUpper(mac)) }); err != nil {
+	if err := node.Do(func() error {
+		return veth.Delete("net", "c1", "eth0", pod.Path, cni.Recorded{PodMAC: strings.ToUpper(mac)})
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(links(t, pod), "eth0") {
@@ -235,13 +237,13 @@ func TestDeleteOnlyTied(t *testing.T) {
 	// no prevResult: the ADD never returned) ties it by that name.
 	name := veth.HostName("c1", "eth0")
 	node.MustRun("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", pod.Path)
-	if err := node.Do(func() error { return veth.Delete("net", "c2", "eth0", pod.Path, "") }); err != nil {
+	if err := node.Do(func() error { return veth.Delete("net", "c2", "eth0", pod.Path, cni.Recorded{}) }); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(links(t, pod), "eth0") {
 		t.Fatalf("DEL of another attachment took an unfinished pair named after c1")
 	}
-	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, "") }); err != nil {
+	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, cni.Recorded{}) }); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(links(t, pod), "eth0") {

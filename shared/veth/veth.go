@@ -388,17 +388,17 @@ func DeleteHost(network, containerID, ifName string) error {
 // The pod's ifName is deleted only when it can be tied to this
 // attachment: its host peer carries the attachment's alias (or none yet,
 // under one of the attachment's HostNames: an ADD killed before it set
-// the alias), or (a pair
-// the reference or an older cnibox made, without our alias) its MAC is
-// the one the runtime's record of the attachment, prevResult, gives it
-// (podMAC, "" when unknown). Anything else stays: a runtime DELs the
+// the alias), or, for a pair the reference or an older cnibox made
+// without our alias, the runtime's record of the attachment (rec, from
+// prevResult) names its host peer (name and MAC) or gives the pod's end
+// its MAC. Anything else stays: a runtime DELs the
 // container whose ADD was refused because the pod's eth0 was another
 // container's, and a confused runtime may hand DEL another pod's netns;
 // neither DEL may take that pod's eth0. An untied interface that is in
 // fact this attachment's dies with its netns.
-func Delete(network, containerID, ifName, path, podMAC string) error {
+func Delete(network, containerID, ifName, path string, rec cni.Recorded) error {
 	if path != "" {
-		done, err := deleteInPod(network, containerID, ifName, path, podMAC)
+		done, err := deleteInPod(network, containerID, ifName, path, rec)
 		if done || err != nil {
 			return err
 		}
@@ -410,7 +410,7 @@ func Delete(network, containerID, ifName, path, podMAC string) error {
 // end) when it is tied to the attachment (see Delete). A missing netns or
 // link is nothing to do. done reports that the pair is deleted, so there
 // is nothing left for DeleteHost to look for.
-func deleteInPod(network, containerID, ifName, path, podMAC string) (done bool, err error) {
+func deleteInPod(network, containerID, ifName, path string, rec cni.Recorded) (done bool, err error) {
 	var index, peer int
 	var isVeth bool
 	var mac string
@@ -449,7 +449,12 @@ func deleteInPod(network, containerID, ifName, path, podMAC string) (done bool, 
 			if ours && alias != Alias(network, containerID, ifName) {
 				return false, nil // another attachment's
 			}
-			if ours || unfinished {
+			// The record names the host end: a pair the reference
+			// made (a chained tuning may have changed the pod end's MAC
+			// and, in its DEL, back).
+			recMAC, recorded := rec.Host[host.Attrs().Name]
+			recorded = recorded && !ours && (recMAC == "" || strings.EqualFold(recMAC, host.Attrs().HardwareAddr.String()))
+			if ours || unfinished || recorded {
 				if err := netlink.LinkDel(host); err != nil && !isNotFound(err) {
 					return false, fmt.Errorf("delete veth %s: %w", host.Attrs().Name, err)
 				}
@@ -457,7 +462,7 @@ func deleteInPod(network, containerID, ifName, path, podMAC string) (done bool, 
 			}
 		}
 	}
-	if podMAC == "" || !strings.EqualFold(mac, podMAC) {
+	if rec.PodMAC == "" || !strings.EqualFold(mac, rec.PodMAC) {
 		return false, nil // not tied to this attachment: left alone
 	}
 	err = ns.WithNetNSPath(path, func(ns.NetNS) error {

@@ -3,6 +3,7 @@ package veth_test
 import (
 	"errors"
 	"fmt"
+	"github.com/cnibox/cnibox/shared/cni"
 	"strings"
 	"testing"
 
@@ -70,13 +71,13 @@ func TestCreateKeepsExisting(t *testing.T) {
 
 	// DEL of the other container leaves eth0 (its host end names c1);
 	// DEL of c1 removes the pair.
-	if err := node.Do(func() error { return veth.Delete("net", "c2", "eth0", pod.Path, "") }); err != nil {
+	if err := node.Do(func() error { return veth.Delete("net", "c2", "eth0", pod.Path, cni.Recorded{}) }); err != nil {
 		t.Fatal(err)
 	}
 	if got := links(t, pod); got != podLinks {
 		t.Errorf("DEL of another container ID took the pod's eth0:\n%s", got)
 	}
-	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, "") }); err != nil {
+	if err := node.Do(func() error { return veth.Delete("net", "c1", "eth0", pod.Path, cni.Recorded{}) }); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(links(t, pod), "eth0") || strings.Contains(links(t, node), first.Host.Attrs().Name) {

@@ -235,6 +235,13 @@ var Intentionals = []Intentional{
 		Summary:    "tap with both `owner` and `group`: the tap has the configured `mtu` and `mac`; the reference creates it through vishvananda/netlink's tuntap path, which drops both (random MAC, MTU 1500), so cnibox's CHECK of such a reference tap reports the MTU",
 		Reason:     "The configuration asks for that MTU and MAC, and without owner/group the reference applies them; a VM runtime sizes its guest's interface from them (README, tap).",
 	},
+	{
+		Cases:      `.*`,
+		Plugins:    `dhcp`,
+		Divergence: `leak: \+node files: dhcp-release/`,
+		Summary:    "dhcp DEL that cannot reach the daemon records the release in `dhcp-release/` beside the daemon's socket (in /run: gone at reboot); the reference keeps no such record, and its restarted daemon renews the lease of a pod that is gone",
+		Reason:     "DEL must succeed, and the release must not be lost: the daemon carries out and removes the recorded releases when it starts and at every GC (README, dhcp). A DEL cannot tell a lease the runtime lost track of from none, so it records either way.",
+	},
 }
 
 var (

@@ -45,6 +45,10 @@ var (
 	// own links from a stranger's; the reference keeps the same facts only
 	// in libcni's cache. The alias is bookkeeping, not network state.
 	cniboxAliasRe = regexp.MustCompile(` alias=cnibox(/\S+|-bandwidth\b)`)
+	// tuning's backup records the pod's netns as "device:inode" (so that
+	// DEL restores only in the netns ADD changed): inodes are per-run
+	// kernel counters, as the namespaces' names are per-run random.
+	backupNetnsRe = regexp.MustCompile(`(netns\\?"\s*:\s*\\?")\d+:\d+`)
 	// Link-netns ids and peer ifindexes ("eth0@if12") are kernel counters.
 	peerIdxRe = regexp.MustCompile(`@if\d+\b`)
 	// The rules of iptables-nft's own tables (ip/ip6 filter, nat, mangle,
@@ -96,6 +100,7 @@ func (n *normalizer) str(s string) string {
 		s = leaseRe.ReplaceAllString(s, "10.99.0.<lease>")
 	}
 	s = peerIdxRe.ReplaceAllString(s, "")
+	s = backupNetnsRe.ReplaceAllString(s, "${1}<netns>")
 	return s
 }
 
