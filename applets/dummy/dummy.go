@@ -108,28 +108,18 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := delegate.Check(req, c.IPAM.Type); err != nil {
-		return err
-	}
-	idx, ifc, err := iface.FindInterface(prev, req.IfName, req.Netns)
-	if err != nil {
-		return fmt.Errorf("dummy: %w", err)
-	}
-	netns, err := iface.OpenNetns(req.Netns)
+	pod, err := iface.StartCheck(req, "dummy", prev, c.IPAM.Type)
 	if err != nil {
 		return err
 	}
-	defer netns.Close()
-	want := iface.Want{Type: "dummy", MAC: ifc.Mac, Extra: func(l netlink.Link) error {
+	defer pod.Netns.Close()
+	want := iface.Want{Type: "dummy", MAC: pod.Interface.Mac, Extra: func(l netlink.Link) error {
 		if l.Attrs().Flags&net.FlagUp == 0 {
 			return errors.New("is down")
 		}
 		return nil
 	}}
-	if err := iface.CheckPod(netns, req.IfName, want, idx, prev); err != nil {
-		return fmt.Errorf("dummy: %w", err)
-	}
-	return nil
+	return pod.Link(want)
 }
 
 // GC passes GC on to the IPAM plugin, which owns the only state dummy

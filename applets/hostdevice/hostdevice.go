@@ -631,27 +631,19 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	if c.IPAM.Type != "" {
-		if err := delegate.Check(req, c.IPAM.Type); err != nil {
-			return err
-		}
-	}
 	if hostSysfs.dpdk(sel) != "" {
+		// A DPDK-bound device has no netdev to check: only its IPAM.
+		if c.IPAM.Type != "" {
+			return delegate.Check(req, c.IPAM.Type)
+		}
 		return nil
 	}
-	idx, ifc, err := iface.FindInterface(prev, req.IfName, req.Netns)
-	if err != nil {
-		return fmt.Errorf("host-device: %w", err)
-	}
-	pod, err := iface.OpenNetns(req.Netns)
+	pod, err := iface.StartCheck(req, "host-device", prev, c.IPAM.Type)
 	if err != nil {
 		return err
 	}
-	defer pod.Close()
-	if err := iface.CheckPod(pod, req.IfName, iface.Want{MAC: ifc.Mac}, idx, prev); err != nil {
-		return fmt.Errorf("host-device: %w", err)
-	}
-	return nil
+	defer pod.Netns.Close()
+	return pod.Link(iface.Want{MAC: pod.Interface.Mac})
 }
 
 // GC restores this network's device if the kernel returned it to the node

@@ -226,27 +226,18 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	if c.IPAM.Type != "" {
-		if err := delegate.Check(req, c.IPAM.Type); err != nil {
-			return err
-		}
-	}
-	idx, ifc, err := iface.FindInterface(c.prev, req.IfName, req.Netns)
-	if err != nil {
-		return fmt.Errorf("ipvlan: %w", err)
-	}
-	podNS, err := iface.OpenNetns(req.Netns)
+	pod, err := iface.StartCheck(req, "ipvlan", c.prev, c.IPAM.Type)
 	if err != nil {
 		return err
 	}
-	defer podNS.Close()
+	defer pod.Netns.Close()
 	// Chained, prevResult holds the master and our link; alone, only ours.
 	if c.Master == "" {
-		c.Master = otherInterface(c.prev, idx)
+		c.Master = otherInterface(c.prev, pod.Index)
 	}
 	var masterNS ns.NetNS
 	if c.LinkInContainer {
-		masterNS = podNS
+		masterNS = pod.Netns
 	}
 	master, err := iface.Master(masterNS, c.Master)
 	if err != nil {
@@ -254,7 +245,7 @@ func Check(req *cni.Request) error {
 	}
 	want := iface.Want{
 		Type:        "ipvlan",
-		MAC:         ifc.Mac,
+		MAC:         pod.Interface.Mac,
 		MTU:         c.MTU,
 		ParentIndex: master.Attrs().Index,
 		Extra: func(l netlink.Link) error {
@@ -268,10 +259,7 @@ func Check(req *cni.Request) error {
 			return nil
 		},
 	}
-	if err := iface.CheckPod(podNS, req.IfName, want, idx, c.prev); err != nil {
-		return fmt.Errorf("ipvlan: %w", err)
-	}
-	return nil
+	return pod.Link(want)
 }
 
 // otherInterface returns the name of the one interface of res other than

@@ -215,23 +215,14 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	if c.IPAM.Type != "" {
-		if err := delegate.Check(req, c.IPAM.Type); err != nil {
-			return err
-		}
-	}
-	idx, ifc, err := iface.FindInterface(prev, req.IfName, req.Netns)
-	if err != nil {
-		return fmt.Errorf("macvlan: %w", err)
-	}
-	netns, err := iface.OpenNetns(req.Netns)
+	pod, err := iface.StartCheck(req, "macvlan", prev, c.IPAM.Type)
 	if err != nil {
 		return err
 	}
-	defer netns.Close()
+	defer pod.Netns.Close()
 	var masterNS ns.NetNS
 	if c.LinkInContainer {
-		masterNS = netns
+		masterNS = pod.Netns
 	}
 	master, err := iface.Master(masterNS, c.Master)
 	if err != nil {
@@ -239,7 +230,7 @@ func Check(req *cni.Request) error {
 	}
 	want := iface.Want{
 		Type:        "macvlan",
-		MAC:         ifc.Mac,
+		MAC:         pod.Interface.Mac,
 		MTU:         c.MTU,
 		ParentIndex: master.Attrs().Index,
 		Extra: func(l netlink.Link) error {
@@ -256,10 +247,7 @@ func Check(req *cni.Request) error {
 			return nil
 		},
 	}
-	if err := iface.CheckPod(netns, req.IfName, want, idx, prev); err != nil {
-		return fmt.Errorf("macvlan: %w", err)
-	}
-	return nil
+	return pod.Link(want)
 }
 
 // GC passes GC on to the IPAM plugin, which owns the only state macvlan

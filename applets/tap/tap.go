@@ -353,25 +353,13 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	if c.IPAM.Type != "" {
-		if err := delegate.Check(req, c.IPAM.Type); err != nil {
-			return err
-		}
-	}
-	idx, ifc, err := iface.FindInterface(prev, req.IfName, req.Netns)
-	if err != nil {
-		return fmt.Errorf("tap: %w", err)
-	}
-	netns, err := iface.OpenNetns(req.Netns)
+	pod, err := iface.StartCheck(req, "tap", prev, c.IPAM.Type)
 	if err != nil {
 		return err
 	}
-	defer netns.Close()
-	want := iface.Want{Type: "tuntap", MAC: ifc.Mac, MTU: c.MTU, Extra: func(l netlink.Link) error { return checkTap(c, l) }}
-	if err := iface.CheckPod(netns, req.IfName, want, idx, prev); err != nil {
-		return fmt.Errorf("tap: %w", err)
-	}
-	return nil
+	defer pod.Netns.Close()
+	want := iface.Want{Type: "tuntap", MAC: pod.Interface.Mac, MTU: c.MTU, Extra: func(l netlink.Link) error { return checkTap(c, l) }}
+	return pod.Link(want)
 }
 
 // checkTap (inside the netns) compares the tap's attributes with the config.

@@ -160,27 +160,18 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	if c.IPAM.Type != "" {
-		if err := delegate.Check(req, c.IPAM.Type); err != nil {
-			return err
-		}
-	}
-	idx, ifc, err := iface.FindInterface(prev, req.IfName, req.Netns)
-	if err != nil {
-		return fmt.Errorf("vlan: %w", err)
-	}
-	netns, err := iface.OpenNetns(req.Netns)
+	pod, err := iface.StartCheck(req, "vlan", prev, c.IPAM.Type)
 	if err != nil {
 		return err
 	}
-	defer netns.Close()
-	master, err := c.master(netns)
+	defer pod.Netns.Close()
+	master, err := c.master(pod.Netns)
 	if err != nil {
 		return err
 	}
 	want := iface.Want{
 		Type:        "vlan",
-		MAC:         ifc.Mac,
+		MAC:         pod.Interface.Mac,
 		MTU:         c.MTU,
 		ParentIndex: master.Attrs().Index,
 		Extra: func(l netlink.Link) error {
@@ -194,10 +185,7 @@ func Check(req *cni.Request) error {
 			return nil
 		},
 	}
-	if err := iface.CheckPod(netns, req.IfName, want, idx, prev); err != nil {
-		return fmt.Errorf("vlan: %w", err)
-	}
-	return nil
+	return pod.Link(want)
 }
 
 // GC passes GC on to the IPAM plugin, which owns the only state vlan

@@ -68,14 +68,52 @@ func Del(req *cni.Request, applet, ipamType string) error {
 	return errors.Join(linkErr, ipamErr)
 }
 
-// CheckPod is the netns part of CHECK: inside netns, ifName is the link
-// want describes (CheckLink) and has the addresses and routes that res
-// gives interface index idx (CheckIPs).
-func CheckPod(netns ns.NetNS, ifName string, want Want, idx int, res *current.Result) error {
-	return netns.Do(func(ns.NetNS) error {
-		if _, err := CheckLink(ifName, want); err != nil {
+// PodCheck is a main plugin's CHECK past its common start (StartCheck):
+// IPAM's own CHECK passed, the result's entry for the pod's interface
+// found, the pod's netns open.
+type PodCheck struct {
+	applet, ifName string
+	res            *current.Result
+	// Interface is the result's entry for the pod's interface, Index its
+	// position in the result's interfaces.
+	Interface *current.Interface
+	Index     int
+	// Netns is the pod's; the caller closes it.
+	Netns ns.NetNS
+}
+
+// StartCheck is how every main plugin's CHECK begins: IPAM's CHECK
+// (ipamType "" when there is none), then prev's entry for CNI_IFNAME in
+// CNI_NETNS, then that netns opened. applet names the errors.
+func StartCheck(req *cni.Request, applet string, prev *current.Result, ipamType string) (*PodCheck, error) {
+	if ipamType != "" {
+		if err := delegate.Check(req, ipamType); err != nil {
+			return nil, err
+		}
+	}
+	idx, ifc, err := FindInterface(prev, req.IfName, req.Netns)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", applet, err)
+	}
+	netns, err := OpenNetns(req.Netns)
+	if err != nil {
+		return nil, err
+	}
+	return &PodCheck{applet: applet, ifName: req.IfName, res: prev, Index: idx, Interface: ifc, Netns: netns}, nil
+}
+
+// Link is the netns part of CHECK: inside the pod's netns, its interface
+// is the link want describes (CheckLink) and has the addresses and routes
+// the result gives it (CheckIPs).
+func (p *PodCheck) Link(want Want) error {
+	err := p.Netns.Do(func(ns.NetNS) error {
+		if _, err := CheckLink(p.ifName, want); err != nil {
 			return err
 		}
-		return CheckIPs(ifName, idx, res)
+		return CheckIPs(p.ifName, p.Index, p.res)
 	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", p.applet, err)
+	}
+	return nil
 }
