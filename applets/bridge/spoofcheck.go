@@ -53,14 +53,27 @@ func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr, ips []netip.Addr
 		return err
 	}
 	ifaceName, macName := spoofChains(id)
+	have, err := nft.Chains(c, natTable)
+	if err != nil {
+		return fmt.Errorf("macspoofchk: %w", err)
+	}
+	// Only what is missing or different is sent: re-sending a chain that
+	// exists (an update) or flushing one makes the kernel free them after
+	// an RCU grace period, which the process's exit waits for.
 	c.AddTable(natTable)
 	policy := nftables.ChainPolicyAccept
-	pre := c.AddChain(&nftables.Chain{Name: preroutingChain, Table: natTable, Type: nftables.ChainTypeFilter,
+	if p := have[preroutingChain]; p != nil && (p.Policy == nil || *p.Policy != policy) {
+		delete(have, preroutingChain) // sent again: its policy is set back
+	}
+	pre := nft.EnsureChain(c, have, &nftables.Chain{Name: preroutingChain, Table: natTable, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-300), Policy: &policy})
-	iface := c.AddChain(&nftables.Chain{Name: ifaceName, Table: natTable})
-	macc := c.AddChain(&nftables.Chain{Name: macName, Table: natTable})
-	c.FlushChain(iface)
-	c.FlushChain(macc)
+	iface := nft.EnsureChain(c, have, &nftables.Chain{Name: ifaceName, Table: natTable})
+	macc := nft.EnsureChain(c, have, &nftables.Chain{Name: macName, Table: natTable})
+	for _, ch := range []*nftables.Chain{iface, macc} {
+		if have[ch.Name] != nil {
+			c.FlushChain(ch)
+		}
+	}
 	ud := spoofComment(id)
 	c.AddRule(&nftables.Rule{Table: natTable, Chain: pre, UserData: ud, Exprs: nft.Concat(
 		nft.IIfName(hostVeth, false), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: ifaceName}})})

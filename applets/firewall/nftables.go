@@ -44,22 +44,30 @@ func podKey(a *attachment) string { return "net=" + a.Net + " id=" + a.ID + " if
 
 func bridgeKey(bridge string) string { return "bridge=" + bridge + " " }
 
-// base adds the table and chains (existing ones are kept) and rewrites the
-// forward hook chain's three jumps.
-func base(c *nftables.Conn) (*nftables.Table, map[string]*nftables.Chain) {
+// base adds the table and the chains that are missing and makes the
+// forward hook chain's rules its three jumps. Chains that exist, and a
+// forward chain that has the jumps, are not sent again (nft.Rewrite): a
+// commit that finds them in place adds rules only, and neither it nor the
+// process's exit waits for the kernel to free an update or a flush.
+func base(c *nftables.Conn) (*nftables.Table, map[string]*nftables.Chain, error) {
 	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable})
+	have, err := nft.Chains(c, t)
+	if err != nil {
+		return nil, nil, err
+	}
 	ch := map[string]*nftables.Chain{}
 	for _, name := range []string{fwAdmin, fwPods, fwIso1, fwIso2} {
-		ch[name] = c.AddChain(&nftables.Chain{Table: t, Name: name})
+		ch[name] = nft.EnsureChain(c, have, &nftables.Chain{Table: t, Name: name})
 	}
-	fwd := c.AddChain(&nftables.Chain{Table: t, Name: fwFilter, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
-	c.FlushChain(fwd)
+	var jumps []*nftables.Rule
 	for _, to := range []string{fwIso1, fwAdmin, fwPods} {
-		c.AddRule(&nftables.Rule{Table: t, Chain: fwd, Exprs: nft.Jump(to)})
+		jumps = append(jumps, &nftables.Rule{Exprs: nft.Jump(to)})
 	}
-	ch[fwFilter] = fwd
-	return t, ch
+	if err := nft.Rewrite(c, have, &nftables.Chain{Table: t, Name: fwFilter, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}, jumps); err != nil {
+		return nil, nil, err
+	}
+	return t, ch, nil
 }
 
 func podExprs(a *attachment) [][]expr.Any {
@@ -79,7 +87,10 @@ func (b nftBackend) add(a *attachment) error {
 		if _, err := deleteRules(c, []string{fwPods}, func(s string) bool { return s == key }); err != nil {
 			return err
 		}
-		t, ch := base(c)
+		t, ch, err := base(c)
+		if err != nil {
+			return err
+		}
 		for _, ex := range podExprs(a) {
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch[fwPods], Exprs: ex, UserData: nft.Comment(key)})
 		}
@@ -302,7 +313,10 @@ func (nftBackend) isolate(a *attachment) error {
 		if _, err := deleteRules(c, []string{fwIso1, fwIso2}, func(s string) bool { return strings.HasPrefix(s, key) }); err != nil {
 			return err
 		}
-		t, ch := base(c)
+		t, ch, err := base(c)
+		if err != nil {
+			return err
+		}
 		s1, s2 := isolationExprs(a.Bridge, a.Policy)
 		comment := nft.Comment(key + "ingressPolicy=" + a.Policy)
 		for _, ex := range s1 {

@@ -142,43 +142,44 @@ func nftRules(a *attachment, f nftFamily) map[string][][]expr.Any {
 	return out
 }
 
-// nftBase adds the table's chains (a no-op for those that exist) and
-// rewrites the hook chains' single jump and hostports_all, as the
-// reference's ADD does.
-func nftBase(c *nftables.Conn, fam nftables.TableFamily, conds []expr.Any, snat, guard bool) (*nftables.Table, map[string]*nftables.Chain) {
-	t := c.AddTable(&nftables.Table{Family: fam, Name: nftTable})
+// nftBase adds the table's chains that are missing and makes the hook
+// chains' single jump, hostports_all and the guard what the reference's
+// ADD rewrites them to. have is the table's chains: those that exist, with
+// the rules wanted, are not sent again (nft.Rewrite), so that a commit
+// that finds them in place adds rules only and waits for no grace period.
+func nftBase(c *nftables.Conn, have map[string]*nftables.Chain, fam nftables.TableFamily, conds []expr.Any, snat, guard bool) (map[string]*nftables.Chain, error) {
+	t := &nftables.Table{Family: fam, Name: nftTable}
 	ch := map[string]*nftables.Chain{}
-	ch[nftHostports] = c.AddChain(&nftables.Chain{Table: t, Name: nftHostports})
-	ch[nftHostIPHostports] = c.AddChain(&nftables.Chain{Table: t, Name: nftHostIPHostports})
-	all := c.AddChain(&nftables.Chain{Table: t, Name: nftHostportsAll})
-	c.FlushChain(all)
-	c.AddRule(&nftables.Rule{Table: t, Chain: all, Exprs: nft.Jump(nftHostIPHostports)})
-	c.AddRule(&nftables.Rule{Table: t, Chain: all, Exprs: nft.Jump(nftHostports)})
-	ch[nftHostportsAll] = all
+	ch[nftHostports] = nft.EnsureChain(c, have, &nftables.Chain{Table: t, Name: nftHostports})
+	ch[nftHostIPHostports] = nft.EnsureChain(c, have, &nftables.Chain{Table: t, Name: nftHostIPHostports})
+	if err := nft.Rewrite(c, have, &nftables.Chain{Table: t, Name: nftHostportsAll}, []*nftables.Rule{
+		{Exprs: nft.Jump(nftHostIPHostports)}, {Exprs: nft.Jump(nftHostports)}}); err != nil {
+		return nil, err
+	}
 	for _, hook := range []struct {
 		name string
 		hook *nftables.ChainHook
 	}{{"prerouting", nftables.ChainHookPrerouting}, {"output", nftables.ChainHookOutput}} {
-		hc := c.AddChain(&nftables.Chain{Table: t, Name: hook.name, Type: nftables.ChainTypeNAT,
-			Hooknum: hook.hook, Priority: nftables.ChainPriorityNATDest})
-		c.FlushChain(hc)
-		c.AddRule(&nftables.Rule{Table: t, Chain: hc, Exprs: nft.Concat(conds, nft.DAddrLocal(), nft.Jump(nftHostportsAll))})
-		ch[hook.name] = hc
+		if err := nft.Rewrite(c, have, &nftables.Chain{Table: t, Name: hook.name, Type: nftables.ChainTypeNAT,
+			Hooknum: hook.hook, Priority: nftables.ChainPriorityNATDest},
+			[]*nftables.Rule{{Exprs: nft.Concat(conds, nft.DAddrLocal(), nft.Jump(nftHostportsAll))}}); err != nil {
+			return nil, err
+		}
 	}
 	if snat {
-		ch[nftMasq] = c.AddChain(&nftables.Chain{Table: t, Name: nftMasq, Type: nftables.ChainTypeNAT,
+		ch[nftMasq] = nft.EnsureChain(c, have, &nftables.Chain{Table: t, Name: nftMasq, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	}
 	if guard {
-		g := c.AddChain(&nftables.Chain{Table: t, Name: nftGuard, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
-		c.FlushChain(g)
-		c.AddRule(&nftables.Rule{Table: t, Chain: g, UserData: nft.Comment("cnibox portmap: drop martians to 127.0.0.0/8 that route_localnet lets in"),
-			Exprs: nft.Concat(nft.IIfName("lo", true), nft.DAddr(netip.MustParsePrefix("127.0.0.0/8"), false),
-				nft.CtStatus(nft.CtStatusDNAT, false), nft.CtState(nft.CtStateEstablished|nft.CtStateRelated, false), nft.Drop())})
-		ch[nftGuard] = g
+		if err := nft.Rewrite(c, have, &nftables.Chain{Table: t, Name: nftGuard, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter},
+			[]*nftables.Rule{{UserData: nft.Comment("cnibox portmap: drop martians to 127.0.0.0/8 that route_localnet lets in"),
+				Exprs: nft.Concat(nft.IIfName("lo", true), nft.DAddr(netip.MustParsePrefix("127.0.0.0/8"), false),
+					nft.CtStatus(nft.CtStatusDNAT, false), nft.CtState(nft.CtStateEstablished|nft.CtStateRelated, false), nft.Drop())}}); err != nil {
+			return nil, err
+		}
 	}
-	return t, ch
+	return ch, nil
 }
 
 // ownedBy returns the matcher of an attachment's rules: comment id (or
@@ -231,18 +232,31 @@ func (b nftBackend) add(a *attachment) error {
 		if err != nil {
 			return err
 		}
-		if err := nft.CreateCommented(f.fam, nftTable, nftTableComment, iptables.LockWait); err != nil {
-			return fmt.Errorf("nftables: create table %s %s: %w", famName(f.fam), nftTable, err)
+		ok, err := nft.TableExists(c, f.fam, nftTable)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := nft.CreateCommented(f.fam, nftTable, nftTableComment, iptables.LockWait); err != nil {
+				return fmt.Errorf("nftables: create table %s %s: %w", famName(f.fam), nftTable, err)
+			}
 		}
 		// A repeated ADD replaces the pod's rules.
 		if err := b.queueDelete(c, f.fam, own); err != nil {
 			return err
 		}
+		have, err := nft.Chains(c, &nftables.Table{Family: f.fam, Name: nftTable})
+		if err != nil {
+			return err
+		}
 		rules := nftRules(a, f)
-		t, chains := nftBase(c, f.fam, conds, a.snat, a.snat && !f.v6)
+		chains, err := nftBase(c, have, f.fam, conds, a.snat, a.snat && !f.v6)
+		if err != nil {
+			return fmt.Errorf("%s table %s: %w", famName(f.fam), nftTable, err)
+		}
 		for _, name := range []string{nftHostports, nftMasq} {
 			for _, ex := range rules[name] {
-				c.AddRule(&nftables.Rule{Table: t, Chain: chains[name], Exprs: ex, UserData: nft.Comment(a.id)})
+				c.AddRule(&nftables.Rule{Table: chains[name].Table, Chain: chains[name], Exprs: ex, UserData: nft.Comment(a.id)})
 			}
 		}
 		if err := c.Flush(); err != nil {

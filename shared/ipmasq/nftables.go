@@ -77,27 +77,38 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 	if err != nil {
 		return err
 	}
-	if err := nft.CreateCommented(table.Family, nftTable, nftTableComment, 5*time.Second,
-		nft.Chain{Name: nftChain, Comment: nftChainComment}); err != nil {
-		return fmt.Errorf("ipMasq: nftables: create table %s: %w", nftTable, err)
+	have, err := nft.Chains(c, table)
+	if err != nil {
+		return fmt.Errorf("ipMasq: %w", err)
 	}
-	c.AddTable(table)
-	checks := c.AddChain(&nftables.Chain{Name: nftChain, Table: table})
-	post := c.AddChain(&nftables.Chain{
+	// Only what is missing is created, and postrouting rewritten only where
+	// it differs (see nft.Rewrite): then this commit adds rules only, and
+	// neither it nor the process's exit waits for an RCU grace period.
+	if have[nftChain] == nil {
+		if err := nft.CreateCommented(table.Family, nftTable, nftTableComment, 5*time.Second,
+			nft.Chain{Name: nftChain, Comment: nftChainComment}); err != nil {
+			return fmt.Errorf("ipMasq: nftables: create table %s: %w", nftTable, err)
+		}
+	}
+	checks := &nftables.Chain{Name: nftChain, Table: table}
+	post := &nftables.Chain{
 		Name: nftPostroute, Table: table,
 		Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting,
 		Priority: nftables.ChainPriorityNATSource,
-	})
-	// The reference rewrites this chain on every setup; so do we, with the
-	// same three rules: multicast is left alone, the rest goes to the checks.
-	c.FlushChain(post)
+	}
+	// The reference rewrites this chain on every setup to the same three
+	// rules: multicast is left alone, the rest goes to the checks.
+	var postRules []*nftables.Rule
 	for _, mcast := range []string{"224.0.0.0/4", "ff00::/8"} {
 		p := netip.MustParsePrefix(mcast)
-		c.AddRule(&nftables.Rule{Table: table, Chain: post,
+		postRules = append(postRules, &nftables.Rule{
 			Exprs: nft.Concat(nfproto(p.Addr()), nft.DAddr(p, false), []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}})})
 	}
-	c.AddRule(&nftables.Rule{Table: table, Chain: post,
+	postRules = append(postRules, &nftables.Rule{
 		Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: nftChain}}})
+	if err := nft.Rewrite(c, have, post, postRules); err != nil {
+		return fmt.Errorf("ipMasq: %w", err)
+	}
 	for _, r := range stale {
 		if err := c.DelRule(r); err != nil {
 			return fmt.Errorf("ipMasq: delete stale rule: %w", err)

@@ -301,3 +301,58 @@ func SameExprs(fam nftables.TableFamily, have, want []expr.Any) bool {
 	}
 	return true
 }
+
+// The kernel frees what a commit deleted or updated (DEL* messages, and a
+// NEWCHAIN for a chain that exists: an update) only after an RCU grace
+// period, in a work item that the next close of any netfilter socket of
+// the netns waits for (5-20 ms, on every close that follows such a commit,
+// at the latest the process's exit). Created tables, chains and rules cost
+// no such wait. So a writer that only needs its objects to be there sends
+// them only where they are missing (EnsureChain), and rewrites a chain only
+// where its rules differ (Rewrite): the ruleset is the same, and an ADD
+// that finds everything in place commits new rules only.
+
+// EnsureChain queues ch's creation unless have (the table's chains, see
+// Chains) holds it, and returns the chain to add rules to.
+func EnsureChain(c *nftables.Conn, have map[string]*nftables.Chain, ch *nftables.Chain) *nftables.Chain {
+	if e := have[ch.Name]; e != nil {
+		return e
+	}
+	return c.AddChain(ch)
+}
+
+// Rewrite queues what makes ch hold exactly rules, in order: nothing when
+// it exists with those rules already, else its creation (EnsureChain) or
+// a flush, then the rules. Each rule's Table and Chain are set to ch's.
+func Rewrite(c *nftables.Conn, have map[string]*nftables.Chain, ch *nftables.Chain, rules []*nftables.Rule) error {
+	if e := have[ch.Name]; e != nil {
+		cur, err := c.GetRules(e.Table, e)
+		if err != nil {
+			return fmt.Errorf("nftables: list chain %s: %w", e.Name, err)
+		}
+		if sameRules(e.Table.Family, cur, rules) {
+			return nil
+		}
+		c.FlushChain(e)
+	}
+	ch = EnsureChain(c, have, ch)
+	for _, r := range rules {
+		r.Table, r.Chain = ch.Table, ch
+		c.AddRule(r)
+	}
+	return nil
+}
+
+// sameRules reports whether the rules read back have exactly want's
+// expressions and userdata (comments), in order.
+func sameRules(fam nftables.TableFamily, have, want []*nftables.Rule) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range want {
+		if !bytes.Equal(have[i].UserData, want[i].UserData) || !SameExprs(fam, have[i].Exprs, want[i].Exprs) {
+			return false
+		}
+	}
+	return true
+}
