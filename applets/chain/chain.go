@@ -34,8 +34,9 @@
 //
 // An inner plugin that CNI_PATH resolves to this binary (by a symlink, a
 // hard link or the applet entry "cnibox install" writes) runs in-process
-// (unless CNIBOX_NO_INPROCESS is set, as for delegated IPAM); any other (a third-party plugin in the list) is exec'd from CNI_PATH as
-// libcni would.
+// (unless CNIBOX_NO_INPROCESS is set, as for delegated IPAM); any other
+// (a third-party plugin in the list) is exec'd from CNI_PATH as libcni
+// would.
 package chain
 
 import (
@@ -194,6 +195,11 @@ func run(req *cni.Request, cmd string, in inner, config []byte) (types.Result, e
 	sub.Log = logging.New(a.Name, os.Stderr)
 	sub.Log.Configure(config, req.ContainerID)
 	defer sub.Log.Close()
+	// As an exec'd cnibox applet does (cni.Run): at debug level each
+	// inner plugin says how long it took, which is where a chain's time
+	// goes.
+	start := time.Now()
+	defer func() { sub.Log.Debugf("%s took %v", cmd, time.Since(start).Round(time.Microsecond)) }()
 	if err := cni.CheckVersion(a, &sub); err != nil {
 		return nil, err
 	}
@@ -279,12 +285,7 @@ func Add(req *cni.Request) (types.Result, error) {
 		if err != nil {
 			return nil, failed(in, req.Command, err)
 		}
-		t0 := time.Now()
-		res, err = run(req, cni.CmdAdd, in, config)
-		if os.Getenv("CNIBOX_TT") != "" {
-			fmt.Fprintf(os.Stderr, "TT %s at %d took %v\n", in.typ, t0.UnixMicro(), time.Since(t0))
-		}
-		if err != nil {
+		if res, err = run(req, cni.CmdAdd, in, config); err != nil {
 			return nil, failed(in, req.Command, err)
 		}
 		if prev, err = json.Marshal(res); err != nil {
