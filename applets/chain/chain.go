@@ -32,9 +32,11 @@
 //   - GC: each gets "cni.dev/valid-attachments"; every one runs, the
 //     errors are joined, as in libcni.
 //
-// An inner plugin that CNI_PATH resolves to this binary runs in-process;
-// any other (a third-party plugin in the list) is exec'd from CNI_PATH as
-// libcni would.
+// An inner plugin that CNI_PATH resolves to this binary (by a symlink, a
+// hard link or the applet entry "cnibox install" writes) runs in-process
+// (unless CNIBOX_NO_INPROCESS is set, as for delegated IPAM); any other
+// (a third-party plugin in the list) is exec'd from CNI_PATH as libcni
+// would.
 package chain
 
 import (
@@ -48,6 +50,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
@@ -59,6 +62,7 @@ import (
 
 	"github.com/cnibox/cnibox/applets/bandwidth"
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/delegate"
 	"github.com/cnibox/cnibox/shared/logging"
 	"github.com/cnibox/cnibox/shared/veth"
 )
@@ -191,6 +195,11 @@ func run(req *cni.Request, cmd string, in inner, config []byte) (types.Result, e
 	sub.Log = logging.New(a.Name, os.Stderr)
 	sub.Log.Configure(config, req.ContainerID)
 	defer sub.Log.Close()
+	// As an exec'd cnibox applet does (cni.Run): at debug level each
+	// inner plugin says how long it took, which is where a chain's time
+	// goes.
+	start := time.Now()
+	defer func() { sub.Log.Debugf("%s took %v", cmd, time.Since(start).Round(time.Microsecond)) }()
 	if err := cni.CheckVersion(a, &sub); err != nil {
 		return nil, err
 	}
@@ -244,19 +253,15 @@ func resolve(req *cni.Request, plugin string) (*cni.Applet, string, error) {
 	if err != nil {
 		return nil, "", cni.Errorf(cni.ErrInvalidConfig, "find plugin %q in CNI_PATH %q: %v", plugin, req.Path, err)
 	}
-	if own != nil && isSelf(path) {
+	// What "cnibox install" puts there by default is an applet entry (a
+	// "#!cnibox" script), not this binary's inode: SelfApplet sees
+	// through it as through a symlink or hard link. Compared by the file
+	// alone, every inner plugin of an installed chain was exec'd, and the
+	// one exec cost as much as the ordinary chain.
+	if own != nil && delegate.SelfApplet(path) == own {
 		return own, path, nil
 	}
 	return nil, path, nil
-}
-
-func isSelf(path string) bool {
-	target, err := os.Stat(path)
-	if err != nil {
-		return false
-	}
-	self, err := os.Stat("/proc/self/exe")
-	return err == nil && os.SameFile(target, self)
 }
 
 // failed says which inner plugin failed, keeping its error code.

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,6 +13,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/cnibox/cnibox/shared/cni"
+	"github.com/cnibox/cnibox/shared/install"
 )
 
 // seen is what one inner plugin saw.
@@ -203,6 +206,43 @@ func TestConfigErrors(t *testing.T) {
 		var e *types.Error
 		if !errors.As(err, &e) || (e.Code != types.ErrInvalidNetworkConfig) {
 			t.Errorf("%s: error %v, want a config error (%d)", name, err, types.ErrInvalidNetworkConfig)
+		}
+	}
+}
+
+// An installed directory holds applet entries ("#!DIR/cnibox" scripts),
+// not the binary's inode: the inner plugins found there must run in this
+// process, as through a symlink, and a foreign file of the same name must
+// be exec'd.
+func TestResolveRunsInstalledEntriesInProcess(t *testing.T) {
+	fakes(t, nil)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(self, filepath.Join(dir, install.BinaryName)); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a", install.Entry(filepath.Join(dir, install.BinaryName), "a"))
+	if err := os.Symlink(filepath.Join(dir, install.BinaryName), filepath.Join(dir, "b")); err != nil {
+		t.Fatal(err)
+	}
+	write("c", []byte("#!/bin/sh\nexit 0\n"))
+	req := request(cni.CmdAdd, outer)
+	req.Path = dir
+	for plugin, inProc := range map[string]bool{"a": true, "b": true, "c": false} {
+		a, path, err := resolve(req, plugin)
+		if err != nil {
+			t.Fatalf("%s: %v", plugin, err)
+		}
+		if got := a != nil; got != inProc || path != filepath.Join(dir, plugin) {
+			t.Errorf("%s: in process %v (path %q), want %v", plugin, got, path, inProc)
 		}
 	}
 }

@@ -84,7 +84,7 @@ func Standalone(req *cni.Request, plugin string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return (plugin == "host-local" || plugin == "static") && selfApplet(path) != nil, nil
+	return (plugin == "host-local" || plugin == "static") && SelfApplet(path) != nil, nil
 }
 
 func run(req *cni.Request, cmd, plugin string) (types.Result, error) {
@@ -92,7 +92,7 @@ func run(req *cni.Request, cmd, plugin string) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a := selfApplet(path); a != nil {
+	if a := SelfApplet(path); a != nil {
 		return inProcess(req, cmd, a)
 	}
 	args := &invoke.Args{
@@ -110,9 +110,9 @@ func run(req *cni.Request, cmd, plugin string) (types.Result, error) {
 	return nil, invoke.ExecPluginWithoutResult(ctx, path, req.Config, args, nil)
 }
 
-// selfApplet returns the applet that exec'ing path would run, when path is
+// SelfApplet returns the applet that exec'ing path would run, when path is
 // this binary (through a symlink, a hard link or an applet entry).
-func selfApplet(path string) *cni.Applet {
+func SelfApplet(path string) *cni.Applet {
 	if cni.Lookup == nil || os.Getenv("CNIBOX_NO_INPROCESS") != "" {
 		return nil
 	}
