@@ -802,7 +802,7 @@ func sizeRows(cnibox, ref *side) []row {
 	}
 	mb := func(b int64) string { return fmt.Sprintf("%.2f MB", float64(b)/1e6) }
 	return []row{
-		{scenario: "binary size on disk", what: fmt.Sprintf("the %d applets cnibox has", n),
+		{scenario: "binary size on disk", what: fmt.Sprintf("the %d reference plugins cnibox has", n),
 			cnibox: mb(bin.Size()), ref: mb(refTotal), ratio: ratio(float64(refTotal), float64(bin.Size()))},
 		{scenario: "binary size on disk", what: "all 14 standard plugins",
 			cnibox: mb(bin.Size()), ref: mb(all14), ratio: ratio(float64(all14), float64(bin.Size()))},
