@@ -64,18 +64,8 @@ func Main(args []string, applets []string) int {
 			"so a later 'cp' of other plugins over DIR replaces only those names.\n\n")
 		fs.PrintDefaults()
 	}
-	if slices.ContainsFunc(args, isHelp) {
-		fs.SetOutput(os.Stdout)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "cnibox install: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	if opt.Symlink && opt.Hardlink {
 		fmt.Fprintln(os.Stderr, "cnibox install: --symlink and --hardlink exclude each other")
@@ -100,6 +90,26 @@ func Main(args []string, applets []string) int {
 }
 
 func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
+
+// parseFlags parses a subcommand's flags as operators expect: --help
+// prints the usage on stdout and exits 0, a bad flag or a stray argument
+// exits 2. ok is false when the command should exit with code.
+func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if slices.ContainsFunc(args, isHelp) {
+		fs.SetOutput(os.Stdout)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2, false
+	}
+	return 0, true
+}
 
 // Install copies the binary into opt.Dir and makes every applet name run it.
 func Install(opt Options, applets []string) error {

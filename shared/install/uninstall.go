@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 
@@ -171,18 +170,8 @@ func MainUninstall(args []string) int {
 			"every other file (the reference plugins, names a cp replaced) stays.\n\n")
 		fs.PrintDefaults()
 	}
-	if slices.ContainsFunc(args, isHelp) {
-		fs.SetOutput(os.Stdout)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "cnibox uninstall: unexpected argument %q\n", fs.Arg(0))
-		return 2
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
 	}
 	removed, err := Uninstall(*dir)
 	sort.Strings(removed)
