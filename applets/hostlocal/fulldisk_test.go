@@ -1,15 +1,10 @@
 package hostlocal_test
 
 import (
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
@@ -18,48 +13,12 @@ import (
 // directory, unmounted when the test ends.
 func tinyTmpfs(t *testing.T) string {
 	t.Helper()
-	testnet.RequireRoot(t)
 	dir := filepath.Join(t.TempDir(), "tiny")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Mount("cnibox-test-tiny", dir, "tmpfs", 0, "size=64k,nr_inodes=64,mode=0755"); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	testnet.MountTmpfs(t, dir, "size=64k,nr_inodes=64,mode=0755")
 	return dir
-}
-
-// fill takes every free block and inode of the filesystem at dir.
-func fill(t *testing.T, dir string) {
-	t.Helper()
-	f, err := os.Create(filepath.Join(dir, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
-	for i := 0; ; i++ {
-		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("inode%d", i)))
-		if err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-		f.Close()
-	}
-	if err := os.WriteFile(filepath.Join(dir, "probe"), []byte("x"), 0o600); err == nil {
-		t.Fatal("the filesystem is not full")
-	}
 }
 
 // TestDelOnFullDisk: DEL releases the attachment's reservation on a
@@ -101,7 +60,7 @@ func TestDelOnFullDisk(t *testing.T) {
 				}
 			}
 			before := n.files(t)
-			fill(t, n.dataDir)
+			testnet.FillUp(t, n.dataDir)
 			if err := run(our, "DEL", tc.del); err != nil {
 				t.Fatalf("DEL on a full disk: %v", err)
 			}

@@ -1,13 +1,8 @@
 package portmap
 
 import (
-	"fmt"
 	"net"
 	"testing"
-	"time"
-
-	"github.com/mdlayher/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
@@ -25,40 +20,22 @@ func TestNFTSecondAddAddsRulesOnly(t *testing.T) {
 		n.IP = net.ParseIP(ip).To4()
 		return &attachment{net: "net", id: id, snat: true, v4: n, maps: []Mapping{{8080, 80, "tcp", ""}, {53, 53, "udp", "192.168.1.1"}}}
 	}
-	var got []uint16
+	var got []string
 	err := node.Do(func() error {
 		if err := (nftBackend{}).add(pod("c1", "10.88.0.2")); err != nil {
 			return err
 		}
-		mon, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{Groups: 1 << (unix.NFNLGRP_NFTABLES - 1)})
-		if err != nil {
-			return fmt.Errorf("monitor: %w", err)
-		}
-		defer mon.Close()
-		if err := (nftBackend{}).add(pod("c2", "10.88.0.3")); err != nil {
-			return err
-		}
-		if err := mon.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
-			return err
-		}
-		for len(got) == 0 || got[len(got)-1] != unix.NFT_MSG_NEWGEN { // the end of the commit's notifications
-			msgs, err := mon.Receive()
-			if err != nil {
-				return fmt.Errorf("monitor: %w (so far %v)", err, got)
-			}
-			for _, m := range msgs {
-				got = append(got, uint16(m.Header.Type)&0xff)
-			}
-		}
-		return nil
+		var err error
+		got, err = testnet.NFTCommit(func() error { return (nftBackend{}).add(pod("c2", "10.88.0.3")) })
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rules := 0
 	for _, typ := range got[:len(got)-1] {
-		if typ != unix.NFT_MSG_NEWRULE {
-			t.Errorf("second ADD's commit has message type %d besides NEWRULE (%d): %v", typ, unix.NFT_MSG_NEWRULE, got)
+		if typ != "NEWRULE" {
+			t.Errorf("second ADD's commit has %s besides NEWRULE: %v", typ, got)
 			break
 		}
 		rules++

@@ -2,56 +2,13 @@ package reliability
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/testing/testnet"
 )
-
-// smallTmpfs mounts a tmpfs of the given size and inode count over dir
-// (before any plugin has written there), unmounted when the test ends.
-func smallTmpfs(t *testing.T, dir, opts string) {
-	t.Helper()
-	if err := unix.Mount("cnibox-test-small", dir, "tmpfs", 0, opts); err != nil {
-		t.Fatalf("mount tmpfs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-}
-
-// fillUp takes every free block and inode of the filesystem at dir.
-func fillUp(t *testing.T, dir string) {
-	t.Helper()
-	f, err := os.Create(filepath.Join(dir, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			break
-		}
-	}
-	f.Close()
-	for i := 0; ; i++ {
-		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("inode%d", i)))
-		if err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return
-		}
-		f.Close()
-	}
-}
 
 // TestDelFullDisk: with /var/lib/cni and /run/cni full (no block, no
 // inode), the DEL of every attachment of the default chain (bridge,
@@ -65,8 +22,8 @@ func TestDelFullDisk(t *testing.T) {
 	t.Parallel()
 	ref := testnet.RequireReference(t, "host-local")
 	r := testnet.NewRuntime(t)
-	smallTmpfs(t, r.StateDir, "size=2m,nr_inodes=200,mode=0755")
-	smallTmpfs(t, r.RunDir, "size=1m,nr_inodes=100,mode=0755")
+	testnet.MountTmpfs(t, r.StateDir, "size=2m,nr_inodes=200,mode=0755")
+	testnet.MountTmpfs(t, r.RunDir, "size=1m,nr_inodes=100,mode=0755")
 	list := defaultList(t, r)
 	var atts []*testnet.Attachment
 	for i := 0; i < 2; i++ {
@@ -95,8 +52,8 @@ func TestDelFullDisk(t *testing.T) {
 		"CNI_NETNS=" + refPod.Path, "CNI_PATH=" + dir}, []byte(conf)); code != 0 {
 		t.Fatalf("reference ADD: %s %s", out, errb)
 	}
-	fillUp(t, r.StateDir)
-	fillUp(t, r.RunDir)
+	testnet.FillUp(t, r.StateDir)
+	testnet.FillUp(t, r.RunDir)
 	for _, a := range atts {
 		if err := r.Del(list, a); err != nil {
 			t.Errorf("DEL on a full disk: %v", err)
