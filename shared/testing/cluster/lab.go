@@ -112,7 +112,7 @@ type Pod struct {
 type process struct {
 	name string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *lockedBuffer
 	done chan struct{}
 }
 
@@ -128,6 +128,12 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 	return b.Buffer.Write(p)
 }
 
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.Buffer.String()
+}
+
 func start(t testing.TB, name string, cmd *exec.Cmd) *process {
 	t.Helper()
 	out := &lockedBuffer{}
@@ -137,7 +143,7 @@ func start(t testing.TB, name string, cmd *exec.Cmd) *process {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &process{name: name, cmd: cmd, out: &out.Buffer, done: make(chan struct{})}
+	p := &process{name: name, cmd: cmd, out: out, done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	return p
 }
@@ -295,10 +301,20 @@ func (nd *Node) RestartFlanneld() {
 	}
 }
 
+// waitSubnetFile waits for flanneld's lease. Nodes starting together can
+// pick the same free subnet; the loser exits ("subnet already exists") and
+// its supervisor (kubelet, systemd) starts it again, as the lab does here.
 func (nd *Node) waitSubnetFile(timeout time.Duration) error {
+	restarts := 0
 	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
 		if nd.Subnet() != "" {
 			return nil
+		}
+		if !nd.flanneld.running() && restarts < 3 && strings.Contains(nd.flanneld.out.String(), "subnet already exists") {
+			restarts++
+			nd.lab.t.Logf("%s: flanneld lost a lease race with another node; restarting it as its supervisor would", nd.Name)
+			nd.startFlanneld()
+			continue
 		}
 		if !nd.flanneld.running() {
 			return fmt.Errorf("%s: flanneld exited before writing %s:\n%s", nd.Name, nd.SubnetFile, tail(nd.flanneld.out.String(), 4000))
