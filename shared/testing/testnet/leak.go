@@ -81,32 +81,17 @@ func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 	if !s.NoSettle {
 		s.settle()
 	}
-	var batched map[string]string
+	cmds := [][]string{{"ip", "-o", "-d", "link", "show"}, {"ip", "-o", "addr", "show"},
+		{"ip", "-4", "-o", "route", "show", "table", "all"}, {"ip", "-6", "-o", "route", "show", "table", "all"},
+		{"ip", "rule", "show"}, {"ip", "-6", "rule", "show"}, {"tc", "qdisc", "show"},
+		{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}}
+	cmds = append(cmds, s.Extra...)
+	outs := s.collect(t, cmds)
 	if s.Batch {
-		cmds := [][]string{{"ip", "-o", "-d", "link", "show"}, {"ip", "-o", "addr", "show"},
-			{"ip", "-4", "-o", "route", "show", "table", "all"}, {"ip", "-6", "-o", "route", "show", "table", "all"},
-			{"ip", "rule", "show"}, {"ip", "-6", "rule", "show"}, {"tc", "qdisc", "show"},
-			{"iptables-save"}, {"ip6tables-save"}, {"nft", "list", "ruleset"}}
-		cmds = append(cmds, s.Extra...)
-		outs, err := s.Node.RunBatch(cmds)
-		if err != nil {
-			t.Fatalf("snapshot: %v", err)
-		}
-		batched = map[string]string{}
-		for i, c := range cmds {
-			batched[strings.Join(c, " ")] = outs[i]
-		}
-		snap.Raw = batched
+		snap.Raw = outs
 	}
 	run := func(name string, args ...string) string {
-		if out, ok := batched[strings.Join(append([]string{name}, args...), " ")]; ok {
-			return out
-		}
-		out, err := s.Node.Run(name, args...)
-		if err != nil {
-			t.Fatalf("snapshot: %v", err)
-		}
-		return out
+		return outs[strings.Join(append([]string{name}, args...), " ")]
 	}
 	snap.add("link", linkLines(run("ip", "-o", "-d", "link", "show")))
 	snap.add("addr", addrLines(run("ip", "-o", "addr", "show")))
@@ -131,6 +116,41 @@ func (s *Snapshotter) Take(t testing.TB) *Snapshot {
 		snap.Sections[sec] = kept
 	}
 	return snap
+}
+
+// collect runs the snapshot's commands (in one shell when s.Batch). A
+// netlink dump that the kernel marks interrupted (the netns changed
+// while it was read: "Dump was interrupted and may be inconsistent")
+// is taken again, as iproute2 leaves the retry to its caller.
+func (s *Snapshotter) collect(t testing.TB, cmds [][]string) map[string]string {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		outs := make([]string, len(cmds))
+		if s.Batch {
+			var err error
+			if outs, err = s.Node.RunBatch(cmds); err != nil {
+				t.Fatalf("snapshot: %v", err)
+			}
+		} else {
+			for i, c := range cmds {
+				out, err := s.Node.Run(c[0], c[1:]...)
+				if err != nil {
+					t.Fatalf("snapshot: %v", err)
+				}
+				outs[i] = out
+			}
+		}
+		m := map[string]string{}
+		interrupted := false
+		for i, c := range cmds {
+			m[strings.Join(c, " ")] = outs[i]
+			interrupted = interrupted || strings.Contains(outs[i], "Dump was interrupted")
+		}
+		if !interrupted || attempt == 5 {
+			return m
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // settle waits (up to 5 s) until no IPv6 address is tentative: a
