@@ -145,3 +145,19 @@ func TestNFTDelEquivalence(t *testing.T) {
 	del("DEL of the last pod, its rule twice", p1, true, true)
 	del("DEL on a node without the chain", pod("CNI-ADMIN", "10.1.0.2/32"), true, true)
 }
+
+// TestAddWritesInProcess: with iptables-nft, ADD writes its batch without
+// an iptables-restore process, from a fresh node on, and the node comes
+// out as iptables-restore leaves it.
+func TestAddWritesInProcess(t *testing.T) {
+	iptablestest.NeedNFT(t)
+	tw := iptablestest.NewTwins(t)
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		tw.Write(t, "first pod, "+f.Name(), true, func() error { return addHere(pod("CNI-ADMIN", "10.88.0.2/32", "fd00::2/128"), f) })
+		tw.Write(t, "second pod, "+f.Name(), true, func() error { return addHere(pod("CNI-ADMIN", "10.88.0.3/32", "fd00::3/128"), f) })
+		tw.Write(t, "another admin chain, "+f.Name(), true, func() error { return addHere(pod("CNI-OTHER-ADMIN", "10.88.0.4/32"), f) })
+		// An upper-case name could be a target extension (-j LOG):
+		// iptables-restore tells which.
+		tw.Write(t, "a user's admin chain, "+f.Name(), false, func() error { return addHere(pod("MY-ADMIN", "10.88.0.5/32"), f) })
+	}
+}

@@ -1,6 +1,7 @@
 package portmap
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -293,4 +294,23 @@ func pod(id string, bit int) *attachment {
 	a := testAttachment()
 	a.id, a.markBit = id, bit
 	return a
+}
+
+// TestAddWritesInProcess: with iptables-nft, ADD writes its batches
+// without an iptables-restore process, from a fresh node on, and the node
+// comes out as iptables-restore leaves it. A repeated ADD, which deletes
+// its old entry rules by their text, still runs iptables-restore.
+func TestAddWritesInProcess(t *testing.T) {
+	iptablestest.NeedNFT(t)
+	tw := iptablestest.NewTwins(t)
+	first, second := testAttachment(), testAttachment()
+	second.id = "cid2"
+	second.v4 = &net.IPNet{IP: net.ParseIP("10.88.0.3").To4(), Mask: second.v4.Mask}
+	second.v6 = &net.IPNet{IP: net.ParseIP("fd88::3"), Mask: second.v6.Mask}
+	second.maps = []Mapping{{8081, 80, "tcp", ""}}
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		tw.Write(t, "first pod, "+f.Name(), true, func() error { return addHere(first, f) })
+		tw.Write(t, "second pod, "+f.Name(), true, func() error { return addHere(second, f) })
+		tw.Write(t, "first pod again, "+f.Name(), false, func() error { return addHere(first, f) })
+	}
 }

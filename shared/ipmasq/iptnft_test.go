@@ -135,3 +135,16 @@ func TestNFTCheckEquivalence(t *testing.T) {
 	check("the jump deleted", ip1, false, false)
 	check("IPv6 only", ip1[1:], true, true)
 }
+
+// TestSetupWritesInProcess: with iptables-nft, Setup (through Prestart,
+// as bridge runs it) writes its rules without an iptables-restore
+// process, from a fresh node on, and the node comes out as
+// iptables-restore leaves it.
+func TestSetupWritesInProcess(t *testing.T) {
+	iptablestest.NeedNFT(t)
+	tw := iptablestest.NewTwins(t)
+	for i, ipn := range [][]*net.IPNet{ips("10.1.0.2/24", "fd00::2/64"), ips("10.1.0.3/24"), ips("fd00::4/64")} {
+		a := Attachment{Network: "mnet", ContainerID: "c" + strconv.Itoa(i), IfName: "eth0"}
+		tw.Write(t, "pod "+a.ContainerID, true, func() error { return Prestart(IPTables).Setup(a, ipn) })
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -45,6 +46,17 @@ func (f Family) Name() string { return f.tool("") }
 
 // LockWait bounds how long a call waits for the xtables lock.
 var LockWait = 10 * time.Second
+
+// WriteInProcess lets Apply write a batch over netlink when iptables is
+// iptables-nft (see writeNFT). Tests turn it off to compare with
+// iptables-restore.
+var WriteInProcess = true
+
+var restores atomic.Int64
+
+// Restores is how many iptables-restore processes this process started:
+// tests read it to prove that a path wrote in process.
+func Restores() int64 { return restores.Load() }
 
 // Installed reports whether the family's iptables-restore is in PATH; it
 // runs no process.
@@ -129,6 +141,9 @@ func Apply(f Family, batches ...*Batch) error {
 	if err != nil || in == "" {
 		return err
 	}
+	if WriteInProcess && NFT(f) && writeNFT(f, batches) == nil {
+		return nil
+	}
 	r := newRestore(f)
 	r.start() // on this thread: in its netns, as callers expect
 	return r.apply(in)
@@ -170,14 +185,21 @@ type Restore struct {
 	err     error         // from starting it
 	started chan struct{} // closed once cmd.Start returned
 	done    bool
+	lazy    bool // not started: Apply tries writing in process first
 }
 
 // StartRestore starts iptables-restore for the family in the calling
 // thread's network namespace, as Apply does. It does not wait for the
 // exec, which takes a millisecond or so: that happens on another goroutine,
-// which enters the same netns first.
+// which enters the same netns first. With iptables-nft it starts nothing:
+// Apply writes the batch in process, and runs iptables-restore only for a
+// batch it cannot write.
 func StartRestore(f Family) *Restore {
 	r := newRestore(f)
+	if WriteInProcess && NFT(f) {
+		r.lazy = true
+		return r
+	}
 	here, err := ns.GetCurrentNS()
 	if err != nil {
 		r.start()
@@ -207,6 +229,7 @@ func newRestore(f Family) *Restore {
 
 func (r *Restore) start() {
 	defer close(r.started)
+	restores.Add(1)
 	if r.stdin, r.err = r.cmd.StdinPipe(); r.err == nil {
 		r.err = r.cmd.Start()
 	}
@@ -219,6 +242,21 @@ func (r *Restore) Apply(batches ...*Batch) error {
 	if err != nil {
 		r.Close()
 		return err
+	}
+	if r.lazy {
+		r.mu.Lock()
+		if r.done {
+			r.mu.Unlock()
+			return fmt.Errorf("%s: already used", r.f.tool("-restore"))
+		}
+		if in == "" || writeNFT(r.f, batches) == nil {
+			r.done = true
+			r.mu.Unlock()
+			return nil
+		}
+		r.lazy = false
+		r.start()
+		r.mu.Unlock()
 	}
 	return r.apply(in)
 }
@@ -235,6 +273,9 @@ func (r *Restore) Close() {
 		return
 	}
 	r.done = true
+	if r.lazy {
+		return
+	}
 	<-r.started
 	if r.err == nil {
 		r.stdin.Close()

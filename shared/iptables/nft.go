@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
@@ -613,19 +612,7 @@ type NFTRuleRef struct {
 func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error {
 	fam := f.nfproto()
 	fail := func(err error) error { return fmt.Errorf("nftables: delete from %s %s: %w", f.Name(), t.Name, err) }
-	const batchGenID = 1 // NFNL_BATCH_GENID
-	gen := netlink.NewAttributeEncoder()
-	gen.ByteOrder = binary.BigEndian
-	gen.Uint32(batchGenID, t.gen)
-	genAttr, err := gen.Encode()
-	if err != nil {
-		return fail(err)
-	}
-	subsys := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES} // res_id, big endian
-	msgs := []netlink.Message{{
-		Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_BEGIN, Flags: netlink.Request},
-		Data:   append(append([]byte{}, subsys...), genAttr...),
-	}}
+	var msgs []netlink.Message
 	add := func(msgType int, attrs []netlink.Attribute) error {
 		m, err := request(msgType, netlink.Acknowledge, fam, attrs)
 		msgs = append(msgs, m)
@@ -648,7 +635,6 @@ func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error
 			return fail(err)
 		}
 	}
-	msgs = append(msgs, netlink.Message{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: subsys})
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return fail(err)
@@ -659,23 +645,8 @@ func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error
 	// so that the caller does not hold its lock meanwhile; the process's
 	// exit still waits for it.
 	defer func() { go conn.Close() }()
-	// Never hang on a missing answer: the caller then takes the iptables
-	// path, which reads the table again (and finds nothing left to delete
-	// if the transaction did apply).
-	if err := conn.SetReadDeadline(time.Now().Add(LockWait)); err != nil {
+	if err := commit(conn, t.gen, msgs); err != nil {
 		return fail(err)
-	}
-	if _, err := conn.SendMessages(msgs); err != nil {
-		return fail(err)
-	}
-	// Every acknowledged message is answered (an error, or the refused
-	// generation, ends the wait: the transaction was not applied).
-	for want := len(msgs) - 2; want > 0; {
-		got, err := conn.Receive()
-		if err != nil {
-			return fail(err)
-		}
-		want -= len(got)
 	}
 	return nil
 }

@@ -110,6 +110,27 @@ func (tw *Twins) Delete(t testing.TB, step string, f iptables.Family, want bool,
 	}
 }
 
+// Write runs add in both nodes: in A with every batch through
+// iptables-restore, in B written in process. B must run no iptables-restore
+// process when inProcess says so, and the nodes must come out the same.
+func (tw *Twins) Write(t testing.TB, step string, inProcess bool, add func() error) {
+	t.Helper()
+	iptables.WriteInProcess = false
+	err := tw.A.Do(add)
+	iptables.WriteInProcess = true
+	if err != nil {
+		t.Fatalf("%s, iptables-restore: %v", step, err)
+	}
+	before := iptables.Restores()
+	if err := tw.B.Do(add); err != nil {
+		t.Fatalf("%s, in process: %v", step, err)
+	}
+	if ran := iptables.Restores() - before; inProcess && ran != 0 {
+		t.Errorf("%s: %d iptables-restore processes ran, want the batches written in process", step, ran)
+	}
+	tw.Same(t, step)
+}
+
 // Same fails the test when iptables-save prints the nodes differently.
 func (tw *Twins) Same(t testing.TB, step string) {
 	t.Helper()
