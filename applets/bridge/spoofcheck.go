@@ -49,6 +49,7 @@ func setupSpoofCheck(id, hostVeth string, mac net.HardwareAddr, ips []netip.Addr
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
+	defer nft.Close(c)
 	if err := deleteSpoofJumps(c, id); err != nil {
 		return err
 	}
@@ -199,6 +200,7 @@ func teardownSpoofCheck(id string) error {
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
+	defer nft.Close(c)
 	if err := deleteSpoofJumps(c, id); err != nil {
 		return err
 	}
@@ -230,6 +232,7 @@ func checkSpoofCheck(id string) error {
 	if err != nil {
 		return fmt.Errorf("macspoofchk: %w", err)
 	}
+	defer nft.Close(c)
 	rules, err := preroutingRules(c)
 	if err != nil {
 		return err
@@ -254,6 +257,7 @@ func danglingSpoofChecks(exists func(ifName string) bool) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("macspoofchk: %w", err)
 	}
+	defer nft.Close(c)
 	rules, err := preroutingRules(c)
 	if err != nil {
 		return nil, err

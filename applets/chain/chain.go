@@ -64,6 +64,7 @@ import (
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/delegate"
 	"github.com/cnibox/cnibox/shared/logging"
+	"github.com/cnibox/cnibox/shared/nft"
 	"github.com/cnibox/cnibox/shared/veth"
 )
 
@@ -301,6 +302,11 @@ func Add(req *cni.Request) (types.Result, error) {
 // eachWithCached runs cmd of the inner plugins in the given order, each
 // with the cached result as prevResult, until the first error.
 func eachWithCached(req *cni.Request, reverse bool) error {
+	return eachWithCachedWhere(req, reverse, func(inner) bool { return true })
+}
+
+// eachWithCachedWhere is eachWithCached for the inner plugins pick picks.
+func eachWithCachedWhere(req *cni.Request, reverse bool, pick func(inner) bool) error {
 	c, list, err := load(req)
 	if err != nil {
 		return err
@@ -314,6 +320,12 @@ func eachWithCached(req *cni.Request, reverse bool) error {
 		slices.Reverse(list)
 	}
 	for _, in := range list {
+		if !pick(in) {
+			continue
+		}
+		if !pick(in) {
+			continue
+		}
 		config, err := in.config(c, prev, nil)
 		if err == nil {
 			_, err = run(req, req.Command, in, config)
@@ -329,18 +341,37 @@ func eachWithCached(req *cni.Request, reverse bool) error {
 // cnibox's bandwidth and bridge or ptp, run here, it first deletes the
 // attachment's veth and IFB in one request (deleteTogether); the inner
 // DELs then find them gone, which every DEL accepts, and do the rest.
+// That deletion waits for an RCU grace period, and so does the kernel's
+// freeing of the rules the firewall DELs delete: those DELs (cnibox's
+// portmap and firewall, which touch no link) run first, during the links'
+// deletion, so that the two waits overlap.
 func Del(req *cni.Request) error {
 	_, list, err := load(req)
 	if err != nil {
 		return err
 	}
-	if inProcess(req, list, "bandwidth") && (inProcess(req, list, "bridge") || inProcess(req, list, "ptp")) {
-		if err := deleteTogether(req); err != nil {
-			// The inner DELs delete them one at a time.
-			req.Log.Infof("delete the veth and the IFB in one request: %v", err)
-		}
+	// Each commit that deletes rules would otherwise wait for the
+	// previous one's socket to close (a grace period each): closed at
+	// the end, they wait together, and while the links are deleted.
+	defer nft.HoldSockets()()
+	if !inProcess(req, list, "bandwidth") || !inProcess(req, list, "bridge") && !inProcess(req, list, "ptp") {
+		return eachWithCached(req, true)
 	}
-	return eachWithCached(req, true)
+	deleted := make(chan error, 1)
+	go func() { deleted <- deleteTogether(req) }()
+	linkFree := func(in inner) bool {
+		a, _, err := resolve(req, in.typ)
+		return err == nil && a != nil && (in.typ == "portmap" || in.typ == "firewall")
+	}
+	err = eachWithCachedWhere(req, true, linkFree)
+	if e := <-deleted; e != nil {
+		// The inner DELs delete them one at a time.
+		req.Log.Infof("delete the veth and the IFB in one request: %v", e)
+	}
+	if err != nil {
+		return err
+	}
+	return eachWithCachedWhere(req, true, func(in inner) bool { return !linkFree(in) })
 }
 
 // inProcess reports whether the list holds plugin and it runs here.

@@ -110,6 +110,7 @@ func commit(queue func(c *nftables.Conn) error) error {
 	if err != nil {
 		return err
 	}
+	defer nft.Close(c)
 	if err := queue(c); err != nil {
 		return err
 	}
@@ -244,6 +245,7 @@ func rulesOf(chain string) ([]*nftables.Rule, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer nft.Close(c)
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: fwTable}
 	have, err := nft.Chains(c, t)
 	if err != nil {

@@ -226,6 +226,7 @@ func (b nftBackend) add(a *attachment) error {
 	if err != nil {
 		return err
 	}
+	defer nft.Close(c)
 	own := ownedBy(a.net, a.id, a.podAddrs())
 	for _, f := range a.nftFamilies() {
 		conds, err := parseConditions(f.cond, f.v6)
@@ -319,6 +320,7 @@ func (b nftBackend) remove(match func(*nftables.Rule) bool) error {
 		if err != nil {
 			return err
 		}
+		defer nft.Close(c)
 		left := false
 		for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
 			if err := b.queueDelete(c, fam, func(r *nftables.Rule) bool {
@@ -376,6 +378,7 @@ func (nftBackend) check(a *attachment) error {
 	if err != nil {
 		return err
 	}
+	defer nft.Close(c)
 	own := ownedBy(a.net, a.id, a.podAddrs())
 	for _, f := range a.nftFamilies() {
 		want := nftRules(a, f)

@@ -73,6 +73,7 @@ func setupNFT(a Attachment, ips []*net.IPNet) error {
 	if err != nil {
 		return fmt.Errorf("ipMasq: %w", err)
 	}
+	defer nft.Close(c)
 	stale, err := rulesWithPrefix(c, hashForInstance(a))
 	if err != nil {
 		return err
@@ -151,6 +152,7 @@ func checkNFT(a Attachment, ips []*net.IPNet) error {
 	if err != nil {
 		return fmt.Errorf("ipMasq: %w", err)
 	}
+	defer nft.Close(c)
 	rules, err := rulesWithPrefix(c, hashForInstance(a))
 	if err != nil {
 		return err
@@ -179,6 +181,7 @@ func deleteNFT(match func(comment string) bool) error {
 	if err != nil {
 		return fmt.Errorf("ipMasq: %w", err)
 	}
+	defer nft.Close(c)
 	rules, err := rulesWithPrefix(c, "")
 	if err != nil {
 		return err

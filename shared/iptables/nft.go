@@ -15,6 +15,8 @@ import (
 	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/cnibox/cnibox/shared/nft"
 )
 
 // iptables-nft keeps its tables as ordinary nftables tables (family ip or
@@ -164,9 +166,7 @@ func readTable(f Family, table string, read func(conn *netlink.Conn, fam byte, t
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
 	}
-	// Closing a netfilter socket waits while the kernel frees rules that
-	// any commit (in any netns) deleted: in the background (see DeleteNFT).
-	defer func() { go conn.Close() }()
+	defer nft.CloseSocket(conn)
 	fam := f.nfproto()
 	gen, err := generation(conn, fam)
 	if err != nil {
@@ -639,12 +639,7 @@ func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error
 	if err != nil {
 		return fail(err)
 	}
-	// Closing a netfilter socket after a commit that deleted rules waits
-	// until the kernel has freed them (an RCU grace period, 10-15 ms here;
-	// iptables-restore pays it at exit). The close runs in the background
-	// so that the caller does not hold its lock meanwhile; the process's
-	// exit still waits for it.
-	defer func() { go conn.Close() }()
+	defer nft.CloseSocket(conn)
 	if err := commit(conn, t.gen, msgs); err != nil {
 		return fail(err)
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/cnibox/cnibox/shared/nft"
 )
 
 // With iptables-nft, a batch is written in process: every line is turned
@@ -77,9 +79,7 @@ func writeNFT(f Family, batches []*Batch) error {
 	if err != nil {
 		return fmt.Errorf("nftables: open netlink: %w", err)
 	}
-	// A flushed chain frees its rules after a grace period, which the
-	// close waits for: in the background (see DeleteNFT).
-	defer func() { go conn.Close() }()
+	defer nft.CloseSocket(conn)
 	fam := f.nfproto()
 	gen, err := generation(conn, fam)
 	if err != nil {

@@ -10,7 +10,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net/netip"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -20,13 +22,69 @@ import (
 )
 
 // Open returns a connection to nftables in the calling thread's network
-// namespace.
+// namespace: one socket for all its requests, which Close closes.
 func Open() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.WithSockOptions(bigBuffers))
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(bigBuffers))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
 	}
 	return c, nil
+}
+
+// Close closes a connection from Open, as CloseSocket does.
+func Close(c *nftables.Conn) { CloseSocket(closer(c.CloseLasting)) }
+
+type closer func() error
+
+func (f closer) Close() error { return f() }
+
+// Closing a netfilter socket waits, holding the netns's nftables commit
+// lock, until the kernel has freed what any commit deleted (an RCU grace
+// period, 10-20 ms here; nft and iptables-restore pay it at exit). So
+// sockets are closed in the background: the caller does not hold its own
+// lock meanwhile, and the process's exit still waits for them. Within a
+// HoldSockets, they stay open until its release, so that one process
+// running several DELs (the one-exec chain) does not make each commit or
+// listing wait for the previous one's grace period.
+var sockets struct {
+	sync.Mutex
+	holds int
+	held  []io.Closer
+}
+
+// CloseSocket closes a netfilter socket in the background, or at the
+// release of the last HoldSockets in force.
+func CloseSocket(c io.Closer) {
+	sockets.Lock()
+	defer sockets.Unlock()
+	if sockets.holds > 0 {
+		sockets.held = append(sockets.held, c)
+		return
+	}
+	go c.Close()
+}
+
+// HoldSockets keeps the netfilter sockets given to CloseSocket open until
+// release (of the last hold, when several are in force), which closes
+// them in the background.
+func HoldSockets() (release func()) {
+	sockets.Lock()
+	sockets.holds++
+	sockets.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			sockets.Lock()
+			defer sockets.Unlock()
+			if sockets.holds--; sockets.holds > 0 {
+				return
+			}
+			for _, c := range sockets.held {
+				go c.Close()
+			}
+			sockets.held = nil
+		})
+	}
 }
 
 // batchBuffer bounds one transaction (and its acknowledgements). A
