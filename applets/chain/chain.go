@@ -27,8 +27,9 @@
 //     cniVersion, as the plugin would have printed it) is the next one's
 //     prevResult; the last result is the chain's, which the runtime caches;
 //   - CHECK and DEL: each gets the cached result the runtime passes the
-//     chain as prevResult; DEL runs in reverse order; the first error ends
-//     ADD, CHECK, DEL and STATUS, as in libcni;
+//     chain as prevResult; DEL runs in reverse order (but see Del: the
+//     DELs that touch no link go first when the links go in one request);
+//     the first error ends ADD, CHECK, DEL and STATUS, as in libcni;
 //   - GC: each gets "cni.dev/valid-attachments"; every one runs, the
 //     errors are joined, as in libcni.
 //
