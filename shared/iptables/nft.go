@@ -640,6 +640,7 @@ func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error
 		return fail(err)
 	}
 	defer nft.CloseSocket(conn)
+	nft.BigBuffers(conn) // every message's acknowledgement must fit
 	if err := commit(conn, t.gen, msgs); err != nil {
 		return fail(err)
 	}

@@ -30,6 +30,10 @@ import (
 // TestWriteNFTLikeIPTables compares every shape with what iptables-restore
 // writes, byte for byte, and iptables-save's text of both.
 
+// maxOps bounds a batch written in process: its messages, and the
+// kernel's acknowledgement of each, must fit the socket's buffers.
+const maxOps = 20000
+
 // errDeclined is wrapped by writeNFT's errors for input it does not write.
 var errDeclined = errors.New("not written in process")
 
@@ -75,11 +79,15 @@ func writeNFT(f Family, batches []*Batch) error {
 	if len(ops) == 0 {
 		return nil
 	}
+	if len(ops) > maxOps {
+		return declined("%d lines", len(ops))
+	}
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return fmt.Errorf("nftables: open netlink: %w", err)
 	}
-	defer nft.CloseSocket(conn)
+	defer nft.CloseSocket(conn) // a flushed chain frees its rules later
+	nft.BigBuffers(conn)        // every message's acknowledgement must fit
 	fam := f.nfproto()
 	gen, err := generation(conn, fam)
 	if err != nil {

@@ -330,3 +330,35 @@ func rawRuleset(t *testing.T, n *testnet.NS, f Family) map[string][]byte {
 	}
 	return out
 }
+
+// TestWriteNFTBigBatch: a pod with many rules (1500 port mappings' worth)
+// is written in process in one transaction, every acknowledgement read,
+// as iptables-restore writes it. With the default socket buffers the
+// transaction does not fit; with a big send buffer only, the kernel
+// applied it and then dropped acknowledgements (ENOBUFS) from 150
+// mappings on, and the caller, taking that for a failure, would have run
+// iptables-restore over it.
+func TestWriteNFTBigBatch(t *testing.T) {
+	if !NFT(IPv4) {
+		t.Skip("iptables here is not iptables-nft")
+	}
+	var lines []string
+	lines = append(lines, ":CNI-DN-big")
+	for p := 1; p <= 1500; p++ {
+		lines = append(lines, fmt.Sprintf("-A CNI-DN-big -s 10.88.0.0/16 -p tcp -m tcp --dport %d -j MARK --set-xmark 0x2000/0x2000", p),
+			fmt.Sprintf("-A CNI-DN-big -p tcp -m tcp --dport %d -j DNAT --to-destination 10.88.0.2:%d", p, p))
+	}
+	ref, mine := testnet.NewNS(t, "ipt"), testnet.NewNS(t, "nft")
+	b := corpusBatch("nat", lines)
+	cmd := ref.Command("iptables-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(b.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-restore: %v: %s", err, out)
+	}
+	if err := mine.Do(func() error { return writeNFT(IPv4, []*Batch{b}) }); err != nil {
+		t.Fatalf("writeNFT: %v", err)
+	}
+	if w, g := save(t, ref, IPv4), save(t, mine, IPv4); w != g {
+		t.Errorf("iptables-save differs (%d and %d bytes)", len(w), len(g))
+	}
+}

@@ -24,7 +24,7 @@ import (
 // Open returns a connection to nftables in the calling thread's network
 // namespace: one socket for all its requests, which Close closes.
 func Open() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(bigBuffers))
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(BigBuffers))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
 	}
@@ -94,9 +94,13 @@ func HoldSockets() (release func()) {
 // them. The buffer is a limit, not an allocation.
 const batchBuffer = 64 << 20
 
-// bigBuffers raises the socket's buffers past the sysctl limits
-// (SO_*BUFFORCE, as root); where that is refused the defaults stay.
-func bigBuffers(c *netlink.Conn) error {
+// BigBuffers raises the socket's buffers past the sysctl limits
+// (SO_*BUFFORCE, as root); where that is refused the defaults stay. The
+// receive side matters as much: the kernel answers a transaction with one
+// acknowledgement per message, after it has applied it, and drops those
+// that do not fit (ENOBUFS), so that a caller could not tell an applied
+// transaction from a failed one.
+func BigBuffers(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil
