@@ -165,8 +165,14 @@ func startDHCP(t *testing.T, e *env, side string) {
 		"--dhcp-option=option:router,10.99.0.1")
 	startDaemon(t, dnsmasq, filepath.Join(dir, "dnsmasq.log"))
 	sock := filepath.Join(e.r.RunDir, "dhcp.sock")
-	daemon := e.r.Node.Command(filepath.Join(side, "dhcp"), "daemon", "-socketpath", sock,
-		"-pidfile", filepath.Join(dir, "dhcp.pid"))
+	plugin := filepath.Join(side, "dhcp")
+	args := []string{"daemon", "-socketpath", sock, "-pidfile", filepath.Join(dir, "dhcp.pid")}
+	if runsCnibox(plugin) {
+		// cnibox's daemon records its leases, by default in the
+		// machine's /var/lib/cni/dhcp; the reference's keeps none.
+		args = append(args, "-leasefile", filepath.Join(dir, "leases.json"))
+	}
+	daemon := e.r.Node.Command(plugin, args...)
 	startDaemon(t, daemon, filepath.Join(dir, "daemon.log"))
 	testnet.WaitFor(t, 10*time.Second, "the dhcp daemon's socket", func() bool {
 		conn, err := net.Dial("unix", sock)
@@ -175,6 +181,28 @@ func startDHCP(t *testing.T, e *env, side string) {
 		}
 		return err == nil
 	})
+}
+
+// runsCnibox reports whether the plugin at path is cnibox: the binary or a
+// link to it, or an entry "cnibox install" writes ("#!DIR/cnibox").
+func runsCnibox(path string) bool {
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return false
+	}
+	if filepath.Base(real) == "cnibox" {
+		return true
+	}
+	f, err := os.Open(real)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 512)
+	n, _ := f.Read(head)
+	line, _, _ := strings.Cut(string(head[:n]), "\n")
+	interp, ok := strings.CutPrefix(line, "#!")
+	return ok && filepath.Base(strings.TrimSpace(interp)) == "cnibox"
 }
 
 func startDaemon(t *testing.T, cmd *exec.Cmd, logFile string) {
