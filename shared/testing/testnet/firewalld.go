@@ -64,7 +64,12 @@ func StartFirewalld(t testing.TB, node *NS) *Firewalld {
 		}
 	}
 	var log strings.Builder
-	fwd := node.Command("env", "DBUS_SYSTEM_BUS_ADDRESS="+f.Addr, "firewalld", "--nofork", "--nopid")
+	// firewalld keeps state in /run/firewalld and logs to
+	// /var/log/firewalld: here /run is a tmpfs of its own (a mount in the
+	// mount namespace "ip netns exec" gives it, which stays there) and
+	// the log goes to the test's output.
+	fwd := node.Command("sh", "-c", `mount -t tmpfs cnibox-test /run && exec "$@"`, "sh",
+		"env", "DBUS_SYSTEM_BUS_ADDRESS="+f.Addr, "firewalld", "--nofork", "--nopid", "--log-target", "console")
 	fwd.Stdout, fwd.Stderr = &log, &log
 	if err := fwd.Start(); err != nil {
 		t.Fatal(err)
