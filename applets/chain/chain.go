@@ -65,7 +65,6 @@ import (
 	"github.com/cnibox/cnibox/shared/cni"
 	"github.com/cnibox/cnibox/shared/delegate"
 	"github.com/cnibox/cnibox/shared/logging"
-	"github.com/cnibox/cnibox/shared/nft"
 	"github.com/cnibox/cnibox/shared/veth"
 )
 
@@ -345,16 +344,13 @@ func eachWithCachedWhere(req *cni.Request, reverse bool, pick func(inner) bool) 
 // That deletion waits for an RCU grace period, and so does the kernel's
 // freeing of the rules the firewall DELs delete: those DELs (cnibox's
 // portmap and firewall, which touch no link) run first, during the links'
-// deletion, so that the two waits overlap.
+// deletion, so that the two waits overlap (the netfilter sockets of all of
+// them close when the verb is done: see nft.HoldSockets).
 func Del(req *cni.Request) error {
 	_, list, err := load(req)
 	if err != nil {
 		return err
 	}
-	// Each commit that deletes rules would otherwise wait for the
-	// previous one's socket to close (a grace period each): closed at
-	// the end, they wait together, and while the links are deleted.
-	defer nft.HoldSockets()()
 	if !inProcess(req, list, "bandwidth") || !inProcess(req, list, "bridge") && !inProcess(req, list, "ptp") {
 		return eachWithCached(req, true)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cnibox/cnibox/shared/logging"
+	"github.com/cnibox/cnibox/shared/nft"
 )
 
 // The verbs of the CNI protocol.
@@ -224,6 +225,10 @@ func run(a *Applet, getenv Env, stdin io.Reader, stdout, stderr io.Writer, log *
 	case CmdVersion:
 		return nil, nil, writeVersion(stdout, a.SupportedVersions())
 	case CmdAdd, CmdDel, CmdCheck, CmdGC, CmdStatus:
+		// Closing a netfilter socket can wait for a grace period while
+		// it holds the nftables commit lock, which the verb's next
+		// commit then waits for: they close when the verb is done.
+		defer nft.HoldSockets()()
 	default:
 		return nil, nil, Errorf(types.ErrInvalidEnvironmentVariables, "unknown CNI_COMMAND: %v", cmd)
 	}

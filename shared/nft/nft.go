@@ -43,9 +43,10 @@ func (f closer) Close() error { return f() }
 // period, 10-20 ms here; nft and iptables-restore pay it at exit). So
 // sockets are closed in the background: the caller does not hold its own
 // lock meanwhile, and the process's exit still waits for them. Within a
-// HoldSockets, they stay open until its release, so that one process
-// running several DELs (the one-exec chain) does not make each commit or
-// listing wait for the previous one's grace period.
+// HoldSockets (every CNI verb is one: shared/cni holds them), they stay
+// open until its release, so that a verb's next commit does not wait for
+// its previous socket's grace period, and several DELs in one process
+// (the one-exec chain) have their grace periods together.
 var sockets struct {
 	sync.Mutex
 	holds int
