@@ -792,12 +792,9 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	prev, err := cni.PrevResult(&c.NetConf)
+	prev, err := cni.CheckPrevResult(&c.NetConf)
 	if err != nil {
 		return err
-	}
-	if prev == nil {
-		return cni.ConfigError("prevResult: required by CHECK")
 	}
 	if c.IPAM.Type != "" {
 		if err := delegate.Check(req, c.IPAM.Type); err != nil {

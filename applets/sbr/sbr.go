@@ -363,12 +363,9 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	prev, err := cni.PrevResult(&c.NetConf)
+	prev, err := cni.CheckPrevResult(&c.NetConf)
 	if err != nil {
 		return err
-	}
-	if prev == nil {
-		return cni.ConfigError("prevResult: missing: CHECK needs the result of ADD")
 	}
 	ips := addresses(prev, req.IfName)
 	netns, err := iface.OpenNetns(req.Netns)

@@ -359,12 +359,8 @@ func Check(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	prev, err := cni.PrevResult(&c.NetConf)
-	if err != nil {
+	if _, err := cni.CheckPrevResult(&c.NetConf); err != nil {
 		return err
-	}
-	if prev == nil {
-		return cni.ConfigError("prevResult: missing: CHECK needs the result of ADD")
 	}
 	netns, err := iface.OpenNetns(req.Netns)
 	if err != nil {

@@ -26,6 +26,16 @@ func (r *Request) Decode(conf any) error {
 	return nil
 }
 
+// CheckPrevResult is PrevResult for CHECK, which compares the node with
+// the result of ADD and so cannot do without it.
+func CheckPrevResult(conf *NetConf) (*current.Result, error) {
+	prev, err := PrevResult(conf)
+	if err == nil && prev == nil {
+		err = ConfigError("prevResult: missing: CHECK needs the result of ADD")
+	}
+	return prev, err
+}
+
 // PrevResult converts the configuration's prevResult (in whatever spec
 // version the config has) to the current result type. It returns nil, nil
 // when there is no prevResult.

@@ -464,3 +464,25 @@ func TestInfoLine(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckPrevResult: CHECK without prevResult is the config error (7)
+// naming it; with one (a 0.4.0 result, as libcni caches it), the result.
+func TestCheckPrevResult(t *testing.T) {
+	var none NetConf
+	if _, err := CheckPrevResult(&none); !isCode(err, types.ErrInvalidNetworkConfig) || !strings.Contains(err.Error(), "prevResult") {
+		t.Errorf("no prevResult: %v, want code 7 naming prevResult", err)
+	}
+	var c NetConf
+	if err := json.Unmarshal([]byte(`{"cniVersion":"0.4.0","name":"n","type":"bridge","prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.0.2/24"}]}}`), &c); err != nil {
+		t.Fatal(err)
+	}
+	prev, err := CheckPrevResult(&c)
+	if err != nil || len(prev.IPs) != 1 || prev.IPs[0].Address.String() != "10.1.0.2/24" {
+		t.Errorf("prevResult: %+v, %v", prev, err)
+	}
+}
+
+func isCode(err error, code uint) bool {
+	var e *types.Error
+	return errors.As(err, &e) && e.Code == code
+}
