@@ -415,7 +415,27 @@ type ruleSpec struct {
 	jump          string
 }
 
-var protocols = map[string]byte{"tcp": unix.IPPROTO_TCP, "udp": unix.IPPROTO_UDP, "sctp": unix.IPPROTO_SCTP}
+// protocol is the number of a -p the writer knows (0 for any other).
+func protocol(name string) byte {
+	switch name {
+	case "tcp":
+		return unix.IPPROTO_TCP
+	case "udp":
+		return unix.IPPROTO_UDP
+	case "sctp":
+		return unix.IPPROTO_SCTP
+	}
+	return 0
+}
+
+// parsePort reads a port as iptables prints it (decimal, not 0).
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || p == 0 {
+		return 0, declined("port %q", s)
+	}
+	return uint16(p), nil
+}
 
 func parseRuleArgs(f Family, args []string) (*ruleSpec, error) {
 	r := &ruleSpec{}
@@ -457,8 +477,8 @@ func parseRuleArgs(f Family, args []string) (*ruleSpec, error) {
 				r.out, r.outNeg = v, neg
 			}
 		case "-p":
-			p, ok := protocols[v]
-			if !ok || neg || r.proto != 0 {
+			p := protocol(v)
+			if p == 0 || neg || r.proto != 0 {
 				return nil, declined("-p %s", v)
 			}
 			r.proto = p
@@ -572,7 +592,7 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 		copy(info, c)
 		r.matches = append(r.matches, &expr.Match{Name: "comment", Rev: 0, Info: &info})
 	case "tcp", "udp":
-		if r.proto != protocols[name] {
+		if r.proto != protocol(name) {
 			return 0, declined("-m %s without -p %s", name, name)
 		}
 		v, neg, err := one("--dport", true)
@@ -581,9 +601,9 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 				return 0, err
 			}
 		}
-		port, err := strconv.ParseUint(v, 10, 16)
-		if err != nil || port == 0 {
-			return 0, declined("port %q", v)
+		port, err := parsePort(v)
+		if err != nil {
+			return 0, err
 		}
 		offset := uint32(2)
 		if opts[0].name == "--sport" {
@@ -591,7 +611,7 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 		}
 		r.matches = append(r.matches,
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: 2},
-			&expr.Cmp{Op: cmpOp(neg), Register: 1, Data: binary.BigEndian.AppendUint16(nil, uint16(port))})
+			&expr.Cmp{Op: cmpOp(neg), Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)})
 	case "sctp":
 		if r.proto != unix.IPPROTO_SCTP {
 			return 0, declined("-m sctp without -p sctp")
@@ -600,16 +620,16 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 		if err != nil {
 			return 0, err
 		}
-		port, err := strconv.ParseUint(v, 10, 16)
-		if err != nil || port == 0 {
-			return 0, declined("port %q", v)
+		port, err := parsePort(v)
+		if err != nil {
+			return 0, err
 		}
 		// struct xt_sctp_info: dpts[2], spts[2], chunkmap[64],
 		// chunk_match_type, flag_info[4], flag_count, flags, invflags;
 		// 296 bytes aligned.
 		info := make(xt.Unknown, 296)
-		binary.NativeEndian.PutUint16(info[0:], uint16(port))
-		binary.NativeEndian.PutUint16(info[2:], uint16(port))
+		binary.NativeEndian.PutUint16(info[0:], port)
+		binary.NativeEndian.PutUint16(info[2:], port)
 		for i := range 4 {
 			info[268+3*i] = 0xff // flag_info[i].chunktype, as iptables leaves it
 		}
@@ -631,11 +651,11 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 		info := make(xt.Unknown, 48)
 		info[0], info[1] = 1, byte(len(ports)) // XT_MULTIPORT_DESTINATION
 		for j, s := range ports {
-			p, err := strconv.ParseUint(s, 10, 16)
+			p, err := parsePort(s)
 			if err != nil {
-				return 0, declined("port %q", s)
+				return 0, err
 			}
-			binary.NativeEndian.PutUint16(info[2+2*j:], uint16(p))
+			binary.NativeEndian.PutUint16(info[2+2*j:], p)
 		}
 		r.matches = append(r.matches, &expr.Match{Name: "multiport", Rev: 1, Info: &info})
 	case "addrtype":
@@ -657,8 +677,8 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 		}
 		var states uint16
 		for _, s := range strings.Split(v, ",") {
-			bit, ok := ctStates[s]
-			if !ok {
+			bit := ctState(s)
+			if bit == 0 {
 				return 0, declined("--ctstate %s", s)
 			}
 			states |= bit
@@ -693,9 +713,25 @@ func (r *ruleSpec) parseMatch(f Family, name string, args []string) (int, error)
 	return n, nil
 }
 
-var ctStates = map[string]uint16{
-	"INVALID": 1, "ESTABLISHED": CtStateEstablished, "RELATED": CtStateRelated, "NEW": 1 << (1 + 2),
-	"UNTRACKED": 1 << 8, "SNAT": 1 << (5 + 1), "DNAT": CtStateDNAT,
+// ctState is the --ctstate bit of a state's name (0 for an unknown one).
+func ctState(name string) uint16 {
+	switch name {
+	case "INVALID":
+		return 1
+	case "ESTABLISHED":
+		return CtStateEstablished
+	case "RELATED":
+		return CtStateRelated
+	case "NEW":
+		return 1 << (1 + 2)
+	case "UNTRACKED":
+		return 1 << 8
+	case "SNAT":
+		return 1 << (5 + 1)
+	case "DNAT":
+		return CtStateDNAT
+	}
+	return 0
 }
 
 // parseMark reads "V" or "V/M" as iptables does (strtoul, base 0).
