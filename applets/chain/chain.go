@@ -302,15 +302,15 @@ func Add(req *cni.Request) (types.Result, error) {
 // eachWithCached runs cmd of the inner plugins in the given order, each
 // with the cached result as prevResult, until the first error.
 func eachWithCached(req *cni.Request, reverse bool) error {
-	return eachWithCachedWhere(req, reverse, func(inner) bool { return true })
-}
-
-// eachWithCachedWhere is eachWithCached for the inner plugins pick picks.
-func eachWithCachedWhere(req *cni.Request, reverse bool, pick func(inner) bool) error {
 	c, list, err := load(req)
 	if err != nil {
 		return err
 	}
+	return eachPicked(req, c, list, reverse, func(inner) bool { return true })
+}
+
+// eachPicked is eachWithCached for the inner plugins pick picks.
+func eachPicked(req *cni.Request, c *conf, list []inner, reverse bool, pick func(inner) bool) error {
 	var prev json.RawMessage
 	if len(c.RawPrev) > 0 && string(c.RawPrev) != "null" {
 		prev = c.RawPrev
@@ -320,9 +320,6 @@ func eachWithCachedWhere(req *cni.Request, reverse bool, pick func(inner) bool) 
 		slices.Reverse(list)
 	}
 	for _, in := range list {
-		if !pick(in) {
-			continue
-		}
 		if !pick(in) {
 			continue
 		}
@@ -347,20 +344,18 @@ func eachWithCachedWhere(req *cni.Request, reverse bool, pick func(inner) bool) 
 // deletion, so that the two waits overlap (the netfilter sockets of all of
 // them close when the verb is done: see nft.HoldSockets).
 func Del(req *cni.Request) error {
-	_, list, err := load(req)
+	c, list, err := load(req)
 	if err != nil {
 		return err
 	}
 	if !inProcess(req, list, "bandwidth") || !inProcess(req, list, "bridge") && !inProcess(req, list, "ptp") {
-		return eachWithCached(req, true)
+		return eachPicked(req, c, list, true, func(inner) bool { return true })
 	}
 	deleted := make(chan error, 1)
 	go func() { deleted <- deleteTogether(req) }()
-	linkFree := func(in inner) bool {
-		a, _, err := resolve(req, in.typ)
-		return err == nil && a != nil && (in.typ == "portmap" || in.typ == "firewall")
-	}
-	err = eachWithCachedWhere(req, true, linkFree)
+	free := map[string]bool{"portmap": inProcess(req, list, "portmap"), "firewall": inProcess(req, list, "firewall")}
+	linkFree := func(in inner) bool { return free[in.typ] }
+	err = eachPicked(req, c, list, true, linkFree)
 	if e := <-deleted; e != nil {
 		// The inner DELs delete them one at a time.
 		req.Log.Infof("delete the veth and the IFB in one request: %v", e)
@@ -368,7 +363,7 @@ func Del(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	return eachWithCachedWhere(req, true, func(in inner) bool { return !linkFree(in) })
+	return eachPicked(req, c, list, true, func(in inner) bool { return !linkFree(in) })
 }
 
 // inProcess reports whether the list holds plugin and it runs here.
