@@ -139,7 +139,7 @@ type NFTRule struct {
 // the calling thread's network namespace. Chains that do not exist (or a
 // table that does not exist) are absent from the result.
 func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
-	return readTable(f, table, func(conn *netlink.Conn, fam byte, t *NFTTable) error {
+	return readTable(f, table, func(conn *nft.Sock, fam byte, t *NFTTable) error {
 		for _, name := range chains {
 			if t.chains[name] != nil {
 				continue
@@ -161,10 +161,10 @@ func ReadNFT(f Family, table string, chains ...string) (*NFTTable, error) {
 // the ruleset's generation before and after proves that no commit came
 // in between, so the view is one state of the ruleset (as one
 // iptables-save would be).
-func readTable(f Family, table string, read func(conn *netlink.Conn, fam byte, t *NFTTable) error) (*NFTTable, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+func readTable(f Family, table string, read func(conn *nft.Sock, fam byte, t *NFTTable) error) (*NFTTable, error) {
+	conn, err := nft.Dial()
 	if err != nil {
-		return nil, fmt.Errorf("nftables: open netlink: %w", err)
+		return nil, err
 	}
 	defer nft.CloseSocket(conn)
 	fam := f.nfproto()
@@ -194,7 +194,7 @@ func (f Family) nfproto() byte {
 // does (which prints nothing of the table when one chain is not
 // Compatible); Chains lists them. A table that does not exist has none.
 func ReadNFTTable(f Family, table string) (*NFTTable, error) {
-	return readTable(f, table, func(conn *netlink.Conn, fam byte, t *NFTTable) error {
+	return readTable(f, table, func(conn *nft.Sock, fam byte, t *NFTTable) error {
 		fail := func(err error) error {
 			return fmt.Errorf("nftables: read %s %s: %w", f.Name(), table, err)
 		}
@@ -244,7 +244,7 @@ func (t *NFTTable) Chains() []string {
 
 // generation returns the ruleset's generation id, which every commit
 // changes.
-func generation(conn *netlink.Conn, fam byte) (uint32, error) {
+func generation(conn *nft.Sock, fam byte) (uint32, error) {
 	req, err := request(unix.NFT_MSG_GETGEN, 0, fam, nil)
 	if err != nil {
 		return 0, err
@@ -298,7 +298,7 @@ var builtin = map[string]map[string][2]int32{
 }
 
 // readChain reads one chain and its rules; nil when it does not exist.
-func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, error) {
+func readChain(conn *nft.Sock, fam byte, table, name string) (*NFTChain, error) {
 	attrs := []netlink.Attribute{
 		{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")},
 		{Type: unix.NFTA_CHAIN_NAME, Data: []byte(name + "\x00")},
@@ -346,7 +346,7 @@ func readChain(conn *netlink.Conn, fam byte, table, name string) (*NFTChain, err
 
 // dumpRules dumps the rules that attrs select (a table, and a chain of it)
 // and passes each to each with the table and chain it says it is of.
-func dumpRules(conn *netlink.Conn, fam byte, attrs []netlink.Attribute, each func(r NFTRule, table, chain string) error) error {
+func dumpRules(conn *nft.Sock, fam byte, attrs []netlink.Attribute, each func(r NFTRule, table, chain string) error) error {
 	req, err := request(unix.NFT_MSG_GETRULE, netlink.Dump, fam, attrs)
 	if err != nil {
 		return err
@@ -635,12 +635,12 @@ func DeleteNFT(f Family, t *NFTTable, rules []NFTRuleRef, chains []string) error
 			return fail(err)
 		}
 	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	conn, err := nft.Dial()
 	if err != nil {
 		return fail(err)
 	}
 	defer nft.CloseSocket(conn)
-	nft.BigBuffers(conn) // every message's acknowledgement must fit
+	conn.BigBuffers() // every message's acknowledgement must fit
 	if err := commit(conn, t.gen, msgs); err != nil {
 		return fail(err)
 	}

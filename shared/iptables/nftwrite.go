@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
@@ -82,12 +81,12 @@ func writeNFT(f Family, batches []*Batch) error {
 	if len(ops) > maxOps {
 		return declined("%d lines", len(ops))
 	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	conn, err := nft.Dial()
 	if err != nil {
-		return fmt.Errorf("nftables: open netlink: %w", err)
+		return err
 	}
 	defer nft.CloseSocket(conn) // a flushed chain frees its rules later
-	nft.BigBuffers(conn)        // every message's acknowledgement must fit
+	conn.BigBuffers()           // every message's acknowledgement must fit
 	fam := f.nfproto()
 	gen, err := generation(conn, fam)
 	if err != nil {
@@ -207,7 +206,7 @@ func baseChain(table, name string, std [2]int32) []netlink.Attribute {
 
 // listChains returns the table's chains, each with whether iptables-nft
 // could have made it; none when the table does not exist.
-func listChains(conn *netlink.Conn, fam byte, table string) (map[string]bool, error) {
+func listChains(conn *nft.Sock, fam byte, table string) (map[string]bool, error) {
 	req, err := request(unix.NFT_MSG_GETCHAIN, netlink.Dump, fam, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return nil, err
@@ -246,7 +245,7 @@ func listChains(conn *netlink.Conn, fam byte, table string) (map[string]bool, er
 
 // commit sends msgs as one transaction that the kernel applies only if
 // the ruleset is still at generation gen, and waits for every answer.
-func commit(conn *netlink.Conn, gen uint32, msgs []netlink.Message) error {
+func commit(conn *nft.Sock, gen uint32, msgs []netlink.Message) error {
 	const batchGenID = 1 // NFNL_BATCH_GENID
 	ae := netlink.NewAttributeEncoder()
 	ae.ByteOrder = binary.BigEndian
@@ -262,10 +261,10 @@ func commit(conn *netlink.Conn, gen uint32, msgs []netlink.Message) error {
 	all = append(all, netlink.Message{Header: netlink.Header{Type: unix.NFNL_MSG_BATCH_END, Flags: netlink.Request}, Data: subsys})
 	// Never hang on a missing answer: the caller then falls back to
 	// iptables, which reads the table again.
-	if err := conn.SetReadDeadline(time.Now().Add(LockWait)); err != nil {
+	if err := conn.SetReadTimeout(LockWait); err != nil {
 		return err
 	}
-	if _, err := conn.SendMessages(all); err != nil {
+	if err := conn.SendMessages(all); err != nil {
 		return err
 	}
 	// Every acknowledged message is answered (an error, or the refused
