@@ -218,10 +218,6 @@ func planDel(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Ba
 
 func (iptBackend) check(a *attachment) error {
 	for _, f := range a.families() {
-		t, err := iptables.LoadChains(f, "filter", "FORWARD", forwardChain, a.Admin)
-		if err != nil {
-			return err
-		}
 		want := []struct{ chain, rule string }{{"FORWARD", forwardJump}, {forwardChain, fmt.Sprintf(adminJumpFmt, a.Admin)}}
 		for _, ip := range a.IPs {
 			if familyOf(ip) == f {
@@ -229,6 +225,17 @@ func (iptBackend) check(a *attachment) error {
 					want = append(want, struct{ chain, rule string }{forwardChain, r})
 				}
 			}
+		}
+		wants := []iptables.Want{{Chain: a.Admin}}
+		for _, w := range want {
+			wants = append(wants, iptables.Want{Chain: w.chain, Rules: []string{w.rule}})
+		}
+		if iptables.HoldsNFT(f, "filter", wants) {
+			continue // read in process: no iptables to run
+		}
+		t, err := iptables.LoadChains(f, "filter", "FORWARD", forwardChain, a.Admin)
+		if err != nil {
+			return err
 		}
 		if !t.HasChain(a.Admin) {
 			return fmt.Errorf("%s: chain %s is missing", f.Name(), a.Admin)
@@ -313,6 +320,10 @@ func (iptBackend) unisolate(a *attachment) error {
 func (iptBackend) checkIsolation(a *attachment) error {
 	s1, s2 := isolationRules(a.Bridge, a.Policy)
 	for _, f := range a.families() {
+		wants := []iptables.Want{{Chain: "FORWARD", Rules: []string{stage1Jump}}, {Chain: stage1, Rules: s1}, {Chain: stage2, Rules: s2}}
+		if iptables.HoldsNFT(f, "filter", wants) {
+			continue // read in process: no iptables to run
+		}
 		t, err := iptables.LoadChains(f, "filter", "FORWARD", stage1, stage2)
 		if err != nil {
 			return err

@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
@@ -159,5 +160,38 @@ func TestAddWritesInProcess(t *testing.T) {
 		// An upper-case name could be a target extension (-j LOG):
 		// iptables-restore tells which.
 		tw.Write(t, "a user's admin chain, "+f.Name(), false, func() error { return addHere(pod("MY-ADMIN", "10.88.0.5/32"), f) })
+	}
+}
+
+// TestCheckInProcess: CHECK of rules that iptables-restore wrote is
+// answered over netlink, with no iptables process; once a rule is gone,
+// CHECK asks iptables and names what is missing.
+func TestCheckInProcess(t *testing.T) {
+	iptablestest.NeedNFT(t)
+	node := testnet.NewNS(t, "node")
+	a := pod("CNI-ADMIN", "10.88.0.2/32", "fd88::2/128")
+	iptables.WriteInProcess = false
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if err := node.Do(func() error { return addHere(a, f) }); err != nil {
+			iptables.WriteInProcess = true
+			t.Fatal(err)
+		}
+	}
+	iptables.WriteInProcess = true
+	before := iptables.Listings()
+	if err := node.Do(func() error { return iptBackend{}.check(a) }); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if ran := iptables.Listings() - before; ran != 0 {
+		t.Errorf("CHECK ran %d iptables listings, want none", ran)
+	}
+	node.MustRun("ip6tables", "-D", forwardChain, "-s", "fd88::2/128", "-j", "ACCEPT")
+	before = iptables.Listings()
+	err := node.Do(func() error { return iptBackend{}.check(a) })
+	if err == nil || !strings.Contains(err.Error(), "fd88::2") {
+		t.Errorf("CHECK after a rule was deleted: %v, want an error naming fd88::2", err)
+	}
+	if iptables.Listings() == before {
+		t.Error("CHECK after a rule was deleted did not ask iptables")
 	}
 }

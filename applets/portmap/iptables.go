@@ -373,6 +373,9 @@ func dnRules(a *attachment, f iptables.Family) []string {
 
 func (iptBackend) check(a *attachment) error {
 	for _, f := range a.families() {
+		if iptables.HoldsNFT(f, "nat", checkWants(a, f)) {
+			continue // read in process: no iptables to run
+		}
 		chain := dnChain(a.net, a.id)
 		nt, err := iptables.LoadChains(f, "nat", "PREROUTING", "OUTPUT", "POSTROUTING", dnatChain, setMarkChain, masqChain, chain)
 		if err != nil {
@@ -405,6 +408,24 @@ func (iptBackend) check(a *attachment) error {
 		}
 	}
 	return nil
+}
+
+// checkWants is what check requires of the family's nat table, for
+// iptables.HoldsNFT.
+func checkWants(a *attachment, f iptables.Family) []iptables.Want {
+	w := []iptables.Want{
+		{Chain: dnChain(a.net, a.id), Rules: dnRules(a, f), Exact: true},
+		{Chain: "PREROUTING", Rules: []string{topJump}},
+		{Chain: "OUTPUT", Rules: []string{topJump}},
+		{Chain: dnatChain, Rules: entryRules(a, f)},
+	}
+	if a.snat && a.markJump == setMarkChain {
+		mark := uint32(1) << a.markBit
+		w = append(w, iptables.Want{Chain: setMarkChain, Rules: []string{fmt.Sprintf(setMarkFmt, mark, mark)}},
+			iptables.Want{Chain: masqChain, Rules: []string{fmt.Sprintf(masqRuleFmt, mark, mark)}},
+			iptables.Want{Chain: "POSTROUTING", Jumps: []string{masqChain}})
+	}
+	return w
 }
 
 // sameEntry compares an entry rule from iptables-save with the one we

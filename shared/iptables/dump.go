@@ -136,6 +136,7 @@ func LoadChains(f Family, table string, chains ...string) (*Table, error) {
 	for i, c := range chains {
 		cmds[i] = exec.Command(f.tool(""), "-w", wait, "-t", table, "-S", c)
 		cmds[i].Stdout, cmds[i].Stderr = &outs[i], &errOuts[i]
+		listings.Add(1)
 		if err := cmds[i].Start(); err != nil {
 			errs = append(errs, fmt.Errorf("%s -t %s -S %s: %w", f.tool(""), table, c, err))
 			cmds[i] = nil

@@ -58,6 +58,12 @@ var restores atomic.Int64
 // tests read it to prove that a path wrote in process.
 func Restores() int64 { return restores.Load() }
 
+var listings atomic.Int64
+
+// Listings is how many "iptables -S" processes LoadChains started: tests
+// read it to prove that a path read in process.
+func Listings() int64 { return listings.Load() }
+
 // Installed reports whether the family's iptables-restore is in PATH; it
 // runs no process.
 func Installed(f Family) bool {
