@@ -59,18 +59,24 @@ func backupName(containerID, ifName string) string {
 
 // loadBackup reads a backup; a missing file is (nil, nil).
 func loadBackup(path string) (*backup, error) {
+	_, b, err := readBackup(path)
+	return b, err
+}
+
+// readBackup is loadBackup that also returns the file's bytes.
+func readBackup(path string) ([]byte, *backup, error) {
 	data, err := statefile.Read(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b := &backup{}
 	if err := json.Unmarshal(data, b); err != nil {
-		return nil, fmt.Errorf("backup %s: %w", path, err)
+		return data, nil, fmt.Errorf("backup %s: %w", path, err)
 	}
-	return b, nil
+	return data, b, nil
 }
 
 // saveBackup writes b atomically (0600) so a crash never leaves a torn

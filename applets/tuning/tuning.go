@@ -163,7 +163,11 @@ func apply(req *cni.Request, s *settings, file, podNS string) error {
 		if err != nil {
 			return fmt.Errorf("sysctl[%q]: read: %w", sc.Key, err)
 		}
-		b.Sysctls = append(b.Sysctls, sysctlBackup{Path: sc.Path, Was: was})
+		// Set is what the sysctl will read back as once written, which
+		// is the value written nearly always: then the backup is written
+		// once, before the change (a crash before the write leaves Was
+		// in place, and DEL sees nothing it set), not again after it.
+		b.Sysctls = append(b.Sysctls, sysctlBackup{Path: sc.Path, Was: was, Set: sc.Value})
 	}
 	// What this invocation found, before keepOlder puts in what an
 	// earlier ADD of the attachment found: a failure puts back only this
@@ -171,8 +175,7 @@ func apply(req *cni.Request, s *settings, file, podNS string) error {
 	// the first one's settings, and its backup, as they were.
 	found := *b
 	found.Sysctls = slices.Clone(b.Sysctls)
-	oldData, _ := statefile.Read(file)
-	old, err := loadBackup(file)
+	oldData, old, err := readBackup(file)
 	if err != nil {
 		req.Log.Warnf("ignoring unreadable backup of an earlier ADD: %v", err)
 	}
@@ -199,9 +202,15 @@ func apply(req *cni.Request, s *settings, file, podNS string) error {
 		}
 		return err
 	}
-	// The backup now also records what each sysctl read back as, so DEL
-	// only puts back values nobody changed since.
-	return saveBackup(file, b)
+	// The backup records what each sysctl read back as, so DEL only puts
+	// back values nobody changed since: written again when one reads
+	// back otherwise than written.
+	for i, sc := range s.sysctls {
+		if !sameSysctlValue(b.Sysctls[i].Set, sc.Value) {
+			return saveBackup(file, b)
+		}
+	}
+	return nil
 }
 
 // change makes the changes; b.Sysctls[i].Set records what sysctl i reads

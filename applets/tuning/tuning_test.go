@@ -301,6 +301,40 @@ func TestDelLeavesOthersChanges(t *testing.T) {
 	}
 }
 
+// TestDelRestoresNormalized: a value the kernel reads back otherwise than
+// written ("02" reads back as "2") is recorded as read back, so DEL still
+// knows it is the value tuning set and puts back the original.
+func TestDelRestoresNormalized(t *testing.T) {
+	r := chainRuntime(t)
+	const v, name = "1.0.0", "normalized"
+	dir := t.TempDir()
+	bridgeOnly := r.Conflist(bridgeList(v, name))
+	pod := r.Pod(t)
+	a := r.Attach(pod, "eth0")
+	res, err := r.Add(bridgeOnly, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "net/ipv4/conf/eth0/arp_ignore"
+	was := readState(t, pod, "eth0").Sysctls[key]
+	plugin := fmt.Sprintf(`{"type":"tuning","dataDir":%q,"sysctl":{"net.ipv4.conf.IFNAME.arp_ignore":"02"}}`, dir)
+	if out, code := addAlone(t, r, v, name, plugin, a, res); code != 0 {
+		t.Fatalf("tuning ADD: %s", out)
+	}
+	if got := readState(t, pod, "eth0").Sysctls[key]; got != "2" || was == "2" {
+		t.Fatalf("arp_ignore %s after ADD (was %s), want 2", got, was)
+	}
+	if err := r.Del(r.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, v, name, plugin)), a); err != nil {
+		t.Fatal(err)
+	}
+	if got := readState(t, pod, "eth0").Sysctls[key]; got != was {
+		t.Errorf("arp_ignore %s after DEL, want %s back", got, was)
+	}
+	if err := r.Del(bridgeOnly, a); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestOverrides: CNI_ARGS MAC, runtimeConfig.mac (capability "mac") and
 // args.cni.* override the static keys, in the reference's order.
 func TestOverrides(t *testing.T) {
