@@ -59,10 +59,7 @@ func (iptBackend) usable() error {
 	if !iptables.Installed(iptables.IPv4) {
 		return fmt.Errorf("iptables-restore is not installed")
 	}
-	if _, err := iptables.LoadChains(iptables.IPv4, "filter", "FORWARD"); err != nil {
-		return err
-	}
-	return nil
+	return iptables.CanList(iptables.IPv4, "filter", "FORWARD")
 }
 
 // apply runs plan against each family of a's addresses, with the chains it

@@ -76,10 +76,7 @@ func (iptBackend) usable() error {
 	if !iptables.Installed(iptables.IPv4) {
 		return fmt.Errorf("iptables-restore is not installed")
 	}
-	if _, err := iptables.LoadChains(iptables.IPv4, "nat", "OUTPUT"); err != nil {
-		return err
-	}
-	return nil
+	return iptables.CanList(iptables.IPv4, "nat", "OUTPUT")
 }
 
 // families returns the iptables families for the pod's addresses.

@@ -119,6 +119,20 @@ func Lock(name string) (unlock func(), err error) {
 	return l.Release, nil
 }
 
+// CanList reports, as an error, whether the chain of the family's table
+// can be listed: over netlink where iptables is iptables-nft (no process:
+// STATUS asks this often), else with "iptables -S". A chain that does not
+// exist is listed as empty.
+func CanList(f Family, table, chain string) error {
+	if NFT(f) {
+		if _, err := ReadNFT(f, table, chain); err == nil {
+			return nil
+		}
+	}
+	_, err := LoadChains(f, table, chain)
+	return err
+}
+
 // LoadChains reads only the named chains of a table, one "iptables -S
 // CHAIN" each, run concurrently. On a busy table (kube-proxy's tens of
 // thousands of rules) iptables-save takes seconds with the nf_tables

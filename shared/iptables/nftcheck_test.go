@@ -100,3 +100,22 @@ func holdsIn(n *testnet.NS, f Family, table string, ws ...Want) (ok bool) {
 	n.Do(func() error { ok = HoldsNFT(f, table, ws); return nil })
 	return ok
 }
+
+// TestCanList: where iptables is iptables-nft, STATUS's check lists the
+// chain over netlink, with no process, whether or not it exists yet.
+func TestCanList(t *testing.T) {
+	if !NFT(IPv4) {
+		t.Skip("iptables here is not iptables-nft")
+	}
+	node := testnet.NewNS(t, "ipt")
+	for _, step := range []string{"fresh node", "after a rule"} {
+		before := Listings()
+		if err := node.Do(func() error { return CanList(IPv4, "nat", "OUTPUT") }); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if ran := Listings() - before; ran != 0 {
+			t.Errorf("%s: %d iptables listings ran, want none", step, ran)
+		}
+		node.MustRun("iptables", "-t", "nat", "-A", "OUTPUT", "-j", "RETURN")
+	}
+}
