@@ -30,14 +30,15 @@ import (
 
 // Applet is bridge's entry in cnibox's applet table.
 var Applet = &cni.Applet{
-	Name:    "bridge",
-	Kind:    "main",
-	Summary: "attach the pod to a Linux bridge through a veth pair",
-	Add:     Add,
-	Del:     Del,
-	Check:   Check,
-	GC:      GC,
-	Status:  Status,
+	Name:     "bridge",
+	Kind:     "main",
+	Summary:  "attach the pod to a Linux bridge through a veth pair",
+	Add:      Add,
+	Del:      Del,
+	DelRules: DelRules,
+	Check:    Check,
+	GC:       GC,
+	Status:   Status,
 }
 
 // Config is bridge's configuration. Every key is the reference's.
@@ -756,11 +757,8 @@ func Del(req *cni.Request) error {
 		return err
 	}
 	var errs []error
-	masqDone := func() error { return nil }
-	if c.IPMasq {
-		// Independent of the links: let it run while they are deleted.
-		masqDone = ipmasq.InBackground(func() error { return ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns) })
-	}
+	// Independent of the links: let it run while they are deleted.
+	rulesDone := ipmasq.InBackground(func() error { return c.delRules(req) })
 	// IPAM first, while the pod's interface exists: dhcp releases the
 	// lease from it. host-local and static need no interface: they run
 	// while the veth is deleted (which waits for an RCU grace period).
@@ -773,15 +771,35 @@ func Del(req *cni.Request) error {
 		ipamErr <- delegate.Del(req, c.IPAM.Type) // reports a plugin it cannot find
 	}
 	errs = append(errs, veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns, req.Recorded()))
-	errs = append(errs, <-ipamErr)
-	if c.MacSpoofChk {
-		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
-	}
-	errs = append(errs, masqDone())
+	errs = append(errs, <-ipamErr, rulesDone())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bridge %q: DEL: %w", c.Bridge, err)
 	}
 	return nil
+}
+
+// DelRules is the part of Del that touches no link: the masquerade and
+// spoof-check rules (see cni.Applet).
+func DelRules(req *cni.Request) error {
+	c, err := decode(req)
+	if err != nil {
+		return err
+	}
+	if err := c.delRules(req); err != nil {
+		return fmt.Errorf("bridge %q: DEL: %w", c.Bridge, err)
+	}
+	return nil
+}
+
+func (c *Config) delRules(req *cni.Request) error {
+	var errs []error
+	if c.IPMasq {
+		errs = append(errs, ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns))
+	}
+	if c.MacSpoofChk {
+		errs = append(errs, teardownSpoofCheck(spoofID(req.ContainerID, req.IfName)))
+	}
+	return errors.Join(errs...)
 }
 
 // Check verifies that everything ADD made is still there: the bridge, the

@@ -182,6 +182,9 @@ func run(req *cni.Request, cmd string, in inner, config []byte) (types.Result, e
 	if err != nil {
 		return nil, err
 	}
+	if a == nil && cmd == delRules {
+		return nil, nil
+	}
 	if a == nil {
 		args := &invoke.Args{Command: cmd, ContainerID: req.ContainerID, NetNS: req.Netns,
 			PluginArgsStr: req.Args, IfName: req.IfName, Path: req.Path}
@@ -192,6 +195,9 @@ func run(req *cni.Request, cmd string, in inner, config []byte) (types.Result, e
 	}
 	sub := *req
 	sub.Command = cmd
+	if cmd == delRules {
+		sub.Command = cni.CmdDel
+	}
 	sub.Config = config
 	sub.Log = logging.New(a.Name, os.Stderr)
 	sub.Log.Configure(config, req.ContainerID)
@@ -219,6 +225,8 @@ func run(req *cni.Request, cmd string, in inner, config []byte) (types.Result, e
 		return res.GetAsVersion(sub.Version)
 	case cni.CmdDel:
 		return nil, call(a.Del, &sub)
+	case delRules:
+		return nil, call(a.DelRules, &sub)
 	case cni.CmdCheck:
 		return nil, call(a.Check, &sub)
 	case cni.CmdGC:
@@ -306,11 +314,11 @@ func eachWithCached(req *cni.Request, reverse bool) error {
 	if err != nil {
 		return err
 	}
-	return eachPicked(req, c, list, reverse, func(inner) bool { return true })
+	return eachPicked(req, c, list, reverse, req.Command, func(inner) bool { return true })
 }
 
-// eachPicked is eachWithCached for the inner plugins pick picks.
-func eachPicked(req *cni.Request, c *conf, list []inner, reverse bool, pick func(inner) bool) error {
+// eachPicked runs cmd of the inner plugins pick picks, as eachWithCached.
+func eachPicked(req *cni.Request, c *conf, list []inner, reverse bool, cmd string, pick func(inner) bool) error {
 	var prev json.RawMessage
 	if len(c.RawPrev) > 0 && string(c.RawPrev) != "null" {
 		prev = c.RawPrev
@@ -325,7 +333,7 @@ func eachPicked(req *cni.Request, c *conf, list []inner, reverse bool, pick func
 		}
 		config, err := in.config(c, prev, nil)
 		if err == nil {
-			_, err = run(req, req.Command, in, config)
+			_, err = run(req, cmd, in, config)
 		}
 		if err != nil {
 			return failed(in, req.Command, err)
@@ -340,22 +348,28 @@ func eachPicked(req *cni.Request, c *conf, list []inner, reverse bool, pick func
 // DELs then find them gone, which every DEL accepts, and do the rest.
 // That deletion waits for an RCU grace period, and so does the kernel's
 // freeing of the rules the firewall DELs delete: those DELs (cnibox's
-// portmap and firewall, which touch no link) run first, during the links'
-// deletion, so that the two waits overlap (the netfilter sockets of all of
-// them close when the verb is done: see nft.HoldSockets).
+// portmap and firewall, which touch no link) and the rules part of the
+// main plugin's DEL (its ipMasq: cni.Applet.DelRules) run first, during
+// the links' deletion, so that the waits overlap (the netfilter sockets of
+// all of them close when the verb is done: see nft.HoldSockets).
 func Del(req *cni.Request) error {
 	c, list, err := load(req)
 	if err != nil {
 		return err
 	}
 	if !inProcess(req, list, "bandwidth") || !inProcess(req, list, "bridge") && !inProcess(req, list, "ptp") {
-		return eachPicked(req, c, list, true, func(inner) bool { return true })
+		return eachPicked(req, c, list, true, cni.CmdDel, func(inner) bool { return true })
 	}
 	deleted := make(chan error, 1)
 	go func() { deleted <- deleteTogether(req) }()
 	free := map[string]bool{"portmap": inProcess(req, list, "portmap"), "firewall": inProcess(req, list, "firewall")}
 	linkFree := func(in inner) bool { return free[in.typ] }
-	err = eachPicked(req, c, list, true, linkFree)
+	err = eachPicked(req, c, list, true, cni.CmdDel, linkFree)
+	if err == nil {
+		// The main plugin's own rules (ipMasq) go now too; its DEL
+		// below finds them gone.
+		err = eachPicked(req, c, list, true, delRules, func(in inner) bool { return !linkFree(in) })
+	}
 	if e := <-deleted; e != nil {
 		// The inner DELs delete them one at a time.
 		req.Log.Infof("delete the veth and the IFB in one request: %v", e)
@@ -363,8 +377,13 @@ func Del(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	return eachPicked(req, c, list, true, func(in inner) bool { return !linkFree(in) })
+	return eachPicked(req, c, list, true, cni.CmdDel, func(in inner) bool { return !linkFree(in) })
 }
+
+// delRules is run's command for an inner applet's DelRules (see
+// cni.Applet): the part of its DEL that touches no link. A plugin that
+// has none, or runs in a process of its own, does all of it in its DEL.
+const delRules = "DEL (rules only)"
 
 // inProcess reports whether the list holds plugin and it runs here.
 func inProcess(req *cni.Request, list []inner, plugin string) bool {

@@ -81,3 +81,38 @@ func TestDeleteTogether(t *testing.T) {
 		t.Errorf("%s deleted by another network's DEL", host)
 	}
 }
+
+// TestDelRulesFirst: with bandwidth and bridge in process, DEL runs the
+// DELs that touch no link (portmap, firewall) and the rules part of the
+// main plugin's DEL (DelRules) while the links are deleted, then the
+// other DELs in reverse order, the main plugin's whole DEL last.
+func TestDelRulesFirst(t *testing.T) {
+	node := testnet.NewNS(t, "node")
+	var calls []string
+	record := func(name, what string) func(*cni.Request) error {
+		return func(r *cni.Request) error {
+			if r.Command != cni.CmdDel {
+				t.Errorf("%s %s ran with command %s", name, what, r.Command)
+			}
+			calls = append(calls, name+" "+what)
+			return nil
+		}
+	}
+	applets := map[string]*cni.Applet{}
+	for _, name := range []string{"bridge", "portmap", "firewall", "tuning", "bandwidth"} {
+		applets[name] = &cni.Applet{Name: name, Del: record(name, "DEL")}
+	}
+	applets["bridge"].DelRules = record("bridge", "rules")
+	old := cni.Lookup
+	cni.Lookup = func(name string) *cni.Applet { return applets[name] }
+	t.Cleanup(func() { cni.Lookup = old })
+	conf := `{"cniVersion":"1.0.0","name":"net","type":"cnibox","prevResult":{"cniVersion":"1.0.0"},
+		"plugins":[{"type":"bridge"},{"type":"portmap"},{"type":"firewall"},{"type":"tuning"},{"type":"bandwidth"}]}`
+	if err := node.Do(func() error { return Del(request(cni.CmdDel, conf)) }); err != nil {
+		t.Fatal(err)
+	}
+	want := "firewall DEL, portmap DEL, bridge rules, bandwidth DEL, tuning DEL, bridge DEL"
+	if got := strings.Join(calls, ", "); got != want {
+		t.Errorf("DEL ran %s, want %s", got, want)
+	}
+}

@@ -27,14 +27,15 @@ import (
 
 // Applet is ptp's entry in cnibox's applet table.
 var Applet = &cni.Applet{
-	Name:    "ptp",
-	Kind:    "main",
-	Summary: "routed point-to-point veth pair per pod",
-	Add:     Add,
-	Del:     Del,
-	Check:   Check,
-	GC:      GC,
-	Status:  Status,
+	Name:     "ptp",
+	Kind:     "main",
+	Summary:  "routed point-to-point veth pair per pod",
+	Add:      Add,
+	Del:      Del,
+	DelRules: DelRules,
+	Check:    Check,
+	GC:       GC,
+	Status:   Status,
 }
 
 // Config is ptp's configuration; ipam is required and must give gateways.
@@ -263,16 +264,34 @@ func Del(req *cni.Request) error {
 	if err != nil {
 		return err
 	}
-	masqDone := func() error { return nil }
-	if c.IPMasq {
-		masqDone = ipmasq.InBackground(func() error { return ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns) })
-	}
+	// Independent of the links: let it run while they are deleted.
+	masqDone := ipmasq.InBackground(func() error { return c.delRules(req) })
 	err = errors.Join(delegate.Del(req, c.IPAM.Type),
 		veth.Delete(c.Name, req.ContainerID, req.IfName, req.Netns, req.Recorded()), masqDone())
 	if err != nil {
 		return fmt.Errorf("ptp: DEL: %w", err)
 	}
 	return nil
+}
+
+// DelRules is the part of Del that touches no link: the masquerade rules
+// (see cni.Applet).
+func DelRules(req *cni.Request) error {
+	c, err := decode(req)
+	if err != nil {
+		return err
+	}
+	if err := c.delRules(req); err != nil {
+		return fmt.Errorf("ptp: DEL: %w", err)
+	}
+	return nil
+}
+
+func (c *Config) delRules(req *cni.Request) error {
+	if !c.IPMasq {
+		return nil
+	}
+	return ipmasq.TeardownFor(&c.NetConf, c.masqAttachment(req), req.Netns)
 }
 
 // Check verifies IPAM, the pod's veth, addresses and routes, the node's

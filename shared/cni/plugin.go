@@ -54,6 +54,13 @@ type Applet struct {
 	Check  func(*Request) error
 	GC     func(*Request) error
 	Status func(*Request) error
+
+	// DelRules, when set, is the part of Del that touches no link (the
+	// netfilter rules of a main plugin's ipMasq or spoof check). The
+	// one-exec chain runs it while it deletes the attachment's links, so
+	// that the kernel's grace period for the deleted rules overlaps the
+	// links' instead of following it; Del then finds the rules gone.
+	DelRules func(*Request) error
 }
 
 // SupportedVersions returns the spec versions the applet accepts.
