@@ -215,18 +215,13 @@ func planDel(t *iptables.Table, a *attachment, f iptables.Family, b *iptables.Ba
 
 func (iptBackend) check(a *attachment) error {
 	for _, f := range a.families() {
-		want := []struct{ chain, rule string }{{"FORWARD", forwardJump}, {forwardChain, fmt.Sprintf(adminJumpFmt, a.Admin)}}
+		fwd := []string{fmt.Sprintf(adminJumpFmt, a.Admin)}
 		for _, ip := range a.IPs {
 			if familyOf(ip) == f {
-				for _, r := range podRules(ip) {
-					want = append(want, struct{ chain, rule string }{forwardChain, r})
-				}
+				fwd = append(fwd, podRules(ip)...)
 			}
 		}
-		wants := []iptables.Want{{Chain: a.Admin}}
-		for _, w := range want {
-			wants = append(wants, iptables.Want{Chain: w.chain, Rules: []string{w.rule}})
-		}
+		wants := []iptables.Want{{Chain: a.Admin}, {Chain: "FORWARD", Rules: []string{forwardJump}}, {Chain: forwardChain, Rules: fwd}}
 		if iptables.HoldsNFT(f, "filter", wants) {
 			continue // read in process: no iptables to run
 		}
@@ -237,16 +232,17 @@ func (iptBackend) check(a *attachment) error {
 		if !t.HasChain(a.Admin) {
 			return fmt.Errorf("%s: chain %s is missing", f.Name(), a.Admin)
 		}
-		have := map[string]map[string]bool{}
-		for _, c := range []string{"FORWARD", forwardChain} {
-			have[c] = map[string]bool{}
-			for _, r := range t.Rules(c) {
-				have[c][r] = true
+		for _, w := range wants {
+			// A set per chain: a pod with thousands of addresses has
+			// thousands of rules to look up.
+			have := map[string]bool{}
+			for _, r := range t.Rules(w.Chain) {
+				have[r] = true
 			}
-		}
-		for _, w := range want {
-			if !have[w.chain][w.rule] {
-				return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), w.chain, w.rule)
+			for _, r := range w.Rules {
+				if !have[r] {
+					return fmt.Errorf("%s: chain %s has no rule %q", f.Name(), w.Chain, r)
+				}
 			}
 		}
 	}

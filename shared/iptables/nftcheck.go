@@ -1,7 +1,6 @@
 package iptables
 
 import (
-	"bytes"
 	"slices"
 
 	"github.com/google/nftables/expr"
@@ -40,18 +39,29 @@ func HoldsNFT(f Family, table string, wants []Want) bool {
 		return false
 	}
 	fam := f.nfproto()
+	read := map[string][]string{} // each chain's rules, encoded once
 	for _, w := range wants {
 		c := t.Chain(w.Chain)
 		if c == nil || !c.Compatible || (w.Exact && len(c.Rules) != len(w.Rules)) {
 			return false
+		}
+		have, done := read[w.Chain]
+		if !done {
+			for _, r := range c.Rules {
+				enc, ok := encodeExprs(fam, r.Exprs)
+				if !ok || r.Userdata {
+					enc = "" // matches no wanted rule
+				}
+				have = append(have, enc)
+			}
+			read[w.Chain] = have
 		}
 		for i, text := range w.Rules {
 			want, ok := encodeRule(f, table, w.Chain, text)
 			if !ok {
 				return false
 			}
-			is := func(r NFTRule) bool { return !r.Userdata && sameExprs(fam, r.Exprs, want) }
-			if w.Exact && !is(c.Rules[i]) || !w.Exact && !slices.ContainsFunc(c.Rules, is) {
+			if w.Exact && have[i] != want || !w.Exact && !slices.Contains(have, want) {
 				return false
 			}
 		}
@@ -66,33 +76,29 @@ func HoldsNFT(f Family, table string, wants []Want) bool {
 
 // encodeRule returns the marshalled expressions (without the counter)
 // that iptables-nft writes for the rule text in the chain.
-func encodeRule(f Family, table, chain, text string) ([][]byte, bool) {
+func encodeRule(f Family, table, chain, text string) (string, bool) {
 	op, err := compileLine(f, table, "-A "+chain+" "+text)
 	if err != nil {
-		return nil, false
+		return "", false
 	}
-	return marshalExprs(f.nfproto(), op.exprs)
+	return encodeExprs(f.nfproto(), op.exprs)
 }
 
-func marshalExprs(fam byte, exprs []expr.Any) ([][]byte, bool) {
-	var out [][]byte
+// encodeExprs marshals expressions, without the counter, one after the
+// other (each is a netlink attribute carrying its length). A rule read
+// and a rule compiled go through the same marshalling, so the kernel's
+// order of attributes within an expression does not matter.
+func encodeExprs(fam byte, exprs []expr.Any) (string, bool) {
+	var b []byte
 	for _, e := range exprs {
 		if _, isCounter := e.(*expr.Counter); isCounter {
 			continue
 		}
-		b, err := expr.Marshal(fam, e)
+		m, err := expr.Marshal(fam, e)
 		if err != nil {
-			return nil, false
+			return "", false
 		}
-		out = append(out, b)
+		b = append(b, m...)
 	}
-	return out, true
-}
-
-// sameExprs compares a rule's expressions, as read (and unmarshalled),
-// with encoded ones: both go through the same marshalling, so that the
-// kernel's order of attributes within an expression does not matter.
-func sameExprs(fam byte, have []expr.Any, want [][]byte) bool {
-	got, ok := marshalExprs(fam, have)
-	return ok && slices.EqualFunc(got, want, bytes.Equal)
+	return string(b), len(b) > 0
 }

@@ -24,7 +24,7 @@ import (
 // Open returns a connection to nftables in the calling thread's network
 // namespace: one socket for all its requests, which Close closes.
 func Open() (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(BigBuffers))
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithSockOptions(bigBuffers))
 	if err != nil {
 		return nil, fmt.Errorf("nftables: open netlink: %w", err)
 	}
@@ -95,22 +95,24 @@ func HoldSockets() (release func()) {
 // them. The buffer is a limit, not an allocation.
 const batchBuffer = 64 << 20
 
-// BigBuffers raises the socket's buffers past the sysctl limits
+// bigBuffers raises the socket's buffers past the sysctl limits
 // (SO_*BUFFORCE, as root); where that is refused the defaults stay. The
 // receive side matters as much: the kernel answers a transaction with one
 // acknowledgement per message, after it has applied it, and drops those
 // that do not fit (ENOBUFS), so that a caller could not tell an applied
 // transaction from a failed one.
-func BigBuffers(c *netlink.Conn) error {
+func bigBuffers(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return nil
 	}
-	_ = raw.Control(func(fd uintptr) {
-		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, batchBuffer)
-		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchBuffer)
-	})
+	_ = raw.Control(func(fd uintptr) { forceBuffers(int(fd)) })
 	return nil
+}
+
+func forceBuffers(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, batchBuffer)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchBuffer)
 }
 
 // Usable reports whether nftables answers here: the kernel has nf_tables

@@ -38,11 +38,9 @@ func Dial() (*Sock, error) {
 // Close closes the socket (see CloseSocket for when to).
 func (s *Sock) Close() error { return unix.Close(s.fd) }
 
-// BigBuffers is the package's BigBuffers for a Sock.
-func (s *Sock) BigBuffers() {
-	_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, batchBuffer)
-	_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, batchBuffer)
-}
+// BigBuffers raises the socket's buffers as Open's are (see bigBuffers):
+// a transaction's acknowledgements must all fit.
+func (s *Sock) BigBuffers() { forceBuffers(s.fd) }
 
 // SetReadTimeout bounds every later wait for an answer (0: none); a wait
 // that runs out fails with EAGAIN.
