@@ -2,7 +2,6 @@ package firewall
 
 import (
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/cnibox/cnibox/shared/iptables"
@@ -167,31 +166,7 @@ func TestAddWritesInProcess(t *testing.T) {
 // answered over netlink, with no iptables process; once a rule is gone,
 // CHECK asks iptables and names what is missing.
 func TestCheckInProcess(t *testing.T) {
-	iptablestest.NeedNFT(t)
-	node := testnet.NewNS(t, "node")
 	a := pod("CNI-ADMIN", "10.88.0.2/32", "fd88::2/128")
-	iptables.WriteInProcess = false
-	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		if err := node.Do(func() error { return addHere(a, f) }); err != nil {
-			iptables.WriteInProcess = true
-			t.Fatal(err)
-		}
-	}
-	iptables.WriteInProcess = true
-	before := iptables.Listings()
-	if err := node.Do(func() error { return iptBackend{}.check(a) }); err != nil {
-		t.Fatalf("CHECK: %v", err)
-	}
-	if ran := iptables.Listings() - before; ran != 0 {
-		t.Errorf("CHECK ran %d iptables listings, want none", ran)
-	}
-	node.MustRun("ip6tables", "-D", forwardChain, "-s", "fd88::2/128", "-j", "ACCEPT")
-	before = iptables.Listings()
-	err := node.Do(func() error { return iptBackend{}.check(a) })
-	if err == nil || !strings.Contains(err.Error(), "fd88::2") {
-		t.Errorf("CHECK after a rule was deleted: %v, want an error naming fd88::2", err)
-	}
-	if iptables.Listings() == before {
-		t.Error("CHECK after a rule was deleted did not ask iptables")
-	}
+	iptablestest.CheckInProcess(t, func(f iptables.Family) error { return addHere(a, f) }, func() error { return iptBackend{}.check(a) },
+		[]string{"ip6tables", "-D", forwardChain, "-s", "fd88::2/128", "-j", "ACCEPT"}, "fd88::2")
 }

@@ -319,32 +319,8 @@ func TestAddWritesInProcess(t *testing.T) {
 // answered over netlink, with no iptables process; once a rule is gone,
 // CHECK asks iptables and names what is missing.
 func TestCheckInProcess(t *testing.T) {
-	iptablestest.NeedNFT(t)
-	node := testnet.NewNS(t, "node")
 	a := testAttachment()
-	iptables.WriteInProcess = false
-	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
-		if err := node.Do(func() error { return addHere(a, f) }); err != nil {
-			iptables.WriteInProcess = true
-			t.Fatal(err)
-		}
-	}
-	iptables.WriteInProcess = true
-	before := iptables.Listings()
-	if err := node.Do(func() error { return iptBackend{}.check(a) }); err != nil {
-		t.Fatalf("CHECK: %v", err)
-	}
-	if ran := iptables.Listings() - before; ran != 0 {
-		t.Errorf("CHECK ran %d iptables listings, want none", ran)
-	}
 	chain := dnChain(a.net, a.id)
-	node.MustRun("iptables", "-t", "nat", "-D", chain, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "10.88.0.2:80")
-	before = iptables.Listings()
-	err := node.Do(func() error { return iptBackend{}.check(a) })
-	if err == nil || !strings.Contains(err.Error(), chain) {
-		t.Errorf("CHECK after a rule was deleted: %v, want an error naming %s", err, chain)
-	}
-	if iptables.Listings() == before {
-		t.Error("CHECK after a rule was deleted did not ask iptables")
-	}
+	iptablestest.CheckInProcess(t, func(f iptables.Family) error { return addHere(a, f) }, func() error { return iptBackend{}.check(a) },
+		[]string{"iptables", "-t", "nat", "-D", chain, "-p", "tcp", "-m", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "10.88.0.2:80"}, chain)
 }

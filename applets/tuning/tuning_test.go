@@ -199,6 +199,25 @@ func onOff(b bool) string {
 	return "off"
 }
 
+// bridged makes eth0 in a new pod with bridge alone, as the chain's first
+// plugin would; the test then runs tuning on its own against the result.
+func bridged(t *testing.T, r *testnet.Runtime, v, name string) (bridgeOnly *libcni.NetworkConfigList, pod *testnet.NS, a *testnet.Attachment, res types.Result) {
+	t.Helper()
+	bridgeOnly = r.Conflist(bridgeList(v, name))
+	pod = r.Pod(t)
+	a = r.Attach(pod, "eth0")
+	res, err := r.Add(bridgeOnly, a)
+	if err != nil {
+		t.Fatalf("bridge ADD: %v", err)
+	}
+	return bridgeOnly, pod, a, res
+}
+
+// tuningOnly is the list of tuning alone, for libcni's DEL of it.
+func tuningOnly(r *testnet.Runtime, v, name, plugin string) *libcni.NetworkConfigList {
+	return r.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, v, name, plugin))
+}
+
 // addAlone runs tuning's ADD directly with prevResult, as libcni would
 // inside a chain; it lets a test read the interface before tuning touches it.
 func addAlone(t *testing.T, r *testnet.Runtime, v, name, plugin string, a *testnet.Attachment, prev types.Result, env ...string) ([]byte, int) {
@@ -230,13 +249,7 @@ func TestDelRestores(t *testing.T) {
 	r := chainRuntime(t)
 	const v, name = "1.0.0", "restore"
 	dir := t.TempDir()
-	bridgeOnly := r.Conflist(bridgeList(v, name))
-	pod := r.Pod(t)
-	a := r.Attach(pod, "eth0")
-	res, err := r.Add(bridgeOnly, a)
-	if err != nil {
-		t.Fatalf("bridge ADD: %v", err)
-	}
+	bridgeOnly, pod, a, res := bridged(t, r, v, name)
 	before := readState(t, pod, "eth0")
 	plugin := fmt.Sprintf(tuningAll, dir, "02:42:0a:00:00:42")
 	if out, code := addAlone(t, r, v, name, plugin, a, res); code != 0 {
@@ -255,8 +268,7 @@ func TestDelRestores(t *testing.T) {
 			t.Errorf("backup lacks %s: %s", k, backup)
 		}
 	}
-	tuningOnly := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, v, name, plugin)
-	if err := r.Del(r.Conflist(tuningOnly), a); err != nil {
+	if err := r.Del(tuningOnly(r, v, name, plugin), a); err != nil {
 		t.Fatalf("tuning DEL: %v", err)
 	}
 	if after := readState(t, pod, "eth0"); after.String() != before.String() {
@@ -276,20 +288,14 @@ func TestDelLeavesOthersChanges(t *testing.T) {
 	r := chainRuntime(t)
 	const v, name = "1.0.0", "others"
 	dir := t.TempDir()
-	bridgeOnly := r.Conflist(bridgeList(v, name))
-	pod := r.Pod(t)
-	a := r.Attach(pod, "eth0")
-	res, err := r.Add(bridgeOnly, a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pod, a, res := bridged(t, r, v, name)
 	before := readState(t, pod, "eth0")
 	plugin := fmt.Sprintf(`{"type":"tuning","dataDir":%q,"sysctl":{"net.core.somaxconn":"777","net.ipv4.conf.IFNAME.arp_notify":"1"}}`, dir)
 	if out, code := addAlone(t, r, v, name, plugin, a, res); code != 0 {
 		t.Fatalf("tuning ADD: %s", out)
 	}
 	pod.MustRun("sysctl", "-w", "net.core.somaxconn=555")
-	if err := r.Del(r.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, v, name, plugin)), a); err != nil {
+	if err := r.Del(tuningOnly(r, v, name, plugin), a); err != nil {
 		t.Fatal(err)
 	}
 	after := readState(t, pod, "eth0")
@@ -308,13 +314,7 @@ func TestDelRestoresNormalized(t *testing.T) {
 	r := chainRuntime(t)
 	const v, name = "1.0.0", "normalized"
 	dir := t.TempDir()
-	bridgeOnly := r.Conflist(bridgeList(v, name))
-	pod := r.Pod(t)
-	a := r.Attach(pod, "eth0")
-	res, err := r.Add(bridgeOnly, a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bridgeOnly, pod, a, res := bridged(t, r, v, name)
 	key := "net/ipv4/conf/eth0/arp_ignore"
 	was := readState(t, pod, "eth0").Sysctls[key]
 	plugin := fmt.Sprintf(`{"type":"tuning","dataDir":%q,"sysctl":{"net.ipv4.conf.IFNAME.arp_ignore":"02"}}`, dir)
@@ -324,7 +324,7 @@ func TestDelRestoresNormalized(t *testing.T) {
 	if got := readState(t, pod, "eth0").Sysctls[key]; got != "2" || was == "2" {
 		t.Fatalf("arp_ignore %s after ADD (was %s), want 2", got, was)
 	}
-	if err := r.Del(r.Conflist(fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[%s]}`, v, name, plugin)), a); err != nil {
+	if err := r.Del(tuningOnly(r, v, name, plugin), a); err != nil {
 		t.Fatal(err)
 	}
 	if got := readState(t, pod, "eth0").Sysctls[key]; got != was {
@@ -419,13 +419,7 @@ func TestBadInput(t *testing.T) {
 	r := chainRuntime(t)
 	const v, name = "1.0.0", "bad"
 	dir := t.TempDir()
-	bridgeOnly := r.Conflist(bridgeList(v, name))
-	pod := r.Pod(t)
-	a := r.Attach(pod, "eth0")
-	res, err := r.Add(bridgeOnly, a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pod, a, res := bridged(t, r, v, name)
 	before := readState(t, pod, "eth0")
 	allow := filepath.Join(t.TempDir(), "allowlist.conf")
 	os.WriteFile(allow, []byte("^net\\.core\\.somaxconn$\n"), 0o644)

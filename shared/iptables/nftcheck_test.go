@@ -20,19 +20,7 @@ func TestHoldsNFT(t *testing.T) {
 		}
 		t.Run(f.Name(), func(t *testing.T) {
 			node := testnet.NewNS(t, "ipt")
-			var batches []*Batch
-			for _, table := range []string{"nat", "filter"} {
-				batches = append(batches, corpusBatch(table, writeCorpus[f][table]))
-			}
-			in, err := render(batches)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd := node.Command(f.tool("-restore"), "--noflush")
-			cmd.Stdin = strings.NewReader(in)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("iptables-restore: %v: %s", err, out)
-			}
+			restoreCorpus(t, node, f)
 			for _, table := range []string{"nat", "filter"} {
 				var wants []Want
 				for _, l := range writeCorpus[f][table] {

@@ -103,6 +103,26 @@ func corpusBatch(table string, lines []string) *Batch {
 	return b
 }
 
+// restoreCorpus writes the family's whole corpus into n with
+// iptables-restore and returns its batches.
+func restoreCorpus(t *testing.T, n *testnet.NS, f Family) []*Batch {
+	t.Helper()
+	var batches []*Batch
+	for _, table := range []string{"nat", "filter"} {
+		batches = append(batches, corpusBatch(table, writeCorpus[f][table]))
+	}
+	in, err := render(batches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := n.Command(f.tool("-restore"), "--noflush")
+	cmd.Stdin = strings.NewReader(in)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("iptables-restore: %v: %s", err, out)
+	}
+	return batches
+}
+
 // primeTables makes the tables and the built-in chains a batch uses, as
 // iptables-nft does on a node's first rule: a rule added and deleted.
 func primeTables(t *testing.T, n *testnet.NS, f Family) {
@@ -136,19 +156,7 @@ func TestWriteNFTLikeIPTables(t *testing.T) {
 			// Fresh nodes: the tables and built-in chains are made on the
 			// way, as iptables-nft makes them.
 			ref, mine := testnet.NewNS(t, "ipt"), testnet.NewNS(t, "nft")
-			var batches []*Batch
-			for _, table := range []string{"nat", "filter"} {
-				batches = append(batches, corpusBatch(table, writeCorpus[f][table]))
-			}
-			in, err := render(batches)
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd := ref.Command(f.tool("-restore"), "--noflush")
-			cmd.Stdin = strings.NewReader(in)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Fatalf("iptables-restore: %v: %s", err, out)
-			}
+			batches := restoreCorpus(t, ref, f)
 			if err := mine.Do(func() error { return writeNFT(f, batches) }); err != nil {
 				t.Fatalf("writeNFT: %v", err)
 			}

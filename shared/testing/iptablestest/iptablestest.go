@@ -138,3 +138,37 @@ func (tw *Twins) Same(t testing.TB, step string) {
 		t.Errorf("%s: the nodes differ\niptables path:\n%s\nnetlink path:\n%s", step, a, b)
 	}
 }
+
+// CheckInProcess proves that a CHECK answers from netlink where iptables
+// is iptables-nft. In a fresh node, add writes both families' rules
+// through iptables-restore; check must pass without running "iptables
+// -S". Then the iptables command breakRule deletes one of the rules, and
+// check must ask iptables and fail naming want.
+func CheckInProcess(t testing.TB, add func(iptables.Family) error, check func() error, breakRule []string, want string) {
+	t.Helper()
+	NeedNFT(t)
+	node := testnet.NewNS(t, "node")
+	iptables.WriteInProcess = false
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if err := node.Do(func() error { return add(f) }); err != nil {
+			iptables.WriteInProcess = true
+			t.Fatalf("%s through iptables-restore: %v", f.Name(), err)
+		}
+	}
+	iptables.WriteInProcess = true
+	before := iptables.Listings()
+	if err := node.Do(check); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if ran := iptables.Listings() - before; ran != 0 {
+		t.Errorf("CHECK ran %d iptables listings, want none", ran)
+	}
+	node.MustRun(breakRule[0], breakRule[1:]...)
+	before = iptables.Listings()
+	if err := node.Do(check); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("CHECK after %v: %v, want an error naming %s", breakRule, err, want)
+	}
+	if iptables.Listings() == before {
+		t.Errorf("CHECK after %v did not ask iptables", breakRule)
+	}
+}
